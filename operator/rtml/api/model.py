@@ -1,0 +1,308 @@
+"""The Model kind: one real-time predictor (API.md, "Model")."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
+
+from rtml.api.common import (
+    ApiModel,
+    ArtifactRef,
+    Condition,
+    Duration,
+    ResourceName,
+    cel,
+    parse_duration,
+)
+
+Percent = Annotated[int, Field(ge=1, le=100)]
+Millis = Annotated[int, Field(ge=1, le=600_000)]
+Step = Annotated[int, Field(ge=1, le=100)]
+DEFAULT_STEPS = (5, 25, 50, 100)
+STEPS_ASCENDING = cel("self.isSorted()", "steps must be in ascending order")
+
+
+class Artifact(ArtifactRef):
+    format: Literal["onnx"] = Field(default="onnx", description="the artifact's format")
+
+
+class FeatureBinding(ApiModel):
+    feature_view_ref: ResourceName | None = Field(
+        default=None, description="a FeatureView in the same namespace"
+    )
+    entity_key: str | None = Field(
+        default=None, min_length=1, description="request field holding the entity id"
+    )
+    request_features: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
+        default_factory=list,
+        description="features the caller sends in the request itself",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
+class Slo(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.featureBudgetMs <= self.timeoutMs",
+                    "featureBudgetMs must not exceed timeoutMs",
+                    ".featureBudgetMs",
+                ),
+                cel(
+                    "self.p99LatencyMs <= self.timeoutMs",
+                    "p99LatencyMs must not exceed timeoutMs",
+                    ".p99LatencyMs",
+                ),
+            ]
+        }
+    )
+
+    p99_latency_ms: Millis = Field(default=50, description="the latency objective")
+    timeout_ms: Millis = Field(default=100, description="hard deadline for one request")
+    feature_budget_ms: Millis = Field(default=20, description="deadline for the feature read")
+
+    @model_validator(mode="after")
+    def _budgets_fit(self) -> Slo:
+        if self.feature_budget_ms > self.timeout_ms:
+            raise ValueError("featureBudgetMs must not exceed timeoutMs")
+        if self.p99_latency_ms > self.timeout_ms:
+            raise ValueError("p99LatencyMs must not exceed timeoutMs")
+        return self
+
+
+class CircuitBreaker(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.minimumCalls <= self.windowSize",
+                    "minimumCalls must not exceed windowSize",
+                    ".minimumCalls",
+                )
+            ]
+        }
+    )
+
+    failure_rate_threshold: Percent = Field(default=50, description="% failed calls to open")
+    slow_call_ms: Millis | None = Field(
+        default=None, description="a call slower than this is slow; default p99LatencyMs"
+    )
+    slow_call_rate_threshold: Percent = Field(default=100, description="% slow calls to open")
+    window_size: int = Field(default=100, ge=1, le=10_000, description="calls in the window")
+    minimum_calls: int = Field(default=20, ge=1, le=10_000, description="calls before judging")
+    open_duration: Duration = Field(default="30s", description="time open before half-open")
+    half_open_calls: int = Field(default=5, ge=1, le=1000, description="probe calls half-open")
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> CircuitBreaker:
+        if self.minimum_calls > self.window_size:
+            raise ValueError("minimumCalls must not exceed windowSize")
+        return self
+
+
+class Fallback(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.mode != 'static' || has(self.value)",
+                    "value is required when mode is static", ".value"),
+                cel("self.mode != 'model' || has(self.artifact)",
+                    "artifact is required when mode is model", ".artifact"),
+            ]
+        }
+    )
+
+    mode: Literal["static", "defaultFeatures", "model", "reject"] = Field(
+        default="reject", description="what is answered when a dependency is open or late"
+    )
+    value: float | None = Field(default=None, description="the score returned by mode static")
+    artifact: ArtifactRef | None = Field(default=None, description="backup model for mode model")
+
+    @model_validator(mode="after")
+    def _mode_has_what_it_needs(self) -> Fallback:
+        if self.mode == "static" and self.value is None:
+            raise ValueError("value is required when mode is static")
+        if self.mode == "model" and self.artifact is None:
+            raise ValueError("artifact is required when mode is model")
+        return self
+
+
+class RateLimit(ApiModel):
+    requests_per_second: float = Field(gt=0, le=1_000_000, description="tokens per second")
+    burst: int | None = Field(default=None, ge=1, le=1_000_000, description="bucket size")
+
+
+class Autoscaling(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.minReplicas <= self.maxReplicas",
+                    "minReplicas must not exceed maxReplicas", ".minReplicas")
+            ]
+        }
+    )
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="fewest replicas")
+    max_replicas: int = Field(default=5, ge=1, le=1000, description="most replicas")
+    metric: Literal["concurrency", "rps", "cpu", "p99Latency"] = Field(
+        default="concurrency", description="what the autoscaler follows"
+    )
+    target: float | None = Field(
+        default=None, gt=0, description="target per replica (in-flight, req/s, CPU %, ms)"
+    )
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        return self
+
+
+class Warmup(ApiModel):
+    requests: int = Field(default=50, ge=0, le=100_000, description="synthetic predictions")
+
+
+class EnvVar(ApiModel):
+    name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str = ""
+
+
+Quantity = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")]
+
+
+class Resources(ApiModel):
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+
+class RuntimeOverrides(ApiModel):
+    image: str | None = Field(default=None, min_length=1, description="runtime image")
+    resources: Resources | None = None
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    service_account_name: ResourceName | None = None
+
+
+class AnalysisMetric(ApiModel):
+    name: Literal["p99LatencyMs", "errorRate", "fallbackRate", "scoreMeanShift"]
+    max: float = Field(ge=0, description="the step passes when the candidate stays at or under")
+
+
+class Analysis(ApiModel):
+    metrics: list[AnalysisMetric] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    min_requests: int = Field(default=100, ge=1, description="candidate requests before deciding")
+    failure_limit: int = Field(default=1, ge=1, description="failed analyses before rollback")
+    on_metrics_unavailable: Literal["pause", "rollback"] = Field(
+        default="pause", description="fail-closed behaviour when Prometheus cannot answer"
+    )
+
+
+def check_steps(steps: list[int]) -> list[int]:
+    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        raise ValueError("steps must be in ascending order")
+    return steps
+
+
+class Rollout(ApiModel):
+    strategy: Literal["replace", "canary"] = Field(
+        default="replace", description="how a change of spec.artifact reaches traffic"
+    )
+    steps: list[Step] = Field(
+        default_factory=lambda: list(DEFAULT_STEPS),
+        min_length=1,
+        max_length=20,
+        json_schema_extra={
+            "x-kubernetes-list-type": "set",
+            "x-kubernetes-validations": [STEPS_ASCENDING],
+        },
+    )
+    step_interval: Duration = "1m"
+    analysis: Analysis = Field(default_factory=Analysis)
+
+    @model_validator(mode="after")
+    def _ascending(self) -> Rollout:
+        check_steps(self.steps)
+        return self
+
+
+class ModelSpec(ApiModel):
+    version: Annotated[
+        str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+    ] = Field(description="label of this artifact (v3); shows in metrics and responses")
+    artifact: Artifact
+    backend: Literal["bentoml", "kserve"] = Field(default="bentoml", description="what runs it")
+    features: FeatureBinding | None = None
+    slo: Slo = Field(default_factory=Slo)
+    circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
+    fallback: Fallback = Field(default_factory=Fallback)
+    rate_limit: RateLimit | None = None
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    warmup: Warmup = Field(default_factory=Warmup)
+    runtime: RuntimeOverrides = Field(default_factory=RuntimeOverrides)
+    rollout: Rollout = Field(default_factory=Rollout)
+
+    @property
+    def slow_call_ms(self) -> int:
+        return self.circuit_breaker.slow_call_ms or self.slo.p99_latency_ms
+
+    @property
+    def open_duration_seconds(self) -> float:
+        return parse_duration(self.circuit_breaker.open_duration)
+
+
+class ModelStatus(ApiModel):
+    observed_generation: int | None = None
+    phase: Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"] | None = None
+    url: str | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    active_version: str | None = None
+    experiment: str | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class Metadata(ApiModel):
+    """The part of ObjectMeta rtml reads; everything else passes through untouched."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=None)
+
+    name: str = ""
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class Model(ApiModel):
+    """A Model resource as users write it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-rtml-kind": {
+                "kind": "Model", "plural": "models", "singular": "model",
+                "shortNames": ["rmodel"], "categories": ["rtml"],
+            }
+        }
+    )
+
+    api_version: Literal["rtml.dev/v1alpha1"] = "rtml.dev/v1alpha1"
+    kind: Literal["Model"] = "Model"
+    metadata: Metadata = Field(default_factory=Metadata)
+    spec: ModelSpec
+    status: ModelStatus | None = None
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> Model:
+        return cls.model_validate(manifest)
+

@@ -1,0 +1,150 @@
+"""The `rtml` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from pydantic import ValidationError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rtml")
+def main() -> None:
+    """rtml: real-time ML on Kubernetes.
+
+    Model, FeatureView and Experiment resources (rtml.dev/v1alpha1) become BentoML or KServe
+    predictors serving ONNX models with Feast features under a latency SLO.
+    """
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Write the CRDs into this folder (e.g. crds/) instead of stdout.")
+@click.option("--check", is_flag=True,
+              help="Exit 1 if the files in --out differ from what the API models generate.")
+def crds(out_dir: Path | None, check: bool) -> None:
+    """Generate the CustomResourceDefinitions from the typed API models."""
+    from rtml.api.crd import crd_files
+
+    files = crd_files()
+    if out_dir is None:
+        click.echo("---\n".join(files.values()), nl=False)
+        return
+    stale = [n for n, text in files.items()
+             if not (out_dir / n).exists() or (out_dir / n).read_text() != text]
+    if check:
+        if stale:
+            raise click.ClickException(
+                f"{', '.join(stale)} in {out_dir} differ from the API models; run "
+                f"`rtml crds --out {out_dir}` and commit the result"
+            )
+        click.echo(f"{len(files)} CRDs in {out_dir} match the API models")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out_dir / name).write_text(text)
+    click.echo(f"wrote {len(files)} CRDs to {out_dir} ({len(stale)} changed)")
+
+
+def load_manifests(path: Path) -> list[dict[str, Any]]:
+    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    docs: list[dict[str, Any]] = []
+    for f in files:
+        try:
+            docs += [d for d in yaml.safe_load_all(f.read_text()) if isinstance(d, dict)]
+        except yaml.YAMLError as e:
+            raise click.ClickException(f"{f} is not valid YAML: {e}") from e
+    return docs
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(exists=True, path_type=Path))
+@click.option("--namespace", "-n", default=None, help="Namespace for Models that name none.")
+@click.option("--keda/--no-keda", default=False, show_default=True,
+              help="Render as if KEDA's ScaledObject CRD were installed.")
+@click.option("--image", default=None, help="Runtime image (default: the operator's default).")
+def render(manifest: Path, namespace: str | None, keda: bool, image: str | None) -> None:
+    """Print exactly the objects the operator would apply for the Models in MANIFEST.
+
+    MANIFEST is a YAML file (or a folder of them); kinds other than Model are ignored.
+    """
+    from rtml.api.model import Model
+    from rtml.operator.errors import describe_validation_error
+    from rtml.operator.render import RenderContext, render_model_children
+    from rtml.operator.render.context import DEFAULT_RUNTIME_IMAGE
+
+    ctx = RenderContext(runtime_image=image or DEFAULT_RUNTIME_IMAGE, keda_installed=keda)
+    out: list[dict[str, Any]] = []
+    for doc in load_manifests(manifest):
+        if doc.get("kind") != "Model":
+            continue
+        doc.setdefault("metadata", {})
+        if namespace:
+            doc["metadata"]["namespace"] = namespace
+        try:
+            model = Model.model_validate({k: v for k, v in doc.items() if k != "status"})
+        except ValidationError as e:
+            name = doc["metadata"].get("name", "?")
+            raise click.ClickException(
+                f"Model {name} is invalid: {describe_validation_error(e)}"
+            ) from e
+        out += render_model_children(model, ctx)
+    if not out:
+        raise click.ClickException(f"{manifest} holds no Model")
+    click.echo(yaml.safe_dump_all(out, sort_keys=False), nl=False)
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(exists=True, path_type=Path))
+def validate(manifest: Path) -> None:
+    """Check every rtml resource in MANIFEST against the API schema, naming each bad field."""
+    from rtml.api import Experiment, FeatureView, Model
+    from rtml.operator.errors import describe_validation_error
+
+    kinds = {"Model": Model, "FeatureView": FeatureView, "Experiment": Experiment}
+    bad = 0
+    for doc in load_manifests(manifest):
+        kind = kinds.get(str(doc.get("kind")))
+        if kind is None:
+            continue
+        name = (doc.get("metadata") or {}).get("name", "?")
+        try:
+            kind.model_validate({k: v for k, v in doc.items() if k != "status"})
+            click.echo(f"{doc['kind']} {name}: valid")
+        except ValidationError as e:
+            bad += 1
+            click.echo(f"{doc['kind']} {name}: {describe_validation_error(e)}", err=True)
+    if bad:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--kubeconfig", type=click.Path(exists=True), default=None,
+              help="Kubeconfig to use (default: in-cluster, then $KUBECONFIG / ~/.kube/config).")
+@click.option("--liveness", default="http://0.0.0.0:8080/healthz", show_default=True,
+              help="Where to serve the liveness endpoint; empty to disable.")
+@click.option("--namespace", "-n", "namespaces", multiple=True,
+              help="Watch only these namespaces (repeatable); default: the whole cluster.")
+def operator(kubeconfig: str | None, liveness: str, namespaces: tuple[str, ...]) -> None:
+    """Run the rtml operator against a cluster until interrupted."""
+    from rtml.operator.main import run_operator
+
+    run_operator(kubeconfig, liveness or None, namespaces)
+
+
+def _add_dev() -> None:
+    try:
+        from rtml.dev.cli import dev
+    except ImportError:  # the dev tools need the [dev] extra (cryptography)
+        return
+    main.add_command(dev)
+
+
+_add_dev()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The control plane: Kopf handlers (thin), reconcilers and pure renderers."""

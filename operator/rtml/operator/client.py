@@ -1,0 +1,150 @@
+"""The thin layer that talks to the API server: server-side apply, read, prune, status, events.
+
+Built on the official `kubernetes` client's DynamicClient so any kind (KServe, KEDA) is
+reachable without generated classes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+from rtml import API_VERSION
+from rtml.operator.render.meta import FIELD_MANAGER, MODEL_LABEL
+
+log = logging.getLogger("rtml.operator.client")
+DISCOVERY_TTL_SECONDS = 30.0
+
+
+class KubeClient:
+    """One API client for the whole operator (created on start-up, kept in kopf's memo)."""
+
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self.api = api_client
+        self.dyn = DynamicClient(api_client)
+        self._served: dict[str, tuple[float, bool]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | None = None) -> KubeClient:
+        if kubeconfig:
+            return cls(k8s_config.new_client_from_config(config_file=kubeconfig))
+        try:
+            k8s_config.load_incluster_config()
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config()
+        return cls(k8s.ApiClient())
+
+    def close(self) -> None:
+        self.api.close()
+
+    # -- discovery ---------------------------------------------------------------------------
+    def serves(self, api_version: str, kind: str) -> bool:
+        """Whether the cluster serves this kind now (a CRD may be installed at any time)."""
+        key = f"{api_version}/{kind}"
+        now = time.monotonic()
+        with self._lock:
+            cached = self._served.get(key)
+            if cached and now - cached[0] < DISCOVERY_TTL_SECONDS:
+                return cached[1]
+        path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+        try:
+            data = self.api.call_api(path, "GET", response_type="object", auth_settings=["BearerToken"],
+                                     _return_http_data_only=True)
+            served = any(r.get("kind") == kind for r in (data or {}).get("resources", []))
+        except k8s.ApiException as e:
+            if e.status != 404:
+                raise
+            served = False
+        with self._lock:
+            self._served[key] = (now, served)
+        return served
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        try:
+            return self.dyn.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            # A CRD installed after start-up: refresh the discovery cache once.
+            self.dyn.resources.invalidate_cache()
+            return self.dyn.resources.get(api_version=api_version, kind=kind)
+
+    # -- objects -----------------------------------------------------------------------------
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply under the operator's field manager; a no-op when nothing changed."""
+        res = self._resource(obj["apiVersion"], obj["kind"])
+        out = res.server_side_apply(
+            body=obj,
+            name=obj["metadata"]["name"],
+            namespace=obj["metadata"].get("namespace"),
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+        return dict(out.to_dict())
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            res = self._resource(api_version, kind)
+            return dict(res.get(name=name, namespace=namespace).to_dict())
+        except (NotFoundError, ResourceNotFoundError):
+            return None
+
+    def list_owned(
+        self, api_version: str, kind: str, namespace: str, model_name: str
+    ) -> list[dict[str, Any]]:
+        try:
+            res = self._resource(api_version, kind)
+        except ResourceNotFoundError:
+            return []
+        items = res.get(namespace=namespace, label_selector=f"{MODEL_LABEL}={model_name}").items
+        return [dict(i.to_dict()) for i in items]
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        try:
+            self._resource(api_version, kind).delete(name=name, namespace=namespace)
+        except NotFoundError:
+            pass  # already gone: the outcome we wanted
+
+    def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        res = self._resource(API_VERSION, "Model")
+        res.status.patch(
+            body={"status": status},
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+        )
+
+    def event(
+        self, involved: dict[str, Any], reason: str, message: str, type_: str = "Normal"
+    ) -> None:
+        """A Kubernetes Event on the object, in words (never a stack trace)."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC)
+        body = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=k8s.V1ObjectReference(
+                api_version=involved.get("apiVersion", API_VERSION),
+                kind=involved.get("kind", "Model"),
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid"),
+            ),
+            reason=reason,
+            message=message[:1000],
+            type=type_,
+            source=k8s.V1EventSource(component=FIELD_MANAGER),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            k8s.CoreV1Api(self.api).create_namespaced_event(meta["namespace"], body)
+        except k8s.ApiException as e:  # an Event is best effort; never fail a reconcile on it
+            log.warning("could not post event", extra={"reason": reason, "status": e.status})

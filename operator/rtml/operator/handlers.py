@@ -1,0 +1,173 @@
+"""Kopf handlers: thin. Each reads the event, calls a reconciler, and classifies failures.
+
+Only this module imports kopf. Handler ids are explicit so renaming a function never resets
+the progress Kopf stores on objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import kopf
+from kubernetes.client import ApiException
+from urllib3.exceptions import HTTPError
+
+from rtml import GROUP, VERSION
+from rtml.operator.client import KubeClient
+from rtml.operator.errors import backoff_delay
+from rtml.operator.reconcile import reconcile_model
+from rtml.operator.render.meta import MODEL_LABEL
+from rtml.operator.settings import OperatorSettings
+
+log = logging.getLogger("rtml.operator")
+SETTINGS = OperatorSettings.from_env()
+_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+_heartbeat = {"executor": time.monotonic()}
+
+
+@kopf.on.startup(id="configure")
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Kopf's defaults are tuned for demos; these are set on purpose (docs/operator-settings.md).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/operator"
+    settings.watching.server_timeout = SETTINGS.watch_server_timeout
+    settings.watching.client_timeout = SETTINGS.watch_server_timeout + 30
+    settings.watching.connect_timeout = 10
+    settings.watching.inactivity_timeout = SETTINGS.watch_inactivity_timeout
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+    settings.execution.max_workers = SETTINGS.max_workers
+    settings.execution.default_backoff = 5
+    settings.posting.level = logging.WARNING
+    memo["client"] = KubeClient.from_kubeconfig(memo.get("kubeconfig"))
+    memo["heartbeat"] = asyncio.create_task(_executor_heartbeat(settings))
+
+
+async def _executor_heartbeat(settings: kopf.OperatorSettings) -> None:
+    """Proves the handler thread pool still takes work; the liveness probe reads it."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await loop.run_in_executor(settings.execution.executor, _beat)
+        await asyncio.sleep(10)
+
+
+def _beat() -> None:
+    _heartbeat["executor"] = time.monotonic()
+
+
+@kopf.on.cleanup(id="close-client")
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("heartbeat")
+    if task:
+        task.cancel()
+    if memo.get("client"):
+        memo["client"].close()
+
+
+@kopf.on.probe(id="processing")
+def processing(**_: Any) -> dict[str, float]:
+    """Fails the liveness probe when handlers stop being executed (a wedged thread pool)."""
+    age = time.monotonic() - _heartbeat["executor"]
+    if age > SETTINGS.heartbeat_stale_seconds:
+        raise kopf.PermanentError(f"no handler has run for {age:.0f}s; the operator is stuck")
+    return {"secondsSinceHeartbeat": round(age, 1)}
+
+
+def _reconcile(body: kopf.Body, memo: kopf.Memo, retry: int) -> dict[str, Any]:
+    client: KubeClient = memo["client"]
+    uid = body["metadata"]["uid"]
+    try:
+        with _locks[uid]:
+            # Fresh read: the event that woke us may be stale by the time we hold the lock.
+            live = client.get(f"{GROUP}/{VERSION}", "Model", body["metadata"]["namespace"],
+                              body["metadata"]["name"])
+            if live is None or live["metadata"].get("deletionTimestamp"):
+                return {}
+            status = reconcile_model(client, live, SETTINGS.render_context())
+    except ApiException as e:
+        if e.status in (409,):  # a concurrent writer: just go again soon
+            raise kopf.TemporaryError("conflict while applying; retrying", delay=1) from e
+        raise kopf.TemporaryError(
+            f"the API server answered {e.status} {e.reason}; retrying", delay=backoff_delay(retry)
+        ) from e
+    except (HTTPError, OSError) as e:
+        raise kopf.TemporaryError(
+            f"the API server is unreachable ({e.__class__.__name__}); retrying",
+            delay=backoff_delay(retry),
+        ) from e
+    return {"phase": status.get("phase")}
+
+
+_MODEL = dict(group=GROUP, version=VERSION, plural="models")
+_HANDLER = dict(
+    retries=SETTINGS.handler_retries, timeout=SETTINGS.handler_timeout_seconds, backoff=5
+)
+
+
+@kopf.on.resume(**_MODEL, id="reconcile", **_HANDLER)  # type: ignore[arg-type]
+@kopf.on.create(**_MODEL, id="reconcile", **_HANDLER)  # type: ignore[arg-type]
+@kopf.on.update(**_MODEL, id="reconcile", **_HANDLER)  # type: ignore[arg-type]
+def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    _reconcile(body, memo, retry)
+
+
+@kopf.timer(**_MODEL, id="resync", interval=SETTINGS.resync_seconds, idle=0,  # type: ignore[arg-type]
+            initial_delay=SETTINGS.resync_seconds)
+def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Level-triggered safety net: converges even if an event was missed."""
+    _reconcile(body, memo, retry=0)
+
+
+def _owner_model(obj: kopf.Body) -> str | None:
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == "Model" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            return str(ref["name"])
+    return None
+
+
+def _on_child(body: kopf.Body, memo: kopf.Memo, event_type: str | None) -> None:
+    name = _owner_model(body)
+    if name is None:
+        return
+    client: KubeClient = memo["client"]
+    ns = body["metadata"]["namespace"]
+    model = client.get(f"{GROUP}/{VERSION}", "Model", ns, name)
+    if model is None or model["metadata"].get("deletionTimestamp"):
+        return
+    log.debug("child changed", extra={"kind": body.get("kind"), "event": event_type, "model": name})
+    try:
+        _reconcile(model, memo, retry=0)
+    except kopf.TemporaryError as e:
+        log.warning("child-triggered reconcile failed; the resync will retry",
+                    extra={"model": name, "error": str(e)})
+
+
+_CHILD = dict(labels={MODEL_LABEL: kopf.PRESENT})
+
+
+@kopf.on.event("apps", "v1", "deployments", id="child-deployment", **_CHILD)  # type: ignore[arg-type]
+@kopf.on.event("", "v1", "services", id="child-service", **_CHILD)  # type: ignore[arg-type]
+@kopf.on.event("", "v1", "configmaps", id="child-configmap", **_CHILD)  # type: ignore[arg-type]
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", id="child-pdb", **_CHILD)  # type: ignore[arg-type]
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", id="child-hpa", **_CHILD)  # type: ignore[arg-type]
+def child_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:  # noqa: A002
+    """A child edited or deleted by hand, or a Deployment's status moved: reconcile the owner."""
+    if type is None:
+        return  # the initial listing: the resume handlers already cover it
+    _on_child(body, memo, type)
+
+
+@kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices", id="child-isvc",  # type: ignore[arg-type]
+               **_CHILD)
+def isvc_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:  # noqa: A002
+    if type is None:
+        return
+    _on_child(body, memo, type)

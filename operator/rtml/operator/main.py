@@ -1,0 +1,31 @@
+"""Run the operator in this process (what `rtml operator` and the chart's container do)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import kopf
+
+from rtml.logs import configure_logging
+
+
+def run_operator(
+    kubeconfig: str | None, liveness: str | None, namespaces: tuple[str, ...] = ()
+) -> None:
+    configure_logging()
+    if kubeconfig:
+        # Kopf's own login reads the standard kubeconfig location from the environment.
+        os.environ["KUBECONFIG"] = kubeconfig
+    from rtml.operator import handlers  # noqa: F401  (registers the handlers)
+
+    logging.getLogger("rtml.operator").info(
+        "starting operator", extra={"namespaces": list(namespaces) or "all"}
+    )
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(kubeconfig=kubeconfig),
+    )

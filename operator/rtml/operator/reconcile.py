@@ -1,0 +1,137 @@
+"""reconcile_model: the level-triggered loop body for one Model.
+
+Read the Model -> render its children (pure) -> server-side apply each -> prune what is no longer
+desired -> read back the children -> compute status (pure) -> write it only when it changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes.client import ApiException
+from pydantic import ValidationError
+
+from rtml.api.model import Model
+from rtml.operator.client import KubeClient
+from rtml.operator.conditions import Cond, get_condition
+from rtml.operator.errors import (
+    PERMANENT_STATUSES,
+    api_error_message,
+    describe_validation_error,
+)
+from rtml.operator.render.context import RenderContext
+from rtml.operator.render.model import OWNED_KINDS, render_model_children
+from rtml.operator.status import (
+    Observed,
+    compute_model_status,
+    invalid_spec_status,
+    status_changed,
+)
+
+log = logging.getLogger("rtml.operator.reconcile")
+KSERVE = ("serving.kserve.io/v1beta1", "InferenceService")
+KEDA = ("keda.sh/v1alpha1", "ScaledObject")
+
+
+def _context(client: KubeClient, base: RenderContext) -> RenderContext:
+    return RenderContext(
+        runtime_image=base.runtime_image,
+        keda_installed=client.serves(*KEDA),
+        prometheus_url=base.prometheus_url,
+        cluster_domain=base.cluster_domain,
+    )
+
+
+def _prune(client: KubeClient, model: Model, desired: list[dict[str, Any]]) -> None:
+    keep = {(o["kind"], o["metadata"]["name"]) for o in desired}
+    for api_version, kind in OWNED_KINDS:
+        if "/" in api_version and "." in api_version and not client.serves(api_version, kind):
+            continue
+        for obj in client.list_owned(api_version, kind, model.metadata.namespace, model.metadata.name):
+            owners = obj["metadata"].get("ownerReferences") or []
+            ours = any(o.get("uid") == model.metadata.uid for o in owners)
+            if ours and (kind, obj["metadata"]["name"]) not in keep:
+                log.info("pruning child", extra={"kind": kind, "name": obj["metadata"]["name"]})
+                client.delete(api_version, kind, model.metadata.namespace, obj["metadata"]["name"])
+
+
+def _apply_all(client: KubeClient, desired: list[dict[str, Any]]) -> Cond | None:
+    for obj in desired:
+        try:
+            client.apply(obj)
+        except ApiException as e:
+            if e.status in PERMANENT_STATUSES:
+                what = f"{obj['kind']} {obj['metadata']['name']}"
+                return Cond("Ready", "False", "ApplyRejected",
+                            f"the API server refused {what}: {api_error_message(e.status, e.body)}")
+            raise
+    return None
+
+
+def reconcile_model(
+    client: KubeClient, body: dict[str, Any], base_ctx: RenderContext
+) -> dict[str, Any]:
+    """Bring one Model's children to their desired state; returns the status written."""
+    now = datetime.now(UTC)
+    meta = body["metadata"]
+    previous = body.get("status") or {}
+    try:
+        model = Model.model_validate({k: v for k, v in body.items() if k != "status"})
+    except ValidationError as e:
+        status = invalid_spec_status(describe_validation_error(e), meta.get("generation"),
+                                     previous, now)
+        _write_status(client, body, previous, status)
+        return status
+
+    ctx = _context(client, base_ctx)
+    kserve_installed = True
+    problem: Cond | None = None
+    if model.spec.backend == "kserve" and not client.serves(*KSERVE):
+        kserve_installed = False
+        desired: list[dict[str, Any]] = []
+    else:
+        desired = render_model_children(model, ctx)
+        problem = _apply_all(client, desired)
+    if problem is None and kserve_installed:
+        _prune(client, model, desired)
+
+    ns, name = model.metadata.namespace, model.metadata.name
+    observed = Observed(
+        deployment=client.get("apps/v1", "Deployment", ns, name)
+        if model.spec.backend == "bentoml" else None,
+        inference_service=client.get(*KSERVE, ns, name)
+        if model.spec.backend == "kserve" and kserve_installed else None,
+        kserve_installed=kserve_installed,
+        feature_view=_feature_view(client, model),
+        problem=problem,
+    )
+    status = compute_model_status(model, observed, previous, ctx, now)
+    _write_status(client, body, previous, status)
+    return status
+
+
+def _feature_view(client: KubeClient, model: Model) -> dict[str, Any] | None:
+    binding = model.spec.features
+    if binding is None or binding.feature_view_ref is None:
+        return None
+    return client.get("rtml.dev/v1alpha1", "FeatureView", model.metadata.namespace,
+                      binding.feature_view_ref)
+
+
+def _write_status(
+    client: KubeClient, body: dict[str, Any], previous: dict[str, Any], status: dict[str, Any]
+) -> None:
+    if not status_changed(previous, status):
+        return
+    meta = body["metadata"]
+    # Fields that are no longer reported must be removed explicitly in a merge patch.
+    patch = {**{k: None for k in previous if k not in status}, **status}
+    client.patch_model_status(meta["namespace"], meta["name"], patch)
+    before = (get_condition(previous.get("conditions"), "Ready") or {}).get("status")
+    after = get_condition(status["conditions"], "Ready") or {}
+    if before != after.get("status"):
+        kind = "Normal" if after.get("status") == "True" else "Warning"
+        client.event({**body, "kind": "Model"}, after.get("reason", "Ready"),
+                     after.get("message", ""), kind)

@@ -1,0 +1,90 @@
+"""The kserve backend: one serving.kserve.io/v1beta1 InferenceService running the rtml runtime.
+
+Mapping of spec.autoscaling (see docs/kserve-backend.md for why):
+- cpu          -> RawDeployment, autoscalerClass hpa, scaleMetric cpu (Utilization)
+- concurrency  -> Serverless (Knative KPA scales on in-flight requests natively)
+- rps          -> Serverless, scaleMetric rps
+- p99Latency   -> RawDeployment, autoscalerClass keda, an external Prometheus metric
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rtml.api.model import Model
+from rtml.operator.render.autoscaler import prometheus_query, target_value
+from rtml.operator.render.configmap import config_checksum
+from rtml.operator.render.container import (
+    POD_SECURITY_CONTEXT,
+    render_runtime_container,
+    runtime_volumes,
+)
+from rtml.operator.render.context import RenderContext
+from rtml.operator.render.deployment import CHECKSUM_ANNOTATION
+from rtml.operator.render.meta import HTTP_PORT, config_map_name, object_meta
+
+DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
+AUTOSCALER_CLASS = "serving.kserve.io/autoscalerClass"
+KSERVE_CONTAINER = "kserve-container"
+
+
+def _annotations(model: Model) -> dict[str, str]:
+    metric = model.spec.autoscaling.metric
+    out = {
+        CHECKSUM_ANNOTATION: config_checksum(model),
+        "serving.kserve.io/enable-prometheus-scraping": "true",
+        "prometheus.io/port": str(HTTP_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    if metric in ("concurrency", "rps"):
+        out[DEPLOYMENT_MODE] = "Serverless"
+    else:
+        out[DEPLOYMENT_MODE] = "RawDeployment"
+        out[AUTOSCALER_CLASS] = "hpa" if metric == "cpu" else "keda"
+    return out
+
+
+def _scaling(model: Model, ctx: RenderContext) -> dict[str, Any]:
+    a = model.spec.autoscaling
+    out: dict[str, Any] = {"minReplicas": a.min_replicas, "maxReplicas": a.max_replicas}
+    target = target_value(model)
+    if a.metric == "p99Latency":
+        out["autoScaling"] = {
+            "metrics": [
+                {
+                    "type": "External",
+                    "external": {
+                        "metric": {
+                            "backend": "prometheus",
+                            "serverAddress": ctx.prometheus_url,
+                            "query": prometheus_query(model),
+                        },
+                        "target": {"type": "Value", "value": str(round(target))},
+                    },
+                }
+            ]
+        }
+        return out
+    out["scaleMetric"] = a.metric
+    out["scaleTarget"] = max(1, round(target))
+    if a.metric == "cpu":
+        out["scaleMetricType"] = "Utilization"
+    return out
+
+
+def render_inference_service(model: Model, ctx: RenderContext) -> dict[str, Any]:
+    predictor: dict[str, Any] = {
+        **_scaling(model, ctx),
+        "automountServiceAccountToken": False,
+        "securityContext": dict(POD_SECURITY_CONTEXT),
+        "containers": [render_runtime_container(model, ctx, name=KSERVE_CONTAINER)],
+        "volumes": runtime_volumes(config_map_name(model)),
+    }
+    if model.spec.runtime.service_account_name:
+        predictor["serviceAccountName"] = model.spec.runtime.service_account_name
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": object_meta(model, annotations=_annotations(model)),
+        "spec": {"predictor": predictor},
+    }

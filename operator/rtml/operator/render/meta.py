@@ -1,0 +1,58 @@
+"""Names, labels and owner references shared by every child of a Model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rtml import API_VERSION
+from rtml.api.model import Model
+
+FIELD_MANAGER = "rtml-operator"
+MODEL_LABEL = "rtml.dev/model"
+MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
+CONFIG_KEY = "model.json"
+CONFIG_MOUNT = "/etc/rtml"
+HTTP_PORT = 8080
+
+
+def config_map_name(model: Model) -> str:
+    return f"{model.metadata.name}-rtml-config"
+
+
+def selector_labels(model: Model) -> dict[str, str]:
+    """Labels that pick the predictor pods; immutable in a Deployment, so no version here."""
+    return {MODEL_LABEL: model.metadata.name, "app.kubernetes.io/component": "predictor"}
+
+
+def labels(model: Model) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "rtml-runtime",
+        "app.kubernetes.io/instance": model.metadata.name,
+        "app.kubernetes.io/part-of": "rtml",
+        **MANAGED_BY,
+        **selector_labels(model),
+        "rtml.dev/version": model.spec.version,
+    }
+
+
+def owner_reference(model: Model) -> dict[str, Any]:
+    """Makes the garbage collector delete the child with its Model."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Model",
+        "name": model.metadata.name,
+        "uid": model.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def object_meta(model: Model, name: str | None = None, **extra: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name or model.metadata.name,
+        "namespace": model.metadata.namespace,
+        "labels": labels(model),
+        "ownerReferences": [owner_reference(model)],
+    }
+    meta.update(extra)
+    return meta

@@ -1,0 +1,38 @@
+"""Everything a Model owns, rendered in the order it is applied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rtml.api.model import Model
+from rtml.operator.render.autoscaler import render_autoscaler
+from rtml.operator.render.configmap import render_config_map
+from rtml.operator.render.context import RenderContext
+from rtml.operator.render.deployment import render_deployment
+from rtml.operator.render.inferenceservice import render_inference_service
+from rtml.operator.render.service import render_pdb, render_service
+
+# Every kind a Model may own: what the operator prunes from when the desired set shrinks
+# (an HPA replaced by a ScaledObject, a backend switched from bentoml to kserve).
+OWNED_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "ConfigMap"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("serving.kserve.io/v1beta1", "InferenceService"),
+)
+
+
+def render_model_children(model: Model, ctx: RenderContext) -> list[dict[str, Any]]:
+    """The exact objects the operator applies for this Model, config first."""
+    children = [render_config_map(model)]
+    if model.spec.backend == "kserve":
+        children.append(render_inference_service(model, ctx))
+        return children
+    children += [render_deployment(model, ctx), render_service(model), render_pdb(model)]
+    autoscaler = render_autoscaler(model, ctx)
+    if autoscaler is not None:
+        children.append(autoscaler)
+    return children

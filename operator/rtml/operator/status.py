@@ -1,0 +1,216 @@
+"""compute_model_status: (Model, what the cluster shows) -> the Model's status. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from rtml.api.model import Model
+from rtml.operator.conditions import Cond, merge_conditions
+from rtml.operator.render.context import RenderContext
+from rtml.operator.render.deployment import autoscaler_owns_replicas
+from rtml.operator.render.service import service_url
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The children's live state, as read back after applying."""
+
+    deployment: dict[str, Any] | None = None
+    inference_service: dict[str, Any] | None = None
+    kserve_installed: bool = True
+    feature_view: dict[str, Any] | None = None
+    problem: Cond | None = None  # a user-fixable error met while applying (e.g. 422 from the API)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    rolled_out: Cond
+    ready: Cond
+    phase: str
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    url: str | None = None
+
+
+def _deployment_rollout(model: Model, deploy: dict[str, Any] | None, url: str) -> Rollout:
+    if deploy is None:
+        waiting = Cond("RolledOut", "Unknown", "DeploymentMissing", "the Deployment is not created yet")
+        return Rollout(waiting, Cond("Ready", "False", "DeploymentMissing", waiting.message), "Pending")
+    st = deploy.get("status") or {}
+    gen = deploy.get("metadata", {}).get("generation", 0)
+    desired = deploy.get("spec", {}).get("replicas", model.spec.autoscaling.min_replicas)
+    if autoscaler_owns_replicas(model):
+        desired = max(desired or 0, model.spec.autoscaling.min_replicas)
+    updated = st.get("updatedReplicas", 0)
+    total = st.get("replicas", 0)
+    available = st.get("availableReplicas", 0)
+    ready = st.get("readyReplicas", 0)
+    counts = {"replicas": total, "ready_replicas": ready, "url": url}
+    progressing = next(
+        (c for c in st.get("conditions", []) if c.get("type") == "Progressing"), None
+    )
+    if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
+        msg = f"the Deployment did not progress in time: {progressing.get('message', '')}".strip()
+        return Rollout(
+            Cond("RolledOut", "False", "ProgressDeadlineExceeded", msg),
+            Cond("Ready", "False", "ProgressDeadlineExceeded", msg),
+            "Failed",
+            **counts,
+        )
+    if st.get("observedGeneration", 0) < gen:
+        msg = "waiting for the Deployment controller to observe the new spec"
+        return Rollout(
+            Cond("RolledOut", "False", "RollingOut", msg),
+            Cond("Ready", "False", "RollingOut", msg),
+            "Progressing",
+            **counts,
+        )
+    if updated < desired or total > updated:
+        msg = f"{updated} of {desired} replicas updated, {total - updated} old replicas remain"
+        return Rollout(
+            Cond("RolledOut", "False", "RollingOut", msg),
+            Cond("Ready", "False", "RollingOut", msg),
+            "Progressing",
+            **counts,
+        )
+    if available < desired:
+        msg = f"{available} of {desired} updated replicas are available"
+        phase = "Degraded" if available > 0 else "Progressing"
+        return Rollout(
+            Cond("RolledOut", "False", "ReplicasUnavailable", msg),
+            Cond("Ready", "False", "ReplicasUnavailable", msg),
+            phase,
+            **counts,
+        )
+    msg = f"{available} of {desired} replicas available at version {model.spec.version}"
+    return Rollout(
+        Cond("RolledOut", "True", "RolledOut", msg),
+        Cond("Ready", "True", "Ready", msg),
+        "Ready",
+        **counts,
+    )
+
+
+def _kserve_rollout(obs: Observed, url: str) -> Rollout:
+    if not obs.kserve_installed:
+        msg = (
+            "spec.backend is kserve, but KServe's InferenceService CRD "
+            "(serving.kserve.io/v1beta1) is not installed in this cluster; install KServe or "
+            "use backend bentoml"
+        )
+        return Rollout(
+            Cond("RolledOut", "False", "KServeNotInstalled", msg),
+            Cond("Ready", "False", "KServeNotInstalled", msg),
+            "Failed",
+        )
+    isvc = obs.inference_service
+    if isvc is None:
+        msg = "the InferenceService is not created yet"
+        return Rollout(Cond("RolledOut", "Unknown", "InferenceServiceMissing", msg),
+                       Cond("Ready", "False", "InferenceServiceMissing", msg), "Pending")
+    st = isvc.get("status") or {}
+    conds = {c.get("type"): c for c in st.get("conditions", [])}
+    url = st.get("url") or url
+
+    def mirror(kserve_type: str, ours: str) -> Cond:
+        c = conds.get(kserve_type)
+        if c is None:
+            return Cond(ours, "Unknown", "AwaitingKServe",
+                        f"KServe has not reported {kserve_type} for the InferenceService yet")
+        reason = c.get("reason") or (kserve_type if c.get("status") == "True" else f"Not{kserve_type}")
+        message = c.get("message") or f"InferenceService {kserve_type} is {c.get('status')}"
+        return Cond(ours, c.get("status", "Unknown"), reason, message)
+
+    rolled = mirror("PredictorReady", "RolledOut")
+    ready = mirror("Ready", "Ready")
+    if ready.status == "Unknown":
+        ready = Cond("Ready", "False", ready.reason, ready.message)
+    phase = "Ready" if ready.status == "True" else "Progressing"
+    return Rollout(rolled, ready, phase, url=url)
+
+
+def _features_condition(model: Model, obs: Observed) -> Cond:
+    binding = model.spec.features
+    if binding is None or binding.feature_view_ref is None:
+        return Cond("FeaturesResolved", "True", "NoFeatureView",
+                    "the Model reads no FeatureView; every input comes with the request")
+    if obs.feature_view is None:
+        return Cond("FeaturesResolved", "False", "FeatureViewNotFound",
+                    f"FeatureView {binding.feature_view_ref!r} (spec.features.featureViewRef) "
+                    "does not exist in this namespace")
+    return Cond("FeaturesResolved", "Unknown", "SignatureNotChecked",
+                f"FeatureView {binding.feature_view_ref!r} exists; the ONNX signature check "
+                "has not run")
+
+
+def compute_model_status(
+    model: Model,
+    obs: Observed,
+    previous: dict[str, Any] | None,
+    ctx: RenderContext,
+    now: datetime,
+) -> dict[str, Any]:
+    """The whole status subresource the operator writes for this Model."""
+    previous = previous or {}
+    url = service_url(model, ctx)
+    if model.spec.backend == "kserve":
+        r = _kserve_rollout(obs, url)
+    else:
+        r = _deployment_rollout(model, obs.deployment, url)
+    ready = r.ready
+    phase = r.phase
+    if obs.problem is not None:
+        ready = Cond("Ready", "False", obs.problem.reason, obs.problem.message)
+        phase = "Failed"
+    stalled = phase == "Failed"
+    reconciling = phase in ("Pending", "Progressing")
+    conds = [
+        _features_condition(model, obs),
+        r.rolled_out,
+        ready,
+        Cond("Reconciling", "True" if reconciling else "False",
+             "RollingOut" if reconciling else "Settled",
+             r.rolled_out.message if reconciling else "no work under way"),
+        Cond("Stalled", "True" if stalled else "False",
+             ready.reason if stalled else "NotStalled",
+             ready.message if stalled else "nothing blocks progress"),
+    ]
+    generation = model.metadata.generation
+    active = model.spec.version if r.rolled_out.status == "True" else previous.get("activeVersion")
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "phase": phase,
+        "url": r.url,
+        "replicas": r.replicas,
+        "readyReplicas": r.ready_replicas,
+        "activeVersion": active,
+        "conditions": merge_conditions(previous.get("conditions", []), conds, generation, now),
+    }
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def invalid_spec_status(
+    message: str, generation: int | None, previous: dict[str, Any] | None, now: datetime
+) -> dict[str, Any]:
+    """Status for a Model the API server accepted but rtml cannot use (a user's mistake)."""
+    previous = previous or {}
+    cond = Cond("Ready", "False", "InvalidSpec", message)
+    conds = [
+        Cond("RolledOut", "False", "InvalidSpec", message),
+        cond,
+        Cond("Reconciling", "False", "InvalidSpec", "waiting for a corrected spec"),
+        Cond("Stalled", "True", "InvalidSpec", message),
+    ]
+    return {
+        "observedGeneration": generation,
+        "phase": "Failed",
+        "conditions": merge_conditions(previous.get("conditions", []), conds, generation, now),
+        **({"activeVersion": previous["activeVersion"]} if "activeVersion" in previous else {}),
+    }
+
+
+def status_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    return (old or {}) != new
