@@ -21,7 +21,7 @@ from rtml.api.model import Model
 KINDS: tuple[type[ApiModel], ...] = (Model, FeatureView, Experiment)
 
 READY = '.status.conditions[?(@.type=="Ready")].status'
-PRINTER_COLUMNS: dict[str, list[dict[str, str]]] = {
+PRINTER_COLUMNS: dict[str, list[dict[str, str | int]]] = {
     "Model": [
         {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
         {"name": "Backend", "type": "string", "jsonPath": ".spec.backend"},
@@ -29,7 +29,7 @@ PRINTER_COLUMNS: dict[str, list[dict[str, str]]] = {
         {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
         {"name": "SLO", "type": "integer", "jsonPath": ".spec.slo.p99LatencyMs",
          "description": "p99 latency objective in milliseconds"},
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": "1"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
     "FeatureView": [
@@ -77,12 +77,17 @@ def _unwrap_optional(node: dict[str, Any]) -> dict[str, Any]:
 
 def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     """Turn one pydantic JSON Schema node into a structural OpenAPI v3 schema node."""
-    node = _unwrap_optional(_resolve(node, defs))
+    node = _resolve(_unwrap_optional(_resolve(node, defs)), defs)
     if node.get("x-kubernetes-any-scalar"):
         node = {k: v for k, v in node.items() if k in ("description",)}
         return {**node, "x-kubernetes-preserve-unknown-fields": True}
     out: dict[str, Any] = {k: v for k, v in node.items() if k in _KEEP}
     out.update({k: v for k, v in node.items() if k.startswith("x-kubernetes-")})
+    # JSON Schema 2020 writes exclusive bounds as numbers; OpenAPI v3.0 as a flag on the bound.
+    for bound, flag in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), int | float) and not isinstance(out[bound], bool):
+            out[flag] = out.pop(bound)
+            out[bound] = True
     if node.get("type") == "object" or "properties" in node:
         out["type"] = "object"
         props = node.get("properties", {})
@@ -94,7 +99,11 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                     if all(k not in node.get("required", []) for k in [name]) and _all_optional(
                         sub, defs
                     ):
-                        child["default"] = {}
+                        # The full default, not {}: the API server checks CEL rules against it.
+                        child["default"] = {
+                            k: v["default"] for k, v in child["properties"].items()
+                            if "default" in v
+                        }
                 out["properties"][name] = child
             if node.get("required"):
                 out["required"] = list(node["required"])
@@ -108,7 +117,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _all_optional(node: dict[str, Any], defs: dict[str, Any]) -> bool:
-    node = _unwrap_optional(_resolve(node, defs))
+    node = _resolve(_unwrap_optional(_resolve(node, defs)), defs)
     # Only sub-objects that the spec always has (no anyOf-null wrapper) and that need no input.
     return not node.get("required") and not node.get("_untyped")
 

@@ -25,7 +25,7 @@ class Candidate(ApiModel):
 
 class Canary(ApiModel):
     steps: list[Step] = Field(
-        default_factory=lambda: list(DEFAULT_STEPS),
+        default=list(DEFAULT_STEPS),
         min_length=1,
         max_length=20,
         json_schema_extra={

@@ -22,21 +22,8 @@ class Entity(ApiModel):
 
 
 class Feature(ApiModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(self.default) || "
-                    "(self.dtype in ['FLOAT', 'DOUBLE'] && type(self.default) in [int, double]) || "
-                    "(self.dtype in ['INT32', 'INT64'] && type(self.default) == int) || "
-                    "(self.dtype == 'STRING' && type(self.default) == string) || "
-                    "(self.dtype == 'BOOL' && type(self.default) == bool)",
-                    "default must have the feature's dtype",
-                    ".default",
-                )
-            ]
-        }
-    )
+    # The API server cannot type-check `default` (CEL sees no fields of an untyped node), so the
+    # dtype match is checked here, by the operator and by `rtml validate`.
 
     name: Identifier
     dtype: Dtype

@@ -215,7 +215,7 @@ class Rollout(ApiModel):
         default="replace", description="how a change of spec.artifact reaches traffic"
     )
     steps: list[Step] = Field(
-        default_factory=lambda: list(DEFAULT_STEPS),
+        default=list(DEFAULT_STEPS),
         min_length=1,
         max_length=20,
         json_schema_extra={

@@ -7,6 +7,7 @@ reachable without generated classes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from rtml import API_VERSION
 from rtml.operator.render.meta import FIELD_MANAGER, MODEL_LABEL
 
 log = logging.getLogger("rtml.operator.client")
-DISCOVERY_TTL_SECONDS = 30.0
+DISCOVERY_TTL_SECONDS = float(os.environ.get("RTML_DISCOVERY_TTL", "30"))
 
 
 class KubeClient:
@@ -57,12 +58,9 @@ class KubeClient:
                 return cached[1]
         path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
         try:
-            data = self.api.call_api(path, "GET", response_type="object", auth_settings=["BearerToken"],
-                                     _return_http_data_only=True)
+            data = self.dyn.request("get", path).to_dict()
             served = any(r.get("kind") == kind for r in (data or {}).get("resources", []))
-        except k8s.ApiException as e:
-            if e.status != 404:
-                raise
+        except NotFoundError:
             served = False
         with self._lock:
             self._served[key] = (now, served)

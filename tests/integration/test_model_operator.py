@@ -1,0 +1,250 @@
+"""The Model operator against a real API server, KServe's real CRD and a real operator process."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.kube import KSERVE_CRD, THIRDPARTY, Kube, OperatorProcess, install_crd_file, wait_for
+
+pytestmark = pytest.mark.apiserver
+DIGEST = "c" * 64
+MODEL = ("rtml.dev/v1alpha1", "Model")
+DEPLOY = ("apps/v1", "Deployment")
+ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
+BENTOML_CHILDREN = [("v1", "ConfigMap", "{}-rtml-config"), ("apps/v1", "Deployment", "{}"),
+                    ("v1", "Service", "{}"), ("policy/v1", "PodDisruptionBudget", "{}"),
+                    ("autoscaling/v2", "HorizontalPodAutoscaler", "{}")]
+
+
+def model(name: str, ns: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"version": "v1",
+                            "artifact": {"uri": "s3://bucket/m.onnx", "sha256": DIGEST},
+                            "autoscaling": {"minReplicas": 1, "maxReplicas": 3}}
+    body.update(spec)
+    return {"apiVersion": "rtml.dev/v1alpha1", "kind": "Model",
+            "metadata": {"name": name, "namespace": ns}, "spec": body}
+
+
+def children(kube: Kube, name: str, ns: str) -> dict[str, dict[str, Any] | None]:
+    return {kind: kube.get(av, kind, pattern.format(name), ns)
+            for av, kind, pattern in BENTOML_CHILDREN}
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+def versions(kube: Kube, name: str, ns: str) -> dict[str, str]:
+    return {k: v["metadata"]["resourceVersion"] for k, v in children(kube, name, ns).items() if v}
+
+
+def mark_rolled_out(kube: Kube, name: str, ns: str) -> None:
+    """Do what the kubelet and Deployment controller would: report every replica ready."""
+    dep = kube.get(*DEPLOY, name, ns)
+    assert dep is not None
+    n = (dep["spec"].get("replicas") or 1)
+    kube.patch(*DEPLOY, name, ns, {"status": {
+        "observedGeneration": dep["metadata"]["generation"], "replicas": n, "updatedReplicas": n,
+        "readyReplicas": n, "availableReplicas": n}}, subresource="status")
+
+
+def test_create_makes_owned_restricted_children_and_status(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    created = kube.create(model("fraud", namespace))
+    uid = created["metadata"]["uid"]
+    kids = wait_for(lambda: (c := children(kube, "fraud", namespace)) and all(c.values()) and c,
+                    30, what="all five children")
+    for kind, obj in kids.items():
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["uid"], ref["controller"]) == ("Model", uid, True), kind
+        assert obj["metadata"]["labels"]["rtml.dev/model"] == "fraud"
+        fields = {f["manager"] for f in obj["metadata"].get("managedFields", [])
+                  if f["operation"] == "Apply"}
+        assert fields == {"rtml-operator"}, kind
+    pod = kids["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "replicas" not in [f for f in kids["Deployment"]["metadata"]["managedFields"]
+                              if f["manager"] == "rtml-operator"][0]["fieldsV1"]["f:spec"]
+    # The namespace enforces `restricted`: the ReplicaSet controller could create the pod.
+    core = kube.res("v1", "Pod")
+    pods = wait_for(lambda: core.get(namespace=namespace).items, 30, what="a predictor pod")
+    assert pods[0]["spec"]["containers"][0]["image"] == "registry.local/rtml-runtime:test"
+
+    m = wait_for(lambda: (o := kube.get(*MODEL, "fraud", namespace)) and
+                 condition(o, "RolledOut") and o, 30, what="status")
+    assert m["status"]["observedGeneration"] == m["metadata"]["generation"]
+    assert condition(m, "Ready")["status"] == "False"
+    assert m["status"]["phase"] in ("Pending", "Progressing")
+    assert m["status"]["url"] == f"http://fraud.{namespace}.svc.cluster.local"
+
+    mark_rolled_out(kube, "fraud", namespace)
+    m = wait_for(lambda: (o := kube.get(*MODEL, "fraud", namespace)) and
+                 condition(o, "Ready").get("status") == "True" and o, 30, what="Ready=True")
+    assert m["status"]["phase"] == "Ready"
+    assert m["status"]["activeVersion"] == "v1"
+    assert condition(m, "RolledOut")["status"] == "True"
+
+
+def test_update_changes_children_and_observed_generation(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    kube.create(model("upd", namespace))
+    wait_for(lambda: all(children(kube, "upd", namespace).values()), 30, what="children")
+    before = children(kube, "upd", namespace)
+    checksum = before["Deployment"]["spec"]["template"]["metadata"]["annotations"][
+        "rtml.dev/config-checksum"]
+    kube.patch(*MODEL, "upd", namespace, {"spec": {"slo": {"p99LatencyMs": 20},
+                                                   "autoscaling": {"maxReplicas": 7}}})
+
+    def updated() -> bool:
+        c = children(kube, "upd", namespace)
+        ann = c["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+        return (ann["rtml.dev/config-checksum"] != checksum
+                and c["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] == 7
+                and '"p99LatencyMs": 20' in c["ConfigMap"]["data"]["model.json"])
+
+    wait_for(updated, 30, what="children to follow the spec")
+    m = wait_for(lambda: (o := kube.get(*MODEL, "upd", namespace)) and
+                 o["status"].get("observedGeneration") == o["metadata"]["generation"] and o,
+                 30, what="observedGeneration to follow")
+    assert m["metadata"]["generation"] == 2
+
+
+def test_noop_reconcile_writes_nothing(kube: Kube, operator: OperatorProcess, namespace: str) -> None:
+    kube.create(model("steady", namespace))
+    wait_for(lambda: all(children(kube, "steady", namespace).values()), 30, what="children")
+    mark_rolled_out(kube, "steady", namespace)
+    wait_for(lambda: condition(kube.get(*MODEL, "steady", namespace), "Ready").get("status")
+             == "True", 30, what="Ready")
+    time.sleep(2)  # let the last event-driven reconcile finish
+    before = versions(kube, "steady", namespace)
+    model_rv = kube.get(*MODEL, "steady", namespace)["metadata"]["resourceVersion"]  # type: ignore[index]
+    time.sleep(10)  # > 3 resync periods of 3 s: each one reconciles and must write nothing
+    assert versions(kube, "steady", namespace) == before
+    assert kube.get(*MODEL, "steady", namespace)["metadata"]["resourceVersion"] == model_rv  # type: ignore[index]
+
+
+def test_hand_deleted_or_edited_child_is_restored(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    kube.create(model("heal", namespace))
+    wait_for(lambda: all(children(kube, "heal", namespace).values()), 30, what="children")
+    old_uid = kube.get("v1", "Service", "heal", namespace)["metadata"]["uid"]  # type: ignore[index]
+    kube.delete("v1", "Service", "heal", namespace)
+    svc = wait_for(lambda: (s := kube.get("v1", "Service", "heal", namespace)) and
+                   s["metadata"]["uid"] != old_uid and s, 30, what="the Service to come back")
+    assert svc["metadata"]["ownerReferences"][0]["kind"] == "Model"
+
+    kube.patch("apps/v1", "Deployment", "heal", namespace, {"spec": {"template": {"spec": {
+        "containers": [{"name": "runtime", "image": "evil/image:1"}]}}}})
+    wait_for(lambda: kube.get(*DEPLOY, "heal", namespace)["spec"]["template"]["spec"][  # type: ignore[index]
+        "containers"][0]["image"] == "registry.local/rtml-runtime:test", 30,
+        what="the Deployment's image to be restored")
+
+
+def test_model_deletion_garbage_collects_children(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    kube.create(model("gone", namespace))
+    wait_for(lambda: all(children(kube, "gone", namespace).values()), 30, what="children")
+    kube.delete(*MODEL, "gone", namespace)
+    wait_for(lambda: not any(children(kube, "gone", namespace).values()), 60,
+             what="the garbage collector to delete every child")
+
+
+def test_switching_to_fixed_size_prunes_the_hpa(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    kube.create(model("fixed", namespace))
+    wait_for(lambda: all(children(kube, "fixed", namespace).values()), 30, what="children")
+    kube.patch(*MODEL, "fixed", namespace, {"spec": {"autoscaling": {"minReplicas": 2,
+                                                                     "maxReplicas": 2}}})
+    wait_for(lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "fixed", namespace)
+             is None, 30, what="the HPA to be pruned")
+    wait_for(lambda: kube.get(*DEPLOY, "fixed", namespace)["spec"]["replicas"] == 2, 30,  # type: ignore[index]
+             what="replicas written once no autoscaler owns them")
+
+
+def test_kserve_backend_renders_a_valid_inference_service(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    kube.create(model("churn", namespace, backend="kserve",
+                      autoscaling={"minReplicas": 1, "maxReplicas": 4, "metric": "cpu",
+                                   "target": 60}))
+    isvc = wait_for(lambda: kube.get(*ISVC, "churn", namespace), 30, what="the InferenceService")
+    assert isvc["metadata"]["ownerReferences"][0]["kind"] == "Model"
+    pred = isvc["spec"]["predictor"]
+    assert (pred["minReplicas"], pred["maxReplicas"], pred["scaleMetric"], pred["scaleTarget"]) == (
+        1, 4, "cpu", 60)
+    assert pred["containers"][0]["securityContext"]["runAsNonRoot"] is True
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert kube.get(*DEPLOY, "churn", namespace) is None
+    # Status rolls up what KServe reports.
+    kube.patch(*ISVC, "churn", namespace, {"status": {"url": "http://churn.example.com",
+        "conditions": [
+            {"type": "PredictorReady", "status": "True", "lastTransitionTime": "2026-11-27T00:00:00Z"},
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-27T00:00:00Z"}]}},
+        subresource="status")
+    m = wait_for(lambda: (o := kube.get(*MODEL, "churn", namespace)) and
+                 condition(o, "Ready").get("status") == "True" and o, 30, what="Ready from KServe")
+    assert m["status"]["url"] == "http://churn.example.com"
+    assert condition(m, "RolledOut")["status"] == "True"
+
+
+def test_kserve_backend_without_kserve_crd_says_so(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    crd = "inferenceservices.serving.kserve.io"
+    kube.delete("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd)
+    try:
+        wait_for(lambda: kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd)
+                 is None, 60, what="KServe's CRD to be removed")
+        kube.create(model("nokserve", namespace, backend="kserve"))
+        m = wait_for(lambda: (o := kube.get(*MODEL, "nokserve", namespace)) and
+                     condition(o, "Ready").get("reason") == "KServeNotInstalled" and o, 30,
+                     what="a KServeNotInstalled condition")
+        assert "not installed" in condition(m, "Ready")["message"]
+        assert condition(m, "Stalled")["status"] == "True"
+    finally:
+        install_crd_file(kube, THIRDPARTY / KSERVE_CRD)
+    # Once KServe arrives the same Model converges without being touched.
+    wait_for(lambda: kube.get(*ISVC, "nokserve", namespace), 60,
+             what="the InferenceService once the CRD is back")
+
+
+def test_operator_killed_mid_reconcile_converges_after_restart(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    for i in range(5):
+        kube.create(model(f"crash{i}", namespace))
+    operator.kill()  # while it works through the five creations
+    try:
+        kube.patch(*MODEL, "crash0", namespace, {"spec": {"autoscaling": {"maxReplicas": 4}}})
+    finally:
+        operator.start()
+    for i in range(5):
+        wait_for(lambda i=i: all(children(kube, f"crash{i}", namespace).values()), 60,
+                 what=f"crash{i}'s children after the restart")
+    wait_for(lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "crash0", namespace)[
+        "spec"]["maxReplicas"] == 4, 30, what="the edit made while the operator was down")
+    m = kube.get(*MODEL, "crash0", namespace)
+    assert m is not None
+    wait_for(lambda: kube.get(*MODEL, "crash0", namespace)["status"]["observedGeneration"] == 2,  # type: ignore[index]
+             30, what="observedGeneration after restart")
+
+
+def test_liveness_endpoint_reports_processing(operator: OperatorProcess) -> None:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(operator.liveness_url, timeout=5) as r:  # noqa: S310
+        body = json.loads(r.read())
+    assert body["processing"]["secondsSinceHeartbeat"] < 60

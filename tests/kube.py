@@ -1,0 +1,205 @@
+"""Helpers and fixtures for tests against the real API server: CRDs, namespaces, the operator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+THIRDPARTY = REPO.parent / "shared" / "thirdparty-crds"
+KSERVE_CRD = "kserve.serving.kserve.io_inferenceservices.yaml"
+LOGS = REPO / ".test-logs"
+
+
+def wait_for(fn: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2,
+             what: str = "condition") -> Any:
+    """Poll until fn() returns something truthy; fail with what we waited for."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except Exception as e:  # noqa: BLE001 - keep polling through transient errors
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+class Kube:
+    """A small facade over the DynamicClient for tests."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes.dynamic import DynamicClient
+
+        self.api = api_client
+        self.dyn = DynamicClient(api_client)
+
+    def res(self, api_version: str, kind: str) -> Any:
+        from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+        try:
+            return self.dyn.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            self.dyn.resources.invalidate_cache()
+            return self.dyn.resources.get(api_version=api_version, kind=kind)
+
+    def apply(self, obj: dict[str, Any], manager: str = "rtml-tests") -> dict[str, Any]:
+        r = self.res(obj["apiVersion"], obj["kind"])
+        out = r.server_side_apply(body=obj, name=obj["metadata"]["name"],
+                                  namespace=obj["metadata"].get("namespace"),
+                                  field_manager=manager, force_conflicts=True)
+        return dict(out.to_dict())
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        r = self.res(obj["apiVersion"], obj["kind"])
+        return dict(r.create(body=obj, namespace=obj["metadata"].get("namespace")).to_dict())
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None
+            ) -> dict[str, Any] | None:
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        try:
+            return dict(self.res(api_version, kind).get(name=name, namespace=namespace).to_dict())
+        except NotFoundError:
+            return None
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> None:
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        try:
+            self.res(api_version, kind).delete(name=name, namespace=namespace)
+        except NotFoundError:
+            pass
+
+    def patch(self, api_version: str, kind: str, name: str, namespace: str, body: dict[str, Any],
+              subresource: str | None = None) -> None:
+        r = self.res(api_version, kind)
+        target = r.subresources[subresource] if subresource else r
+        target.patch(body=body, name=name, namespace=namespace,
+                     content_type="application/merge-patch+json")
+
+
+def install_crd_file(kube: Kube, path: Path) -> list[str]:
+    names = []
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc.get("kind") == "CustomResourceDefinition":
+            kube.apply(doc, manager="rtml-tests-crds")
+            names.append(doc["metadata"]["name"])
+    for name in names:
+        wait_for(lambda n=name: _established(kube, n), 60, what=f"CRD {name} to be established")
+    return names
+
+
+def _established(kube: Kube, name: str) -> bool:
+    crd = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name)
+    conds = (crd or {}).get("status", {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+
+@pytest.fixture(scope="session")
+def kube(kube_api_client: Any) -> Kube:
+    return Kube(kube_api_client)
+
+
+@pytest.fixture(scope="session")
+def rtml_crds(kube: Kube) -> list[str]:
+    names: list[str] = []
+    for f in sorted((REPO / "crds").glob("*.yaml")):
+        names += install_crd_file(kube, f)
+    return names
+
+
+@pytest.fixture(scope="session")
+def kserve_crd(kube: Kube) -> str:
+    """KServe's real InferenceService CRD (~2 MB, applied server-side)."""
+    (name,) = install_crd_file(kube, THIRDPARTY / KSERVE_CRD)
+    return name
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    """A fresh namespace enforcing the Pod Security `restricted` profile."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    yield name
+    kube.delete("v1", "Namespace", name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    """`rtml operator` as a real process against the test control plane."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def liveness_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/healthz"
+
+    def start(self) -> None:
+        env = {**os.environ, "RTML_RESYNC_SECONDS": "3", "RTML_DISCOVERY_TTL": "1",
+               "RTML_RUNTIME_IMAGE": "registry.local/rtml-runtime:test",
+               "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "bentos")])}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rtml.cli", "operator", "--kubeconfig", str(self.kubeconfig),
+             "--liveness", self.liveness_url],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        import urllib.request
+
+        def alive() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(f"the operator exited with {self.proc.returncode}; see {self.log_path}")
+            with urllib.request.urlopen(self.liveness_url, timeout=2) as r:  # noqa: S310
+                return bool(r.status == 200)
+
+        wait_for(alive, 60, 0.3, "the operator's liveness endpoint")
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to finish what it was doing (a crash, an OOM kill)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def operator(control_plane: Any, rtml_crds: list[str], kserve_crd: str) -> Iterator[OperatorProcess]:
+    LOGS.mkdir(exist_ok=True)
+    op = OperatorProcess(Path(control_plane.kubeconfig), LOGS / "operator.log")
+    op.log_path.write_bytes(b"")
+    op.start()
+    yield op
+    op.stop()

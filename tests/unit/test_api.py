@@ -1,0 +1,142 @@
+"""The typed API models: defaults, cross-field rules, and the CRDs generated from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from rtml.api import Experiment, FeatureView, Model
+from rtml.api.common import parse_duration
+from rtml.api.crd import crd_files, render_crd
+from tests.unit.helpers import DIGEST, model
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_checked_in_crds_match_the_models() -> None:
+    for name, text in crd_files().items():
+        path = REPO / "crds" / name
+        assert path.exists(), f"{path} missing; run `rtml crds --out crds`"
+        assert path.read_text() == text, f"{path} is stale; run `rtml crds --out crds`"
+
+
+def test_chart_crds_match_crds_folder() -> None:
+    for name in crd_files():
+        assert (REPO / "charts/rtml/crds" / name).read_text() == (REPO / "crds" / name).read_text()
+
+
+def test_model_defaults_follow_api_md() -> None:
+    s = model().spec
+    assert s.backend == "bentoml"
+    assert s.artifact.format == "onnx"
+    assert (s.slo.p99_latency_ms, s.slo.timeout_ms, s.slo.feature_budget_ms) == (50, 100, 20)
+    cb = s.circuit_breaker
+    assert (cb.failure_rate_threshold, cb.slow_call_rate_threshold, cb.window_size,
+            cb.minimum_calls, cb.open_duration, cb.half_open_calls) == (50, 100, 100, 20, "30s", 5)
+    assert s.slow_call_ms == 50
+    assert s.fallback.mode == "reject"
+    assert (s.autoscaling.min_replicas, s.autoscaling.max_replicas) == (1, 5)
+    assert s.autoscaling.metric == "concurrency"
+    assert s.warmup.requests == 50
+    assert s.rollout.strategy == "replace"
+    assert s.rollout.steps == [5, 25, 50, 100]
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"artifact": {"uri": "s3://b/m.onnx", "sha256": "xyz"}}, "sha256"),
+        ({"artifact": {"uri": "s3://b/m.onnx"}}, "sha256 is required"),
+        ({"backend": "triton"}, "backend"),
+        ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas"),
+        ({"slo": {"p99LatencyMs": -1}}, "p99LatencyMs"),
+        ({"rollout": {"steps": [50, 25]}}, "ascending"),
+        ({"fallback": {"mode": "static"}}, "value is required"),
+        ({"circuitBreaker": {"openDuration": "soon"}}, "openDuration"),
+        ({"unknownField": 1}, "unknownField"),
+    ],
+)
+def test_invalid_models_name_the_field(spec: dict, words: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        model(**spec)
+    assert words in str(err.value)
+
+
+def test_file_uri_needs_no_digest() -> None:
+    m = Model.model_validate({"spec": {"version": "v1", "artifact": {"uri": "file:///m.onnx"}}})
+    assert m.spec.artifact.sha256 is None
+
+
+@pytest.mark.parametrize(
+    ("features", "words"),
+    [
+        ([], "at least 1"),
+        ([{"name": "a", "dtype": "FLOAT"}, {"name": "a", "dtype": "INT64"}], "duplicate"),
+        ([{"name": "a", "dtype": "DECIMAL"}], "dtype"),
+        ([{"name": "a", "dtype": "INT64", "default": "zero"}], "dtype INT64"),
+    ],
+)
+def test_invalid_feature_views(features: list, words: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        FeatureView.model_validate({"spec": {
+            "entity": {"name": "card", "joinKey": "card_id"}, "features": features,
+            "source": {"type": "push"}}})
+    assert words in str(err.value)
+
+
+def test_feature_view_cron_and_ttl() -> None:
+    base = {"entity": {"name": "c", "joinKey": "c"}, "features": [{"name": "a", "dtype": "BOOL"}],
+            "source": {"type": "push"}}
+    ok = FeatureView.model_validate({"spec": {**base, "materialization": {"schedule": "0 * * * *"}}})
+    assert ok.spec.ttl == "24h"
+    for bad in ({"materialization": {"schedule": "every hour"}}, {"ttl": "1 day"}):
+        with pytest.raises(ValidationError):
+            FeatureView.model_validate({"spec": {**base, **bad}})
+
+
+def test_experiment_rules() -> None:
+    base = {"modelRef": "fraud", "candidate": {"version": "v2", "artifact": {
+        "uri": "s3://b/m2.onnx", "sha256": DIGEST}}}
+    e = Experiment.model_validate({"spec": {**base, "strategy": "canary"}})
+    assert e.spec.canary.steps == [5, 25, 50, 100]
+    assert e.spec.analysis.on_metrics_unavailable == "pause"
+    with pytest.raises(ValidationError, match="abtest is required"):
+        Experiment.model_validate({"spec": {**base, "strategy": "abtest"}})
+    with pytest.raises(ValidationError, match="candidateWeight"):
+        Experiment.model_validate({"spec": {**base, "strategy": "abtest",
+                                            "abtest": {"candidateWeight": 100}}})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("1m30s", 90), ("24h", 86400),
+                                               ("250ms", 0.25), ("1.5h", 5400)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_crd_schema_is_structural_and_carries_rules() -> None:
+    crd = render_crd(Model)
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert crd["spec"]["names"]["shortNames"] == ["rmodel"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    autoscaling = spec["properties"]["autoscaling"]
+    assert autoscaling["default"] == {"minReplicas": 1, "maxReplicas": 5, "metric": "concurrency"}
+    assert any("minReplicas <= self.maxReplicas" in r["rule"]
+               for r in autoscaling["x-kubernetes-validations"])
+    assert spec["properties"]["backend"]["enum"] == ["bentoml", "kserve"]
+    cols = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert cols[:5] == ["Version", "Backend", "Ready", "Replicas", "SLO"]
+
+    def walk(node: dict, path: str) -> None:
+        assert "$ref" not in node and "anyOf" not in node, path
+        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+        for k, v in node.get("properties", {}).items():
+            walk(v, f"{path}.{k}")
+        if "items" in node:
+            walk(node["items"], f"{path}[]")
+
+    for kind in (Model, FeatureView, Experiment):
+        walk(render_crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"], kind.__name__)

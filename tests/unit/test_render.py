@@ -1,0 +1,220 @@
+"""Every renderer branch: both backends, autoscaler choices, defaults, security context."""
+
+from __future__ import annotations
+
+import pytest
+
+from rtml.operator.render import RenderContext, render_model_children
+from rtml.operator.render.autoscaler import render_autoscaler, target_value
+from rtml.operator.render.configmap import config_checksum, render_config_map
+from rtml.operator.render.deployment import CHECKSUM_ANNOTATION, render_deployment
+from rtml.operator.render.inferenceservice import render_inference_service
+from tests.unit.helpers import model
+
+pytestmark = pytest.mark.unit
+CTX = RenderContext(runtime_image="registry.local/rtml:test")
+KEDA = RenderContext(runtime_image="registry.local/rtml:test", keda_installed=True)
+
+
+def kinds(objs: list[dict]) -> list[str]:
+    return [o["kind"] for o in objs]
+
+
+def test_bentoml_children_in_apply_order() -> None:
+    assert kinds(render_model_children(model(), CTX)) == [
+        "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+    ]
+
+
+def test_kserve_children_are_config_and_inference_service() -> None:
+    assert kinds(render_model_children(model(backend="kserve"), CTX)) == [
+        "ConfigMap", "InferenceService",
+    ]
+
+
+def test_every_child_is_owned_by_the_model_and_labelled() -> None:
+    for obj in render_model_children(model(), CTX):
+        meta = obj["metadata"]
+        assert meta["namespace"] == "ml"
+        (ref,) = meta["ownerReferences"]
+        assert ref == {"apiVersion": "rtml.dev/v1alpha1", "kind": "Model", "name": "fraud",
+                       "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}
+        assert meta["labels"]["rtml.dev/model"] == "fraud"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "rtml-operator"
+
+
+def test_deployment_is_restricted_and_probes_oip_health() -> None:
+    pod = render_deployment(model(), CTX)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert c["image"] == "registry.local/rtml:test"
+    assert pod["automountServiceAccountToken"] is False
+    # only volume types the restricted profile allows
+    assert {next(k for k in v if k != "name") for v in pod["volumes"]} <= {"configMap", "emptyDir"}
+
+
+def test_scrape_annotations_and_config_checksum_on_pods() -> None:
+    m = model()
+    ann = render_deployment(m, CTX)["spec"]["template"]["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true"
+    assert ann["prometheus.io/port"] == "8080"
+    assert ann[CHECKSUM_ANNOTATION] == config_checksum(m)
+
+
+def test_config_change_changes_checksum_so_pods_roll() -> None:
+    a = render_deployment(model(), CTX)["spec"]["template"]["metadata"]["annotations"]
+    b = render_deployment(model(slo={"p99LatencyMs": 20}), CTX)["spec"]["template"]["metadata"][
+        "annotations"]
+    assert a[CHECKSUM_ANNOTATION] != b[CHECKSUM_ANNOTATION]
+
+
+def test_config_map_holds_resolved_spec_with_defaults() -> None:
+    import json
+
+    data = json.loads(render_config_map(model())["data"]["model.json"])
+    assert data["spec"]["slo"] == {"p99LatencyMs": 50, "timeoutMs": 100, "featureBudgetMs": 20}
+    assert data["spec"]["fallback"] == {"mode": "reject"}
+    assert data["spec"]["warmup"] == {"requests": 50}
+
+
+def test_replicas_omitted_when_autoscaler_owns_them() -> None:
+    dep = render_deployment(model(autoscaling={"minReplicas": 2, "maxReplicas": 6}), CTX)
+    assert "replicas" not in dep["spec"]
+
+
+def test_fixed_size_model_has_replicas_and_no_autoscaler() -> None:
+    m = model(autoscaling={"minReplicas": 3, "maxReplicas": 3})
+    assert render_deployment(m, CTX)["spec"]["replicas"] == 3
+    assert render_autoscaler(m, CTX) is None
+    assert "HorizontalPodAutoscaler" not in kinds(render_model_children(m, CTX))
+
+
+@pytest.mark.parametrize(
+    ("metric", "target", "expected"),
+    [
+        ("cpu", None, {"type": "Resource", "resource": {"name": "cpu", "target": {
+            "type": "Utilization", "averageUtilization": 70}}}),
+        ("cpu", 55, {"type": "Resource", "resource": {"name": "cpu", "target": {
+            "type": "Utilization", "averageUtilization": 55}}}),
+        ("concurrency", None, {"type": "Pods", "pods": {"metric": {"name": "rtml_inflight_requests"},
+                               "target": {"type": "AverageValue", "averageValue": "4"}}}),
+        ("concurrency", 2.5, {"type": "Pods", "pods": {"metric": {"name": "rtml_inflight_requests"},
+                              "target": {"type": "AverageValue", "averageValue": "2500m"}}}),
+        ("rps", None, {"type": "Pods", "pods": {"metric": {"name": "rtml_requests_per_second"},
+                       "target": {"type": "AverageValue", "averageValue": "200"}}}),
+        ("p99Latency", None, {"type": "Pods", "pods": {
+            "metric": {"name": "rtml_request_p99_latency_ms"},
+            "target": {"type": "AverageValue", "averageValue": "40"}}}),
+    ],
+)
+def test_hpa_metric_per_autoscaling_metric(metric: str, target: float | None, expected: dict) -> None:
+    spec = {"metric": metric, **({"target": target} if target is not None else {})}
+    hpa = render_autoscaler(model(autoscaling=spec), CTX)
+    assert hpa is not None
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["kind"] == "HorizontalPodAutoscaler"
+    assert hpa["spec"]["metrics"] == [expected]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 5)
+
+
+@pytest.mark.parametrize("metric", ["rps", "p99Latency"])
+def test_keda_scaled_object_when_keda_installed(metric: str) -> None:
+    so = render_autoscaler(model(autoscaling={"metric": metric, "maxReplicas": 7}), KEDA)
+    assert so is not None
+    assert so["kind"] == "ScaledObject"
+    assert so["spec"]["maxReplicaCount"] == 7
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert 'model="fraud"' in trigger["metadata"]["query"]
+    assert trigger["metricType"] == ("AverageValue" if metric == "rps" else "Value")
+
+
+@pytest.mark.parametrize("metric", ["cpu", "concurrency"])
+def test_keda_not_used_for_metrics_an_hpa_serves(metric: str) -> None:
+    hpa = render_autoscaler(model(autoscaling={"metric": metric}), KEDA)
+    assert hpa is not None
+    assert hpa["kind"] == "HorizontalPodAutoscaler"
+
+
+def test_p99_target_defaults_to_headroom_under_slo() -> None:
+    m = model(slo={"p99LatencyMs": 30}, autoscaling={"metric": "p99Latency"})
+    assert target_value(m) == pytest.approx(24.0)
+
+
+@pytest.mark.parametrize(
+    ("metric", "mode", "klass", "scale"),
+    [
+        ("cpu", "RawDeployment", "hpa", {"scaleMetric": "cpu", "scaleTarget": 70,
+                                         "scaleMetricType": "Utilization"}),
+        ("concurrency", "Serverless", None, {"scaleMetric": "concurrency", "scaleTarget": 4}),
+        ("rps", "Serverless", None, {"scaleMetric": "rps", "scaleTarget": 200}),
+    ],
+)
+def test_kserve_scaling_mapping(metric: str, mode: str, klass: str | None, scale: dict) -> None:
+    isvc = render_inference_service(model(backend="kserve", autoscaling={"metric": metric}), CTX)
+    ann = isvc["metadata"]["annotations"]
+    assert ann["serving.kserve.io/deploymentMode"] == mode
+    assert ann.get("serving.kserve.io/autoscalerClass") == klass
+    pred = isvc["spec"]["predictor"]
+    assert pred["minReplicas"] == 1
+    assert pred["maxReplicas"] == 5
+    for k, v in scale.items():
+        assert pred[k] == v
+
+
+def test_kserve_p99_uses_keda_external_metric() -> None:
+    isvc = render_inference_service(
+        model(backend="kserve", autoscaling={"metric": "p99Latency", "target": 25}), CTX
+    )
+    pred = isvc["spec"]["predictor"]
+    assert "scaleMetric" not in pred
+    (metric,) = pred["autoScaling"]["metrics"]
+    assert metric["type"] == "External"
+    assert metric["external"]["target"] == {"type": "Value", "value": "25"}
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
+
+
+def test_kserve_predictor_runs_the_runtime_container_restricted() -> None:
+    pred = render_inference_service(model(backend="kserve"), CTX)["spec"]["predictor"]
+    (c,) = pred["containers"]
+    assert c["name"] == "kserve-container"
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["ports"][0]["containerPort"] == 8080
+    assert pred["securityContext"]["runAsNonRoot"] is True
+
+
+def test_runtime_overrides_apply() -> None:
+    m = model(runtime={
+        "image": "my/img:1", "serviceAccountName": "ml-reader",
+        "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+        "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "2", "memory": "2Gi"}},
+    })
+    pod = render_deployment(m, CTX)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "my/img:1"
+    assert pod["serviceAccountName"] == "ml-reader"
+    assert {"name": "OMP_NUM_THREADS", "value": "1"} in c["env"]
+    assert c["resources"] == {"requests": {"cpu": "2"}, "limits": {"cpu": "2", "memory": "2Gi"}}
+
+
+def test_default_resources_when_not_overridden() -> None:
+    (c,) = render_deployment(model(), CTX)["spec"]["template"]["spec"]["containers"]
+    assert c["resources"]["requests"] == {"cpu": "500m", "memory": "512Mi"}
+
+
+def test_rendering_is_deterministic() -> None:
+    assert render_model_children(model(), CTX) == render_model_children(model(), CTX)
+
+
+def test_selector_excludes_version_so_upgrades_do_not_orphan_pods() -> None:
+    a = render_deployment(model(), CTX)["spec"]["selector"]
+    b = render_deployment(model(version="v2"), CTX)["spec"]["selector"]
+    assert a == b
+    assert "rtml.dev/version" not in a["matchLabels"]

@@ -1,0 +1,146 @@
+"""compute_model_status and condition semantics, without a server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from rtml.operator.conditions import Cond, get_condition, merge_conditions
+from rtml.operator.render import RenderContext
+from rtml.operator.status import Observed, compute_model_status, invalid_spec_status
+from tests.unit.helpers import model
+
+pytestmark = pytest.mark.unit
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+CTX = RenderContext()
+
+
+def deployment(gen: int = 1, observed: int = 1, replicas: int = 2, updated: int = 2,
+               available: int = 2, ready: int = 2, total: int | None = None,
+               conditions: list | None = None) -> dict:
+    return {
+        "metadata": {"generation": gen},
+        "spec": {"replicas": replicas},
+        "status": {"observedGeneration": observed, "replicas": replicas if total is None else total,
+                   "updatedReplicas": updated, "availableReplicas": available,
+                   "readyReplicas": ready, "conditions": conditions or []},
+    }
+
+
+def cond(status: dict, type_: str) -> dict:
+    c = get_condition(status["conditions"], type_)
+    assert c is not None, type_
+    return c
+
+
+def test_rolled_out_deployment_is_ready() -> None:
+    m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})
+    s = compute_model_status(m, Observed(deployment=deployment()), None, CTX, NOW)
+    assert s["phase"] == "Ready"
+    assert cond(s, "RolledOut")["status"] == "True"
+    assert cond(s, "Ready")["status"] == "True"
+    assert cond(s, "Reconciling")["status"] == "False"
+    assert cond(s, "Stalled")["status"] == "False"
+    assert s["observedGeneration"] == 3
+    assert s["activeVersion"] == "v1"
+    assert s["url"] == "http://fraud.ml.svc.cluster.local"
+    assert (s["replicas"], s["readyReplicas"]) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("dep", "phase", "reason"),
+    [
+        (None, "Pending", "DeploymentMissing"),
+        (deployment(gen=2, observed=1), "Progressing", "RollingOut"),
+        (deployment(updated=1, total=3), "Progressing", "RollingOut"),
+        (deployment(available=1), "Degraded", "ReplicasUnavailable"),
+        (deployment(available=0, ready=0), "Progressing", "ReplicasUnavailable"),
+        (deployment(conditions=[{"type": "Progressing", "status": "False",
+                                 "reason": "ProgressDeadlineExceeded", "message": "too slow"}]),
+         "Failed", "ProgressDeadlineExceeded"),
+    ],
+)
+def test_deployment_rollout_states(dep: dict | None, phase: str, reason: str) -> None:
+    m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})
+    s = compute_model_status(m, Observed(deployment=dep), {"activeVersion": "v0"}, CTX, NOW)
+    assert s["phase"] == phase
+    assert cond(s, "Ready")["status"] == "False"
+    assert cond(s, "Ready")["reason"] == reason
+    assert s["activeVersion"] == "v0"  # lags until the rollout is done
+    assert cond(s, "Stalled")["status"] == ("True" if phase == "Failed" else "False")
+    assert cond(s, "Reconciling")["status"] == ("True" if phase in ("Pending", "Progressing")
+                                                else "False")
+
+
+def test_kserve_missing_crd_says_so_in_words() -> None:
+    s = compute_model_status(model(backend="kserve"), Observed(kserve_installed=False), None,
+                             CTX, NOW)
+    ready = cond(s, "Ready")
+    assert ready["reason"] == "KServeNotInstalled"
+    assert "InferenceService CRD" in ready["message"]
+    assert s["phase"] == "Failed"
+    assert cond(s, "Stalled")["status"] == "True"
+
+
+def test_kserve_rolls_up_inference_service_conditions() -> None:
+    isvc = {"status": {"url": "http://churn.ml.example.com", "conditions": [
+        {"type": "PredictorReady", "status": "True"},
+        {"type": "Ready", "status": "False", "reason": "IngressNotConfigured", "message": "no gw"},
+    ]}}
+    s = compute_model_status(model(backend="kserve"), Observed(inference_service=isvc), None,
+                             CTX, NOW)
+    assert cond(s, "RolledOut")["status"] == "True"
+    assert cond(s, "Ready") | {} == cond(s, "Ready")
+    assert cond(s, "Ready")["reason"] == "IngressNotConfigured"
+    assert s["url"] == "http://churn.ml.example.com"
+    assert s["phase"] == "Progressing"
+
+
+def test_kserve_without_status_yet_is_unknown_not_ready() -> None:
+    s = compute_model_status(model(backend="kserve"), Observed(inference_service={}), None,
+                             CTX, NOW)
+    assert cond(s, "RolledOut")["status"] == "Unknown"
+    assert cond(s, "Ready")["status"] == "False"
+
+
+def test_apply_problem_marks_failed() -> None:
+    obs = Observed(deployment=deployment(), problem=Cond("Ready", "False", "ApplyRejected", "no"))
+    s = compute_model_status(model(), obs, None, CTX, NOW)
+    assert s["phase"] == "Failed"
+    assert cond(s, "Ready")["reason"] == "ApplyRejected"
+
+
+def test_features_condition_names_the_missing_view() -> None:
+    m = model(features={"featureViewRef": "txns"})
+    s = compute_model_status(m, Observed(deployment=deployment()), None, CTX, NOW)
+    fr = cond(s, "FeaturesResolved")
+    assert (fr["status"], fr["reason"]) == ("False", "FeatureViewNotFound")
+    assert "txns" in fr["message"]
+    s2 = compute_model_status(model(), Observed(deployment=deployment()), None, CTX, NOW)
+    assert cond(s2, "FeaturesResolved")["status"] == "True"
+
+
+def test_last_transition_time_moves_only_when_status_flips() -> None:
+    first = merge_conditions([], [Cond("Ready", "False", "A", "a")], 1, NOW)
+    later = NOW + timedelta(minutes=5)
+    same = merge_conditions(first, [Cond("Ready", "False", "B", "b")], 2, later)
+    assert same[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
+    assert same[0]["reason"] == "B"
+    flipped = merge_conditions(same, [Cond("Ready", "True", "C", "c")], 2, later)
+    assert flipped[0]["lastTransitionTime"] == "2026-11-27T12:05:00Z"
+
+
+def test_status_is_stable_across_identical_reconciles() -> None:
+    m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})
+    obs = Observed(deployment=deployment())
+    s1 = compute_model_status(m, obs, None, CTX, NOW)
+    s2 = compute_model_status(m, obs, s1, CTX, NOW + timedelta(hours=1))
+    assert s1 == s2
+
+
+def test_invalid_spec_status_is_stalled() -> None:
+    s = invalid_spec_status("spec.version: bad", 4, None, NOW)
+    assert s["phase"] == "Failed"
+    assert cond(s, "Stalled")["status"] == "True"
+    assert cond(s, "Ready")["reason"] == "InvalidSpec"
