@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# Kopf attaches its whole settings object to every record: noise, not context.
+_DROPPED = {"settings"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,7 +21,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        out.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        out.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and k not in _DROPPED})
         if record.exc_info and record.levelno >= logging.ERROR:
             out["error"] = self.formatException(record.exc_info).splitlines()[-1]
         return json.dumps(out, default=str)

@@ -45,13 +45,23 @@ def versions(kube: Kube, name: str, ns: str) -> dict[str, str]:
 
 
 def mark_rolled_out(kube: Kube, name: str, ns: str) -> None:
-    """Do what the kubelet and Deployment controller would: report every replica ready."""
-    dep = kube.get(*DEPLOY, name, ns)
-    assert dep is not None
-    n = (dep["spec"].get("replicas") or 1)
-    kube.patch(*DEPLOY, name, ns, {"status": {
-        "observedGeneration": dep["metadata"]["generation"], "replicas": n, "updatedReplicas": n,
-        "readyReplicas": n, "availableReplicas": n}}, subresource="status")
+    """Do what the kubelet would: report the Model's pods running and ready.
+
+    The ReplicaSet and Deployment controllers (real, in kube-controller-manager) then roll that
+    up into the Deployment's status, which is what the operator reads.
+    """
+    dep = wait_for(lambda: kube.get(*DEPLOY, name, ns), 30, what="the Deployment")
+    want = dep["spec"].get("replicas") or 1
+    pods = kube.res("v1", "Pod")
+    items = wait_for(lambda: (p := pods.get(namespace=ns, label_selector=f"rtml.dev/model={name}")
+                              .items) and len(p) >= want and p, 30, what="the pods")
+    now = "2026-11-27T00:00:00Z"
+    for pod in items:
+        kube.patch("v1", "Pod", pod.metadata.name, ns, {"status": {
+            "phase": "Running", "startTime": now,
+            "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
+                           for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
+        }}, subresource="status")
 
 
 def test_create_makes_owned_restricted_children_and_status(

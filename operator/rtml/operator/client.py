@@ -145,4 +145,5 @@ class KubeClient:
         try:
             k8s.CoreV1Api(self.api).create_namespaced_event(meta["namespace"], body)
         except k8s.ApiException as e:  # an Event is best effort; never fail a reconcile on it
-            log.warning("could not post event", extra={"reason": reason, "status": e.status})
+            log.warning("could not post event",
+                        extra={"reason": reason, "status": e.status, "detail": str(e.body)[:300]})

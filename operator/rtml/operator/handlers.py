@@ -38,7 +38,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{GROUP}/operator"
-    settings.watching.server_timeout = SETTINGS.watch_server_timeout
+    settings.watching.server_timeout = int(SETTINGS.watch_server_timeout)  # the API wants an int
     settings.watching.client_timeout = SETTINGS.watch_server_timeout + 30
     settings.watching.connect_timeout = 10
     settings.watching.inactivity_timeout = SETTINGS.watch_inactivity_timeout
@@ -61,6 +61,12 @@ async def _executor_heartbeat(settings: kopf.OperatorSettings) -> None:
 
 def _beat() -> None:
     _heartbeat["executor"] = time.monotonic()
+
+
+@kopf.on.login(id="login")
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: its service account; elsewhere: the kubeconfig (Kopf reads it, no client lib)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.cleanup(id="close-client")

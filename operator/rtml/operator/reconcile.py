@@ -53,7 +53,7 @@ def _prune(client: KubeClient, model: Model, desired: list[dict[str, Any]]) -> N
             owners = obj["metadata"].get("ownerReferences") or []
             ours = any(o.get("uid") == model.metadata.uid for o in owners)
             if ours and (kind, obj["metadata"]["name"]) not in keep:
-                log.info("pruning child", extra={"kind": kind, "name": obj["metadata"]["name"]})
+                log.info("pruning child", extra={"kind": kind, "child": obj["metadata"]["name"]})
                 client.delete(api_version, kind, model.metadata.namespace, obj["metadata"]["name"])
 
 

@@ -20,7 +20,7 @@ class OperatorSettings:
     handler_timeout_seconds: float = 120.0
     handler_retries: int = 20
     max_workers: int = 4
-    watch_server_timeout: float = 300.0
+    watch_server_timeout: int = 300
     watch_inactivity_timeout: float = 70.0
     heartbeat_stale_seconds: float = 90.0
 
