@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,15 +23,16 @@ KSERVE_CRD = "kserve.serving.kserve.io_inferenceservices.yaml"
 LOGS = REPO / ".test-logs"
 
 
-def wait_for(fn: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2,
-             what: str = "condition") -> Any:
+def wait_for(
+    fn: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2, what: str = "condition"
+) -> Any:
     """Poll until fn() returns something truthy; fail with what we waited for."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         try:
             last = fn()
-        except Exception as e:  # noqa: BLE001 - keep polling through transient errors
+        except Exception as e:
             last = e
         if last and not isinstance(last, Exception):
             return last
@@ -58,17 +60,22 @@ class Kube:
 
     def apply(self, obj: dict[str, Any], manager: str = "rtml-tests") -> dict[str, Any]:
         r = self.res(obj["apiVersion"], obj["kind"])
-        out = r.server_side_apply(body=obj, name=obj["metadata"]["name"],
-                                  namespace=obj["metadata"].get("namespace"),
-                                  field_manager=manager, force_conflicts=True)
+        out = r.server_side_apply(
+            body=obj,
+            name=obj["metadata"]["name"],
+            namespace=obj["metadata"].get("namespace"),
+            field_manager=manager,
+            force_conflicts=True,
+        )
         return dict(out.to_dict())
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         r = self.res(obj["apiVersion"], obj["kind"])
         return dict(r.create(body=obj, namespace=obj["metadata"].get("namespace")).to_dict())
 
-    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None
-            ) -> dict[str, Any] | None:
+    def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
         from kubernetes.dynamic.exceptions import NotFoundError
 
         try:
@@ -79,17 +86,23 @@ class Kube:
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> None:
         from kubernetes.dynamic.exceptions import NotFoundError
 
-        try:
+        with contextlib.suppress(NotFoundError):
             self.res(api_version, kind).delete(name=name, namespace=namespace)
-        except NotFoundError:
-            pass
 
-    def patch(self, api_version: str, kind: str, name: str, namespace: str, body: dict[str, Any],
-              subresource: str | None = None) -> None:
+    def patch(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str,
+        body: dict[str, Any],
+        subresource: str | None = None,
+    ) -> None:
         r = self.res(api_version, kind)
         target = r.subresources[subresource] if subresource else r
-        target.patch(body=body, name=name, namespace=namespace,
-                     content_type="application/merge-patch+json")
+        target.patch(
+            body=body, name=name, namespace=namespace, content_type="application/merge-patch+json"
+        )
 
 
 def install_crd_file(kube: Kube, path: Path) -> list[str]:
@@ -129,13 +142,30 @@ def kserve_crd(kube: Kube) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def keda_crd(kube: Kube) -> str:
+    """KEDA's real ScaledObject CRD."""
+    (name,) = install_crd_file(kube, THIRDPARTY / "keda.scaledobjects.yaml")
+    return name
+
+
 @pytest.fixture
 def namespace(kube: Kube) -> Iterator[str]:
     """A fresh namespace enforcing the Pod Security `restricted` profile."""
     name = f"t-{uuid.uuid4().hex[:8]}"
-    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted",
-        "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            },
+        }
+    )
     yield name
     kube.delete("v1", "Namespace", name)
 
@@ -160,14 +190,29 @@ class OperatorProcess:
         return f"http://127.0.0.1:{self.port}/healthz"
 
     def start(self) -> None:
-        env = {**os.environ, "RTML_RESYNC_SECONDS": "3", "RTML_DISCOVERY_TTL": "1",
-               "RTML_RUNTIME_IMAGE": "registry.local/rtml-runtime:test",
-               "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "bentos")])}
+        env = {
+            **os.environ,
+            "RTML_RESYNC_SECONDS": "3",
+            "RTML_DISCOVERY_TTL": "1",
+            "RTML_RUNTIME_IMAGE": "registry.local/rtml-runtime:test",
+            "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "bentos")]),
+        }
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rtml.cli", "operator", "--kubeconfig", str(self.kubeconfig),
-             "--liveness", self.liveness_url],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "rtml.cli",
+                "operator",
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--liveness",
+                self.liveness_url,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         import urllib.request
 
@@ -196,7 +241,9 @@ class OperatorProcess:
 
 
 @pytest.fixture(scope="session")
-def operator(control_plane: Any, rtml_crds: list[str], kserve_crd: str) -> Iterator[OperatorProcess]:
+def operator(
+    control_plane: Any, rtml_crds: list[str], kserve_crd: str
+) -> Iterator[OperatorProcess]:
     LOGS.mkdir(exist_ok=True)
     op = OperatorProcess(Path(control_plane.kubeconfig), LOGS / "operator.log")
     op.log_path.write_bytes(b"")

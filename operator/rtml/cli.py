@@ -22,10 +22,18 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Write the CRDs into this folder (e.g. crds/) instead of stdout.")
-@click.option("--check", is_flag=True,
-              help="Exit 1 if the files in --out differ from what the API models generate.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write the CRDs into this folder (e.g. crds/) instead of stdout.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Exit 1 if the files in --out differ from what the API models generate.",
+)
 def crds(out_dir: Path | None, check: bool) -> None:
     """Generate the CustomResourceDefinitions from the typed API models."""
     from rtml.api.crd import crd_files
@@ -34,8 +42,11 @@ def crds(out_dir: Path | None, check: bool) -> None:
     if out_dir is None:
         click.echo("---\n".join(files.values()), nl=False)
         return
-    stale = [n for n, text in files.items()
-             if not (out_dir / n).exists() or (out_dir / n).read_text() != text]
+    stale = [
+        n
+        for n, text in files.items()
+        if not (out_dir / n).exists() or (out_dir / n).read_text() != text
+    ]
     if check:
         if stale:
             raise click.ClickException(
@@ -64,8 +75,12 @@ def load_manifests(path: Path) -> list[dict[str, Any]]:
 @main.command()
 @click.argument("manifest", type=click.Path(exists=True, path_type=Path))
 @click.option("--namespace", "-n", default=None, help="Namespace for Models that name none.")
-@click.option("--keda/--no-keda", default=False, show_default=True,
-              help="Render as if KEDA's ScaledObject CRD were installed.")
+@click.option(
+    "--keda/--no-keda",
+    default=False,
+    show_default=True,
+    help="Render as if KEDA's ScaledObject CRD were installed.",
+)
 @click.option("--image", default=None, help="Runtime image (default: the operator's default).")
 def render(manifest: Path, namespace: str | None, keda: bool, image: str | None) -> None:
     """Print exactly the objects the operator would apply for the Models in MANIFEST.
@@ -123,17 +138,48 @@ def validate(manifest: Path) -> None:
 
 
 @main.command()
-@click.option("--kubeconfig", type=click.Path(exists=True), default=None,
-              help="Kubeconfig to use (default: in-cluster, then $KUBECONFIG / ~/.kube/config).")
-@click.option("--liveness", default="http://0.0.0.0:8080/healthz", show_default=True,
-              help="Where to serve the liveness endpoint; empty to disable.")
-@click.option("--namespace", "-n", "namespaces", multiple=True,
-              help="Watch only these namespaces (repeatable); default: the whole cluster.")
+@click.option(
+    "--kubeconfig",
+    type=click.Path(exists=True),
+    default=None,
+    help="Kubeconfig to use (default: in-cluster, then $KUBECONFIG / ~/.kube/config).",
+)
+@click.option(
+    "--liveness",
+    default="http://0.0.0.0:8080/healthz",
+    show_default=True,
+    help="Where to serve the liveness endpoint; empty to disable.",
+)
+@click.option(
+    "--namespace",
+    "-n",
+    "namespaces",
+    multiple=True,
+    help="Watch only these namespaces (repeatable); default: the whole cluster.",
+)
 def operator(kubeconfig: str | None, liveness: str, namespaces: tuple[str, ...]) -> None:
     """Run the rtml operator against a cluster until interrupted."""
     from rtml.operator.main import run_operator
 
     run_operator(kubeconfig, liveness or None, namespaces)
+
+
+@main.command()
+@click.option(
+    "--examples",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Manifests to apply [default: examples/models in this checkout].",
+)
+@click.option("--keep", is_flag=True, help="Leave the control plane and operator running.")
+def demo(examples: Path | None, keep: bool) -> None:
+    """Run the demo: local control plane, CRDs, operator, example Models, and what they became."""
+    from rtml.dev.demo import REPO, run_demo
+
+    try:
+        run_demo(examples or REPO / "examples" / "models", keep, click.echo)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from e
 
 
 def _add_dev() -> None:

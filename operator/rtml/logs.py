@@ -21,7 +21,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        out.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and k not in _DROPPED})
+        out.update(
+            {k: v for k, v in record.__dict__.items() if k not in _STANDARD and k not in _DROPPED}
+        )
         if record.exc_info and record.levelno >= logging.ERROR:
             out["error"] = self.formatException(record.exc_info).splitlines()[-1]
         return json.dumps(out, default=str)

@@ -18,25 +18,45 @@ DIGEST = "b" * 64
 def model(**spec: Any) -> dict[str, Any]:
     body = {"version": "v1", "artifact": {"uri": "s3://bucket/m.onnx", "sha256": DIGEST}}
     body.update(spec)
-    return {"apiVersion": "rtml.dev/v1alpha1", "kind": "Model",
-            "metadata": {"name": "bad"}, "spec": body}
+    return {
+        "apiVersion": "rtml.dev/v1alpha1",
+        "kind": "Model",
+        "metadata": {"name": "bad"},
+        "spec": body,
+    }
 
 
 def feature_view(**spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"entity": {"name": "card", "joinKey": "card_id"},
-                            "features": [{"name": "amount", "dtype": "FLOAT"}],
-                            "source": {"type": "file", "path": "file:///d.parquet"}}
+    body: dict[str, Any] = {
+        "entity": {"name": "card", "joinKey": "card_id"},
+        "features": [{"name": "amount", "dtype": "FLOAT"}],
+        "source": {"type": "file", "path": "file:///d.parquet"},
+    }
     body.update(spec)
-    return {"apiVersion": "rtml.dev/v1alpha1", "kind": "FeatureView",
-            "metadata": {"name": "bad"}, "spec": body}
+    return {
+        "apiVersion": "rtml.dev/v1alpha1",
+        "kind": "FeatureView",
+        "metadata": {"name": "bad"},
+        "spec": body,
+    }
 
 
 def experiment(**spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"modelRef": "fraud", "strategy": "canary", "candidate": {
-        "version": "v2", "artifact": {"uri": "s3://bucket/m2.onnx", "sha256": DIGEST}}}
+    body: dict[str, Any] = {
+        "modelRef": "fraud",
+        "strategy": "canary",
+        "candidate": {
+            "version": "v2",
+            "artifact": {"uri": "s3://bucket/m2.onnx", "sha256": DIGEST},
+        },
+    }
     body.update(spec)
-    return {"apiVersion": "rtml.dev/v1alpha1", "kind": "Experiment",
-            "metadata": {"name": "bad"}, "spec": body}
+    return {
+        "apiVersion": "rtml.dev/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "bad"},
+        "spec": body,
+    }
 
 
 def without(obj: dict[str, Any], *path: str) -> dict[str, Any]:
@@ -49,33 +69,62 @@ def without(obj: dict[str, Any], *path: str) -> dict[str, Any]:
 
 
 INVALID = [
-    ("bad sha256", model(artifact={"uri": "s3://b/m.onnx", "sha256": "xyz"}),
-     "spec.artifact.sha256"),
+    (
+        "bad sha256",
+        model(artifact={"uri": "s3://b/m.onnx", "sha256": "xyz"}),
+        "spec.artifact.sha256",
+    ),
     ("sha256 missing for s3", model(artifact={"uri": "s3://b/m.onnx"}), "spec.artifact.sha256"),
     ("unknown backend", model(backend="triton"), "spec.backend"),
-    ("min > max replicas", model(autoscaling={"minReplicas": 6, "maxReplicas": 2}),
-     "spec.autoscaling.minReplicas"),
-    ("non-ascending rollout steps", model(rollout={"strategy": "canary", "steps": [50, 10]}),
-     "spec.rollout.steps"),
-    ("non-ascending experiment steps", experiment(canary={"steps": [5, 50, 25]}),
-     "spec.canary.steps"),
-    ("ab weight out of range", experiment(strategy="abtest", abtest={"candidateWeight": 100}),
-     "spec.abtest.candidateWeight"),
-    ("shadow rate out of range", experiment(strategy="shadow", shadow={"sampleRate": 0}),
-     "spec.shadow.sampleRate"),
+    (
+        "min > max replicas",
+        model(autoscaling={"minReplicas": 6, "maxReplicas": 2}),
+        "spec.autoscaling.minReplicas",
+    ),
+    (
+        "non-ascending rollout steps",
+        model(rollout={"strategy": "canary", "steps": [50, 10]}),
+        "spec.rollout.steps",
+    ),
+    (
+        "non-ascending experiment steps",
+        experiment(canary={"steps": [5, 50, 25]}),
+        "spec.canary.steps",
+    ),
+    (
+        "ab weight out of range",
+        experiment(strategy="abtest", abtest={"candidateWeight": 100}),
+        "spec.abtest.candidateWeight",
+    ),
+    (
+        "shadow rate out of range",
+        experiment(strategy="shadow", shadow={"sampleRate": 0}),
+        "spec.shadow.sampleRate",
+    ),
     ("missing required version", without(model(), "spec", "version"), "spec.version"),
     ("missing required candidate", without(experiment(), "spec", "candidate"), "spec.candidate"),
     ("negative SLO", model(slo={"p99LatencyMs": -5}), "spec.slo.p99LatencyMs"),
-    ("bad duration", model(circuitBreaker={"openDuration": "thirty seconds"}),
-     "spec.circuitBreaker.openDuration"),
-    ("bad cron", feature_view(materialization={"schedule": "every 5 minutes"}),
-     "spec.materialization.schedule"),
+    (
+        "bad duration",
+        model(circuitBreaker={"openDuration": "thirty seconds"}),
+        "spec.circuitBreaker.openDuration",
+    ),
+    (
+        "bad cron",
+        feature_view(materialization={"schedule": "every 5 minutes"}),
+        "spec.materialization.schedule",
+    ),
     ("empty feature list", feature_view(features=[]), "spec.features"),
-    ("duplicate feature names", feature_view(features=[{"name": "a", "dtype": "FLOAT"},
-                                                       {"name": "a", "dtype": "INT64"}]),
-     "spec.features"),
-    ("unknown dtype", feature_view(features=[{"name": "a", "dtype": "DECIMAL"}]),
-     "spec.features[0].dtype"),
+    (
+        "duplicate feature names",
+        feature_view(features=[{"name": "a", "dtype": "FLOAT"}, {"name": "a", "dtype": "INT64"}]),
+        "spec.features",
+    ),
+    (
+        "unknown dtype",
+        feature_view(features=[{"name": "a", "dtype": "DECIMAL"}]),
+        "spec.features[0].dtype",
+    ),
     ("bad ttl", feature_view(ttl="1 day"), "spec.ttl"),
     ("static fallback without value", model(fallback={"mode": "static"}), "spec.fallback.value"),
     ("unknown autoscaling metric", model(autoscaling={"metric": "gpu"}), "spec.autoscaling.metric"),
@@ -96,8 +145,7 @@ def test_api_server_refuses_invalid_resource_naming_the_field(
 
 
 def test_crds_are_served_with_short_names_and_status(kube: Kube, rtml_crds: list[str]) -> None:
-    assert sorted(rtml_crds) == ["experiments.rtml.dev", "featureviews.rtml.dev",
-                                 "models.rtml.dev"]
+    assert sorted(rtml_crds) == ["experiments.rtml.dev", "featureviews.rtml.dev", "models.rtml.dev"]
     group = kube.dyn.request("get", "/apis/rtml.dev/v1alpha1").to_dict()
     by_name = {r["name"]: r for r in group["resources"]}
     assert by_name["models"]["shortNames"] == ["rmodel"]
@@ -120,5 +168,7 @@ def test_valid_resources_get_defaults_from_the_api_server(
     assert spec["rollout"]["steps"] == [5, 25, 50, 100]
     fv = feature_view()
     fv["metadata"] = {"name": "ok", "namespace": namespace}
-    assert kube.create(fv)["spec"]["materialization"] == {"schedule": "*/15 * * * *",
-                                                          "enabled": True}
+    assert kube.create(fv)["spec"]["materialization"] == {
+        "schedule": "*/15 * * * *",
+        "enabled": True,
+    }

@@ -14,23 +14,34 @@ DIGEST = "c" * 64
 MODEL = ("rtml.dev/v1alpha1", "Model")
 DEPLOY = ("apps/v1", "Deployment")
 ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
-BENTOML_CHILDREN = [("v1", "ConfigMap", "{}-rtml-config"), ("apps/v1", "Deployment", "{}"),
-                    ("v1", "Service", "{}"), ("policy/v1", "PodDisruptionBudget", "{}"),
-                    ("autoscaling/v2", "HorizontalPodAutoscaler", "{}")]
+BENTOML_CHILDREN = [
+    ("v1", "ConfigMap", "{}-rtml-config"),
+    ("apps/v1", "Deployment", "{}"),
+    ("v1", "Service", "{}"),
+    ("policy/v1", "PodDisruptionBudget", "{}"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler", "{}"),
+]
 
 
 def model(name: str, ns: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"version": "v1",
-                            "artifact": {"uri": "s3://bucket/m.onnx", "sha256": DIGEST},
-                            "autoscaling": {"minReplicas": 1, "maxReplicas": 3}}
+    body: dict[str, Any] = {
+        "version": "v1",
+        "artifact": {"uri": "s3://bucket/m.onnx", "sha256": DIGEST},
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+    }
     body.update(spec)
-    return {"apiVersion": "rtml.dev/v1alpha1", "kind": "Model",
-            "metadata": {"name": name, "namespace": ns}, "spec": body}
+    return {
+        "apiVersion": "rtml.dev/v1alpha1",
+        "kind": "Model",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": body,
+    }
 
 
 def children(kube: Kube, name: str, ns: str) -> dict[str, dict[str, Any] | None]:
-    return {kind: kube.get(av, kind, pattern.format(name), ns)
-            for av, kind, pattern in BENTOML_CHILDREN}
+    return {
+        kind: kube.get(av, kind, pattern.format(name), ns) for av, kind, pattern in BENTOML_CHILDREN
+    }
 
 
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
@@ -53,15 +64,34 @@ def mark_rolled_out(kube: Kube, name: str, ns: str) -> None:
     dep = wait_for(lambda: kube.get(*DEPLOY, name, ns), 30, what="the Deployment")
     want = dep["spec"].get("replicas") or 1
     pods = kube.res("v1", "Pod")
-    items = wait_for(lambda: (p := pods.get(namespace=ns, label_selector=f"rtml.dev/model={name}")
-                              .items) and len(p) >= want and p, 30, what="the pods")
+    items = wait_for(
+        lambda: (
+            (p := pods.get(namespace=ns, label_selector=f"rtml.dev/model={name}").items)
+            and len(p) >= want
+            and p
+        ),
+        30,
+        what="the pods",
+    )
     now = "2026-11-27T00:00:00Z"
     for pod in items:
-        kube.patch("v1", "Pod", pod.metadata.name, ns, {"status": {
-            "phase": "Running", "startTime": now,
-            "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
-                           for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
-        }}, subresource="status")
+        kube.patch(
+            "v1",
+            "Pod",
+            pod.metadata.name,
+            ns,
+            {
+                "status": {
+                    "phase": "Running",
+                    "startTime": now,
+                    "conditions": [
+                        {"type": t, "status": "True", "lastTransitionTime": now}
+                        for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+                    ],
+                }
+            },
+            subresource="status",
+        )
 
 
 def test_create_makes_owned_restricted_children_and_status(
@@ -69,35 +99,52 @@ def test_create_makes_owned_restricted_children_and_status(
 ) -> None:
     created = kube.create(model("fraud", namespace))
     uid = created["metadata"]["uid"]
-    kids = wait_for(lambda: (c := children(kube, "fraud", namespace)) and all(c.values()) and c,
-                    30, what="all five children")
+    kids = wait_for(
+        lambda: (c := children(kube, "fraud", namespace)) and all(c.values()) and c,
+        30,
+        what="all five children",
+    )
     for kind, obj in kids.items():
         (ref,) = obj["metadata"]["ownerReferences"]
         assert (ref["kind"], ref["uid"], ref["controller"]) == ("Model", uid, True), kind
         assert obj["metadata"]["labels"]["rtml.dev/model"] == "fraud"
-        fields = {f["manager"] for f in obj["metadata"].get("managedFields", [])
-                  if f["operation"] == "Apply"}
+        fields = {
+            f["manager"]
+            for f in obj["metadata"].get("managedFields", [])
+            if f["operation"] == "Apply"
+        }
         assert fields == {"rtml-operator"}, kind
     pod = kids["Deployment"]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
-    assert "replicas" not in [f for f in kids["Deployment"]["metadata"]["managedFields"]
-                              if f["manager"] == "rtml-operator"][0]["fieldsV1"]["f:spec"]
+    managed = kids["Deployment"]["metadata"]["managedFields"]
+    ours = next(f for f in managed if f["manager"] == "rtml-operator")
+    assert "f:replicas" not in ours["fieldsV1"]["f:spec"]  # the HPA owns replicas
     # The namespace enforces `restricted`: the ReplicaSet controller could create the pod.
     core = kube.res("v1", "Pod")
     pods = wait_for(lambda: core.get(namespace=namespace).items, 30, what="a predictor pod")
     assert pods[0]["spec"]["containers"][0]["image"] == "registry.local/rtml-runtime:test"
 
-    m = wait_for(lambda: (o := kube.get(*MODEL, "fraud", namespace)) and
-                 condition(o, "RolledOut") and o, 30, what="status")
+    m = wait_for(
+        lambda: (o := kube.get(*MODEL, "fraud", namespace)) and condition(o, "RolledOut") and o,
+        30,
+        what="status",
+    )
     assert m["status"]["observedGeneration"] == m["metadata"]["generation"]
     assert condition(m, "Ready")["status"] == "False"
     assert m["status"]["phase"] in ("Pending", "Progressing")
     assert m["status"]["url"] == f"http://fraud.{namespace}.svc.cluster.local"
 
     mark_rolled_out(kube, "fraud", namespace)
-    m = wait_for(lambda: (o := kube.get(*MODEL, "fraud", namespace)) and
-                 condition(o, "Ready").get("status") == "True" and o, 30, what="Ready=True")
+    m = wait_for(
+        lambda: (
+            (o := kube.get(*MODEL, "fraud", namespace))
+            and condition(o, "Ready").get("status") == "True"
+            and o
+        ),
+        30,
+        what="Ready=True",
+    )
     assert m["status"]["phase"] == "Ready"
     assert m["status"]["activeVersion"] == "v1"
     assert condition(m, "RolledOut")["status"] == "True"
@@ -110,30 +157,48 @@ def test_update_changes_children_and_observed_generation(
     wait_for(lambda: all(children(kube, "upd", namespace).values()), 30, what="children")
     before = children(kube, "upd", namespace)
     checksum = before["Deployment"]["spec"]["template"]["metadata"]["annotations"][
-        "rtml.dev/config-checksum"]
-    kube.patch(*MODEL, "upd", namespace, {"spec": {"slo": {"p99LatencyMs": 20},
-                                                   "autoscaling": {"maxReplicas": 7}}})
+        "rtml.dev/config-checksum"
+    ]
+    kube.patch(
+        *MODEL,
+        "upd",
+        namespace,
+        {"spec": {"slo": {"p99LatencyMs": 20}, "autoscaling": {"maxReplicas": 7}}},
+    )
 
     def updated() -> bool:
         c = children(kube, "upd", namespace)
         ann = c["Deployment"]["spec"]["template"]["metadata"]["annotations"]
-        return (ann["rtml.dev/config-checksum"] != checksum
-                and c["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] == 7
-                and '"p99LatencyMs": 20' in c["ConfigMap"]["data"]["model.json"])
+        return (
+            ann["rtml.dev/config-checksum"] != checksum
+            and c["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] == 7
+            and '"p99LatencyMs": 20' in c["ConfigMap"]["data"]["model.json"]
+        )
 
     wait_for(updated, 30, what="children to follow the spec")
-    m = wait_for(lambda: (o := kube.get(*MODEL, "upd", namespace)) and
-                 o["status"].get("observedGeneration") == o["metadata"]["generation"] and o,
-                 30, what="observedGeneration to follow")
+    m = wait_for(
+        lambda: (
+            (o := kube.get(*MODEL, "upd", namespace))
+            and o["status"].get("observedGeneration") == o["metadata"]["generation"]
+            and o
+        ),
+        30,
+        what="observedGeneration to follow",
+    )
     assert m["metadata"]["generation"] == 2
 
 
-def test_noop_reconcile_writes_nothing(kube: Kube, operator: OperatorProcess, namespace: str) -> None:
+def test_noop_reconcile_writes_nothing(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
     kube.create(model("steady", namespace))
     wait_for(lambda: all(children(kube, "steady", namespace).values()), 30, what="children")
     mark_rolled_out(kube, "steady", namespace)
-    wait_for(lambda: condition(kube.get(*MODEL, "steady", namespace), "Ready").get("status")
-             == "True", 30, what="Ready")
+    wait_for(
+        lambda: condition(kube.get(*MODEL, "steady", namespace), "Ready").get("status") == "True",
+        30,
+        what="Ready",
+    )
     time.sleep(2)  # let the last event-driven reconcile finish
     before = versions(kube, "steady", namespace)
     model_rv = kube.get(*MODEL, "steady", namespace)["metadata"]["resourceVersion"]  # type: ignore[index]
@@ -149,15 +214,38 @@ def test_hand_deleted_or_edited_child_is_restored(
     wait_for(lambda: all(children(kube, "heal", namespace).values()), 30, what="children")
     old_uid = kube.get("v1", "Service", "heal", namespace)["metadata"]["uid"]  # type: ignore[index]
     kube.delete("v1", "Service", "heal", namespace)
-    svc = wait_for(lambda: (s := kube.get("v1", "Service", "heal", namespace)) and
-                   s["metadata"]["uid"] != old_uid and s, 30, what="the Service to come back")
+    svc = wait_for(
+        lambda: (
+            (s := kube.get("v1", "Service", "heal", namespace))
+            and s["metadata"]["uid"] != old_uid
+            and s
+        ),
+        30,
+        what="the Service to come back",
+    )
     assert svc["metadata"]["ownerReferences"][0]["kind"] == "Model"
 
-    kube.patch("apps/v1", "Deployment", "heal", namespace, {"spec": {"template": {"spec": {
-        "containers": [{"name": "runtime", "image": "evil/image:1"}]}}}})
-    wait_for(lambda: kube.get(*DEPLOY, "heal", namespace)["spec"]["template"]["spec"][  # type: ignore[index]
-        "containers"][0]["image"] == "registry.local/rtml-runtime:test", 30,
-        what="the Deployment's image to be restored")
+    kube.patch(
+        "apps/v1",
+        "Deployment",
+        "heal",
+        namespace,
+        {
+            "spec": {
+                "template": {"spec": {"containers": [{"name": "runtime", "image": "evil/image:1"}]}}
+            }
+        },
+    )
+    wait_for(
+        lambda: (
+            kube.get(*DEPLOY, "heal", namespace)["spec"]["template"]["spec"][  # type: ignore[index]
+                "containers"
+            ][0]["image"]
+            == "registry.local/rtml-runtime:test"
+        ),
+        30,
+        what="the Deployment's image to be restored",
+    )
 
 
 def test_model_deletion_garbage_collects_children(
@@ -166,8 +254,11 @@ def test_model_deletion_garbage_collects_children(
     kube.create(model("gone", namespace))
     wait_for(lambda: all(children(kube, "gone", namespace).values()), 30, what="children")
     kube.delete(*MODEL, "gone", namespace)
-    wait_for(lambda: not any(children(kube, "gone", namespace).values()), 60,
-             what="the garbage collector to delete every child")
+    wait_for(
+        lambda: not any(children(kube, "gone", namespace).values()),
+        60,
+        what="the garbage collector to delete every child",
+    )
 
 
 def test_switching_to_fixed_size_prunes_the_hpa(
@@ -175,36 +266,77 @@ def test_switching_to_fixed_size_prunes_the_hpa(
 ) -> None:
     kube.create(model("fixed", namespace))
     wait_for(lambda: all(children(kube, "fixed", namespace).values()), 30, what="children")
-    kube.patch(*MODEL, "fixed", namespace, {"spec": {"autoscaling": {"minReplicas": 2,
-                                                                     "maxReplicas": 2}}})
-    wait_for(lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "fixed", namespace)
-             is None, 30, what="the HPA to be pruned")
-    wait_for(lambda: kube.get(*DEPLOY, "fixed", namespace)["spec"]["replicas"] == 2, 30,  # type: ignore[index]
-             what="replicas written once no autoscaler owns them")
+    kube.patch(
+        *MODEL, "fixed", namespace, {"spec": {"autoscaling": {"minReplicas": 2, "maxReplicas": 2}}}
+    )
+    wait_for(
+        lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "fixed", namespace) is None,
+        30,
+        what="the HPA to be pruned",
+    )
+    wait_for(
+        lambda: kube.get(*DEPLOY, "fixed", namespace)["spec"]["replicas"] == 2,
+        30,  # type: ignore[index]
+        what="replicas written once no autoscaler owns them",
+    )
 
 
 def test_kserve_backend_renders_a_valid_inference_service(
     kube: Kube, operator: OperatorProcess, namespace: str
 ) -> None:
-    kube.create(model("churn", namespace, backend="kserve",
-                      autoscaling={"minReplicas": 1, "maxReplicas": 4, "metric": "cpu",
-                                   "target": 60}))
+    kube.create(
+        model(
+            "churn",
+            namespace,
+            backend="kserve",
+            autoscaling={"minReplicas": 1, "maxReplicas": 4, "metric": "cpu", "target": 60},
+        )
+    )
     isvc = wait_for(lambda: kube.get(*ISVC, "churn", namespace), 30, what="the InferenceService")
     assert isvc["metadata"]["ownerReferences"][0]["kind"] == "Model"
     pred = isvc["spec"]["predictor"]
     assert (pred["minReplicas"], pred["maxReplicas"], pred["scaleMetric"], pred["scaleTarget"]) == (
-        1, 4, "cpu", 60)
+        1,
+        4,
+        "cpu",
+        60,
+    )
     assert pred["containers"][0]["securityContext"]["runAsNonRoot"] is True
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
     assert kube.get(*DEPLOY, "churn", namespace) is None
     # Status rolls up what KServe reports.
-    kube.patch(*ISVC, "churn", namespace, {"status": {"url": "http://churn.example.com",
-        "conditions": [
-            {"type": "PredictorReady", "status": "True", "lastTransitionTime": "2026-11-27T00:00:00Z"},
-            {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-27T00:00:00Z"}]}},
-        subresource="status")
-    m = wait_for(lambda: (o := kube.get(*MODEL, "churn", namespace)) and
-                 condition(o, "Ready").get("status") == "True" and o, 30, what="Ready from KServe")
+    kube.patch(
+        *ISVC,
+        "churn",
+        namespace,
+        {
+            "status": {
+                "url": "http://churn.example.com",
+                "conditions": [
+                    {
+                        "type": "PredictorReady",
+                        "status": "True",
+                        "lastTransitionTime": "2026-11-27T00:00:00Z",
+                    },
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "lastTransitionTime": "2026-11-27T00:00:00Z",
+                    },
+                ],
+            }
+        },
+        subresource="status",
+    )
+    m = wait_for(
+        lambda: (
+            (o := kube.get(*MODEL, "churn", namespace))
+            and condition(o, "Ready").get("status") == "True"
+            and o
+        ),
+        30,
+        what="Ready from KServe",
+    )
     assert m["status"]["url"] == "http://churn.example.com"
     assert condition(m, "RolledOut")["status"] == "True"
 
@@ -215,19 +347,31 @@ def test_kserve_backend_without_kserve_crd_says_so(
     crd = "inferenceservices.serving.kserve.io"
     kube.delete("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd)
     try:
-        wait_for(lambda: kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd)
-                 is None, 60, what="KServe's CRD to be removed")
+        wait_for(
+            lambda: kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd) is None,
+            60,
+            what="KServe's CRD to be removed",
+        )
         kube.create(model("nokserve", namespace, backend="kserve"))
-        m = wait_for(lambda: (o := kube.get(*MODEL, "nokserve", namespace)) and
-                     condition(o, "Ready").get("reason") == "KServeNotInstalled" and o, 30,
-                     what="a KServeNotInstalled condition")
+        m = wait_for(
+            lambda: (
+                (o := kube.get(*MODEL, "nokserve", namespace))
+                and condition(o, "Ready").get("reason") == "KServeNotInstalled"
+                and o
+            ),
+            30,
+            what="a KServeNotInstalled condition",
+        )
         assert "not installed" in condition(m, "Ready")["message"]
         assert condition(m, "Stalled")["status"] == "True"
     finally:
         install_crd_file(kube, THIRDPARTY / KSERVE_CRD)
     # Once KServe arrives the same Model converges without being touched.
-    wait_for(lambda: kube.get(*ISVC, "nokserve", namespace), 60,
-             what="the InferenceService once the CRD is back")
+    wait_for(
+        lambda: kube.get(*ISVC, "nokserve", namespace),
+        60,
+        what="the InferenceService once the CRD is back",
+    )
 
 
 def test_operator_killed_mid_reconcile_converges_after_restart(
@@ -241,14 +385,28 @@ def test_operator_killed_mid_reconcile_converges_after_restart(
     finally:
         operator.start()
     for i in range(5):
-        wait_for(lambda i=i: all(children(kube, f"crash{i}", namespace).values()), 60,
-                 what=f"crash{i}'s children after the restart")
-    wait_for(lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "crash0", namespace)[
-        "spec"]["maxReplicas"] == 4, 30, what="the edit made while the operator was down")
+        wait_for(
+            lambda i=i: all(children(kube, f"crash{i}", namespace).values()),
+            60,
+            what=f"crash{i}'s children after the restart",
+        )
+    wait_for(
+        lambda: (
+            kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "crash0", namespace)["spec"][
+                "maxReplicas"
+            ]
+            == 4
+        ),
+        30,
+        what="the edit made while the operator was down",
+    )
     m = kube.get(*MODEL, "crash0", namespace)
     assert m is not None
-    wait_for(lambda: kube.get(*MODEL, "crash0", namespace)["status"]["observedGeneration"] == 2,  # type: ignore[index]
-             30, what="observedGeneration after restart")
+    wait_for(
+        lambda: kube.get(*MODEL, "crash0", namespace)["status"]["observedGeneration"] == 2,  # type: ignore[index]
+        30,
+        what="observedGeneration after restart",
+    )
 
 
 def test_liveness_endpoint_reports_processing(operator: OperatorProcess) -> None:
@@ -258,3 +416,34 @@ def test_liveness_endpoint_reports_processing(operator: OperatorProcess) -> None
     with urllib.request.urlopen(operator.liveness_url, timeout=5) as r:  # noqa: S310
         body = json.loads(r.read())
     assert body["processing"]["secondsSinceHeartbeat"] < 60
+
+
+def test_keda_scaled_object_replaces_hpa_for_rps(
+    kube: Kube, operator: OperatorProcess, keda_crd: str, namespace: str
+) -> None:
+    kube.create(
+        model(
+            "busy",
+            namespace,
+            autoscaling={"minReplicas": 1, "maxReplicas": 8, "metric": "rps", "target": 150},
+        )
+    )
+    so = wait_for(
+        lambda: kube.get("keda.sh/v1alpha1", "ScaledObject", "busy", namespace),
+        30,
+        what="a ScaledObject validated by KEDA's real CRD",
+    )
+    assert so["spec"]["maxReplicaCount"] == 8
+    assert so["spec"]["triggers"][0]["metadata"]["threshold"] == "150"
+    assert kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "busy", namespace) is None
+    kube.patch(*MODEL, "busy", namespace, {"spec": {"autoscaling": {"metric": "cpu"}}})
+    wait_for(
+        lambda: kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "busy", namespace),
+        30,
+        what="an HPA once the metric is cpu",
+    )
+    wait_for(
+        lambda: kube.get("keda.sh/v1alpha1", "ScaledObject", "busy", namespace) is None,
+        30,
+        what="the ScaledObject to be pruned",
+    )

@@ -16,6 +16,8 @@ def model(name: str = "fraud", **spec: Any) -> Model:
     }
     body.update(spec)
     return Model.model_validate(
-        {"metadata": {"name": name, "namespace": "ml", "uid": "uid-1", "generation": 3},
-         "spec": body}
+        {
+            "metadata": {"name": name, "namespace": "ml", "uid": "uid-1", "generation": 3},
+            "spec": body,
+        }
     )

@@ -34,8 +34,14 @@ def test_model_defaults_follow_api_md() -> None:
     assert s.artifact.format == "onnx"
     assert (s.slo.p99_latency_ms, s.slo.timeout_ms, s.slo.feature_budget_ms) == (50, 100, 20)
     cb = s.circuit_breaker
-    assert (cb.failure_rate_threshold, cb.slow_call_rate_threshold, cb.window_size,
-            cb.minimum_calls, cb.open_duration, cb.half_open_calls) == (50, 100, 100, 20, "30s", 5)
+    assert (
+        cb.failure_rate_threshold,
+        cb.slow_call_rate_threshold,
+        cb.window_size,
+        cb.minimum_calls,
+        cb.open_duration,
+        cb.half_open_calls,
+    ) == (50, 100, 100, 20, "30s", 5)
     assert s.slow_call_ms == 50
     assert s.fallback.mode == "reject"
     assert (s.autoscaling.min_replicas, s.autoscaling.max_replicas) == (1, 5)
@@ -81,16 +87,27 @@ def test_file_uri_needs_no_digest() -> None:
 )
 def test_invalid_feature_views(features: list, words: str) -> None:
     with pytest.raises(ValidationError) as err:
-        FeatureView.model_validate({"spec": {
-            "entity": {"name": "card", "joinKey": "card_id"}, "features": features,
-            "source": {"type": "push"}}})
+        FeatureView.model_validate(
+            {
+                "spec": {
+                    "entity": {"name": "card", "joinKey": "card_id"},
+                    "features": features,
+                    "source": {"type": "push"},
+                }
+            }
+        )
     assert words in str(err.value)
 
 
 def test_feature_view_cron_and_ttl() -> None:
-    base = {"entity": {"name": "c", "joinKey": "c"}, "features": [{"name": "a", "dtype": "BOOL"}],
-            "source": {"type": "push"}}
-    ok = FeatureView.model_validate({"spec": {**base, "materialization": {"schedule": "0 * * * *"}}})
+    base = {
+        "entity": {"name": "c", "joinKey": "c"},
+        "features": [{"name": "a", "dtype": "BOOL"}],
+        "source": {"type": "push"},
+    }
+    ok = FeatureView.model_validate(
+        {"spec": {**base, "materialization": {"schedule": "0 * * * *"}}}
+    )
     assert ok.spec.ttl == "24h"
     for bad in ({"materialization": {"schedule": "every hour"}}, {"ttl": "1 day"}):
         with pytest.raises(ValidationError):
@@ -98,20 +115,25 @@ def test_feature_view_cron_and_ttl() -> None:
 
 
 def test_experiment_rules() -> None:
-    base = {"modelRef": "fraud", "candidate": {"version": "v2", "artifact": {
-        "uri": "s3://b/m2.onnx", "sha256": DIGEST}}}
+    base = {
+        "modelRef": "fraud",
+        "candidate": {"version": "v2", "artifact": {"uri": "s3://b/m2.onnx", "sha256": DIGEST}},
+    }
     e = Experiment.model_validate({"spec": {**base, "strategy": "canary"}})
     assert e.spec.canary.steps == [5, 25, 50, 100]
     assert e.spec.analysis.on_metrics_unavailable == "pause"
     with pytest.raises(ValidationError, match="abtest is required"):
         Experiment.model_validate({"spec": {**base, "strategy": "abtest"}})
     with pytest.raises(ValidationError, match="candidateWeight"):
-        Experiment.model_validate({"spec": {**base, "strategy": "abtest",
-                                            "abtest": {"candidateWeight": 100}}})
+        Experiment.model_validate(
+            {"spec": {**base, "strategy": "abtest", "abtest": {"candidateWeight": 100}}}
+        )
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("1m30s", 90), ("24h", 86400),
-                                               ("250ms", 0.25), ("1.5h", 5400)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("1m30s", 90), ("24h", 86400), ("250ms", 0.25), ("1.5h", 5400)],
+)
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
@@ -124,14 +146,17 @@ def test_crd_schema_is_structural_and_carries_rules() -> None:
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     autoscaling = spec["properties"]["autoscaling"]
     assert autoscaling["default"] == {"minReplicas": 1, "maxReplicas": 5, "metric": "concurrency"}
-    assert any("minReplicas <= self.maxReplicas" in r["rule"]
-               for r in autoscaling["x-kubernetes-validations"])
+    assert any(
+        "minReplicas <= self.maxReplicas" in r["rule"]
+        for r in autoscaling["x-kubernetes-validations"]
+    )
     assert spec["properties"]["backend"]["enum"] == ["bentoml", "kserve"]
     cols = [c["name"] for c in version["additionalPrinterColumns"]]
     assert cols[:5] == ["Version", "Backend", "Ready", "Replicas", "SLO"]
 
     def walk(node: dict, path: str) -> None:
-        assert "$ref" not in node and "anyOf" not in node, path
+        assert "$ref" not in node, path
+        assert "anyOf" not in node, path
         assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
         for k, v in node.get("properties", {}).items():
             walk(v, f"{path}.{k}")

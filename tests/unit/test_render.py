@@ -22,13 +22,18 @@ def kinds(objs: list[dict]) -> list[str]:
 
 def test_bentoml_children_in_apply_order() -> None:
     assert kinds(render_model_children(model(), CTX)) == [
-        "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
     ]
 
 
 def test_kserve_children_are_config_and_inference_service() -> None:
     assert kinds(render_model_children(model(backend="kserve"), CTX)) == [
-        "ConfigMap", "InferenceService",
+        "ConfigMap",
+        "InferenceService",
     ]
 
 
@@ -37,8 +42,14 @@ def test_every_child_is_owned_by_the_model_and_labelled() -> None:
         meta = obj["metadata"]
         assert meta["namespace"] == "ml"
         (ref,) = meta["ownerReferences"]
-        assert ref == {"apiVersion": "rtml.dev/v1alpha1", "kind": "Model", "name": "fraud",
-                       "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}
+        assert ref == {
+            "apiVersion": "rtml.dev/v1alpha1",
+            "kind": "Model",
+            "name": "fraud",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
         assert meta["labels"]["rtml.dev/model"] == "fraud"
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "rtml-operator"
 
@@ -71,7 +82,8 @@ def test_scrape_annotations_and_config_checksum_on_pods() -> None:
 def test_config_change_changes_checksum_so_pods_roll() -> None:
     a = render_deployment(model(), CTX)["spec"]["template"]["metadata"]["annotations"]
     b = render_deployment(model(slo={"p99LatencyMs": 20}), CTX)["spec"]["template"]["metadata"][
-        "annotations"]
+        "annotations"
+    ]
     assert a[CHECKSUM_ANNOTATION] != b[CHECKSUM_ANNOTATION]
 
 
@@ -99,22 +111,77 @@ def test_fixed_size_model_has_replicas_and_no_autoscaler() -> None:
 @pytest.mark.parametrize(
     ("metric", "target", "expected"),
     [
-        ("cpu", None, {"type": "Resource", "resource": {"name": "cpu", "target": {
-            "type": "Utilization", "averageUtilization": 70}}}),
-        ("cpu", 55, {"type": "Resource", "resource": {"name": "cpu", "target": {
-            "type": "Utilization", "averageUtilization": 55}}}),
-        ("concurrency", None, {"type": "Pods", "pods": {"metric": {"name": "rtml_inflight_requests"},
-                               "target": {"type": "AverageValue", "averageValue": "4"}}}),
-        ("concurrency", 2.5, {"type": "Pods", "pods": {"metric": {"name": "rtml_inflight_requests"},
-                              "target": {"type": "AverageValue", "averageValue": "2500m"}}}),
-        ("rps", None, {"type": "Pods", "pods": {"metric": {"name": "rtml_requests_per_second"},
-                       "target": {"type": "AverageValue", "averageValue": "200"}}}),
-        ("p99Latency", None, {"type": "Pods", "pods": {
-            "metric": {"name": "rtml_request_p99_latency_ms"},
-            "target": {"type": "AverageValue", "averageValue": "40"}}}),
+        (
+            "cpu",
+            None,
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 70},
+                },
+            },
+        ),
+        (
+            "cpu",
+            55,
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 55},
+                },
+            },
+        ),
+        (
+            "concurrency",
+            None,
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": "rtml_inflight_requests"},
+                    "target": {"type": "AverageValue", "averageValue": "4"},
+                },
+            },
+        ),
+        (
+            "concurrency",
+            2.5,
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": "rtml_inflight_requests"},
+                    "target": {"type": "AverageValue", "averageValue": "2500m"},
+                },
+            },
+        ),
+        (
+            "rps",
+            None,
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": "rtml_requests_per_second"},
+                    "target": {"type": "AverageValue", "averageValue": "200"},
+                },
+            },
+        ),
+        (
+            "p99Latency",
+            None,
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": "rtml_request_p99_latency_ms"},
+                    "target": {"type": "AverageValue", "averageValue": "40"},
+                },
+            },
+        ),
     ],
 )
-def test_hpa_metric_per_autoscaling_metric(metric: str, target: float | None, expected: dict) -> None:
+def test_hpa_metric_per_autoscaling_metric(
+    metric: str, target: float | None, expected: dict
+) -> None:
     spec = {"metric": metric, **({"target": target} if target is not None else {})}
     hpa = render_autoscaler(model(autoscaling=spec), CTX)
     assert hpa is not None
@@ -151,8 +218,12 @@ def test_p99_target_defaults_to_headroom_under_slo() -> None:
 @pytest.mark.parametrize(
     ("metric", "mode", "klass", "scale"),
     [
-        ("cpu", "RawDeployment", "hpa", {"scaleMetric": "cpu", "scaleTarget": 70,
-                                         "scaleMetricType": "Utilization"}),
+        (
+            "cpu",
+            "RawDeployment",
+            "hpa",
+            {"scaleMetric": "cpu", "scaleTarget": 70, "scaleMetricType": "Utilization"},
+        ),
         ("concurrency", "Serverless", None, {"scaleMetric": "concurrency", "scaleTarget": 4}),
         ("rps", "Serverless", None, {"scaleMetric": "rps", "scaleTarget": 200}),
     ],
@@ -191,11 +262,14 @@ def test_kserve_predictor_runs_the_runtime_container_restricted() -> None:
 
 
 def test_runtime_overrides_apply() -> None:
-    m = model(runtime={
-        "image": "my/img:1", "serviceAccountName": "ml-reader",
-        "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
-        "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "2", "memory": "2Gi"}},
-    })
+    m = model(
+        runtime={
+            "image": "my/img:1",
+            "serviceAccountName": "ml-reader",
+            "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+            "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "2", "memory": "2Gi"}},
+        }
+    )
     pod = render_deployment(m, CTX)["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["image"] == "my/img:1"

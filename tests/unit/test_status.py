@@ -16,15 +16,27 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CTX = RenderContext()
 
 
-def deployment(gen: int = 1, observed: int = 1, replicas: int = 2, updated: int = 2,
-               available: int = 2, ready: int = 2, total: int | None = None,
-               conditions: list | None = None) -> dict:
+def deployment(
+    gen: int = 1,
+    observed: int = 1,
+    replicas: int = 2,
+    updated: int = 2,
+    available: int = 2,
+    ready: int = 2,
+    total: int | None = None,
+    conditions: list | None = None,
+) -> dict:
     return {
         "metadata": {"generation": gen},
         "spec": {"replicas": replicas},
-        "status": {"observedGeneration": observed, "replicas": replicas if total is None else total,
-                   "updatedReplicas": updated, "availableReplicas": available,
-                   "readyReplicas": ready, "conditions": conditions or []},
+        "status": {
+            "observedGeneration": observed,
+            "replicas": replicas if total is None else total,
+            "updatedReplicas": updated,
+            "availableReplicas": available,
+            "readyReplicas": ready,
+            "conditions": conditions or [],
+        },
     }
 
 
@@ -56,9 +68,20 @@ def test_rolled_out_deployment_is_ready() -> None:
         (deployment(updated=1, total=3), "Progressing", "RollingOut"),
         (deployment(available=1), "Degraded", "ReplicasUnavailable"),
         (deployment(available=0, ready=0), "Progressing", "ReplicasUnavailable"),
-        (deployment(conditions=[{"type": "Progressing", "status": "False",
-                                 "reason": "ProgressDeadlineExceeded", "message": "too slow"}]),
-         "Failed", "ProgressDeadlineExceeded"),
+        (
+            deployment(
+                conditions=[
+                    {
+                        "type": "Progressing",
+                        "status": "False",
+                        "reason": "ProgressDeadlineExceeded",
+                        "message": "too slow",
+                    }
+                ]
+            ),
+            "Failed",
+            "ProgressDeadlineExceeded",
+        ),
     ],
 )
 def test_deployment_rollout_states(dep: dict | None, phase: str, reason: str) -> None:
@@ -69,13 +92,15 @@ def test_deployment_rollout_states(dep: dict | None, phase: str, reason: str) ->
     assert cond(s, "Ready")["reason"] == reason
     assert s["activeVersion"] == "v0"  # lags until the rollout is done
     assert cond(s, "Stalled")["status"] == ("True" if phase == "Failed" else "False")
-    assert cond(s, "Reconciling")["status"] == ("True" if phase in ("Pending", "Progressing")
-                                                else "False")
+    assert cond(s, "Reconciling")["status"] == (
+        "True" if phase in ("Pending", "Progressing") else "False"
+    )
 
 
 def test_kserve_missing_crd_says_so_in_words() -> None:
-    s = compute_model_status(model(backend="kserve"), Observed(kserve_installed=False), None,
-                             CTX, NOW)
+    s = compute_model_status(
+        model(backend="kserve"), Observed(kserve_installed=False), None, CTX, NOW
+    )
     ready = cond(s, "Ready")
     assert ready["reason"] == "KServeNotInstalled"
     assert "InferenceService CRD" in ready["message"]
@@ -84,12 +109,23 @@ def test_kserve_missing_crd_says_so_in_words() -> None:
 
 
 def test_kserve_rolls_up_inference_service_conditions() -> None:
-    isvc = {"status": {"url": "http://churn.ml.example.com", "conditions": [
-        {"type": "PredictorReady", "status": "True"},
-        {"type": "Ready", "status": "False", "reason": "IngressNotConfigured", "message": "no gw"},
-    ]}}
-    s = compute_model_status(model(backend="kserve"), Observed(inference_service=isvc), None,
-                             CTX, NOW)
+    isvc = {
+        "status": {
+            "url": "http://churn.ml.example.com",
+            "conditions": [
+                {"type": "PredictorReady", "status": "True"},
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "IngressNotConfigured",
+                    "message": "no gw",
+                },
+            ],
+        }
+    }
+    s = compute_model_status(
+        model(backend="kserve"), Observed(inference_service=isvc), None, CTX, NOW
+    )
     assert cond(s, "RolledOut")["status"] == "True"
     assert cond(s, "Ready") | {} == cond(s, "Ready")
     assert cond(s, "Ready")["reason"] == "IngressNotConfigured"
@@ -98,8 +134,9 @@ def test_kserve_rolls_up_inference_service_conditions() -> None:
 
 
 def test_kserve_without_status_yet_is_unknown_not_ready() -> None:
-    s = compute_model_status(model(backend="kserve"), Observed(inference_service={}), None,
-                             CTX, NOW)
+    s = compute_model_status(
+        model(backend="kserve"), Observed(inference_service={}), None, CTX, NOW
+    )
     assert cond(s, "RolledOut")["status"] == "Unknown"
     assert cond(s, "Ready")["status"] == "False"
 

@@ -27,8 +27,12 @@ PRINTER_COLUMNS: dict[str, list[dict[str, str | int]]] = {
         {"name": "Backend", "type": "string", "jsonPath": ".spec.backend"},
         {"name": "Ready", "type": "string", "jsonPath": READY},
         {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
-        {"name": "SLO", "type": "integer", "jsonPath": ".spec.slo.p99LatencyMs",
-         "description": "p99 latency objective in milliseconds"},
+        {
+            "name": "SLO",
+            "type": "integer",
+            "jsonPath": ".spec.slo.p99LatencyMs",
+            "description": "p99 latency objective in milliseconds",
+        },
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
@@ -50,8 +54,20 @@ PRINTER_COLUMNS: dict[str, list[dict[str, str | int]]] = {
 }
 
 _KEEP = {
-    "type", "description", "default", "enum", "minimum", "maximum", "exclusiveMinimum",
-    "exclusiveMaximum", "pattern", "minLength", "maxLength", "minItems", "maxItems", "format",
+    "type",
+    "description",
+    "default",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "format",
 }
 
 
@@ -95,15 +111,18 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out["properties"] = {}
             for name, sub in props.items():
                 child = structural(sub, defs)
-                if child.get("type") == "object" and "properties" in child and "default" not in child:
-                    if all(k not in node.get("required", []) for k in [name]) and _all_optional(
-                        sub, defs
-                    ):
-                        # The full default, not {}: the API server checks CEL rules against it.
-                        child["default"] = {
-                            k: v["default"] for k, v in child["properties"].items()
-                            if "default" in v
-                        }
+                always_present = (
+                    child.get("type") == "object"
+                    and "properties" in child
+                    and "default" not in child
+                    and name not in node.get("required", [])
+                    and _all_optional(sub, defs)
+                )
+                if always_present:
+                    # The full default, not {}: the API server checks CEL rules against it.
+                    child["default"] = {
+                        k: v["default"] for k, v in child["properties"].items() if "default" in v
+                    }
                 out["properties"][name] = child
             if node.get("required"):
                 out["required"] = list(node["required"])
@@ -144,7 +163,8 @@ def _status_and_spec_schema(kind: type[ApiModel]) -> dict[str, Any]:
 
 def render_crd(kind: type[ApiModel]) -> dict[str, Any]:
     """The CustomResourceDefinition for one kind."""
-    names = dict(kind.model_config.get("json_schema_extra", {})["x-rtml-kind"])  # type: ignore[index]
+    extra: Any = kind.model_config.get("json_schema_extra")
+    names = dict(extra["x-rtml-kind"])
     names["listKind"] = f"{names['kind']}List"
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -54,10 +54,16 @@ class ExperimentSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("self.strategy != 'abtest' || has(self.abtest)",
-                    "abtest is required when strategy is abtest", ".abtest"),
-                cel("self.strategy != 'shadow' || has(self.shadow)",
-                    "shadow is required when strategy is shadow", ".shadow"),
+                cel(
+                    "self.strategy != 'abtest' || has(self.abtest)",
+                    "abtest is required when strategy is abtest",
+                    ".abtest",
+                ),
+                cel(
+                    "self.strategy != 'shadow' || has(self.shadow)",
+                    "shadow is required when strategy is shadow",
+                    ".shadow",
+                ),
             ]
         }
     )
@@ -92,7 +98,9 @@ class AnalysisResult(ApiModel):
 class ExperimentStatus(ApiModel):
     observed_generation: int | None = None
     phase: (
-        Literal["Pending", "Progressing", "Paused", "Promoted", "RolledBack", "Completed", "Aborted"]
+        Literal[
+            "Pending", "Progressing", "Paused", "Promoted", "RolledBack", "Completed", "Aborted"
+        ]
         | None
     ) = None
     current_step: int | None = None
@@ -110,8 +118,11 @@ class Experiment(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-rtml-kind": {
-                "kind": "Experiment", "plural": "experiments", "singular": "experiment",
-                "shortNames": ["rexp"], "categories": ["rtml"],
+                "kind": "Experiment",
+                "plural": "experiments",
+                "singular": "experiment",
+                "shortNames": ["rexp"],
+                "categories": ["rtml"],
             }
         }
     )

@@ -54,8 +54,11 @@ class Source(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("self.type != 'file' || has(self.path)",
-                    "path is required when type is file", ".path")
+                cel(
+                    "self.type != 'file' || has(self.path)",
+                    "path is required when type is file",
+                    ".path",
+                )
             ]
         }
     )
@@ -113,8 +116,11 @@ class FeatureView(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-rtml-kind": {
-                "kind": "FeatureView", "plural": "featureviews", "singular": "featureview",
-                "shortNames": ["rfv"], "categories": ["rtml"],
+                "kind": "FeatureView",
+                "plural": "featureviews",
+                "singular": "featureview",
+                "shortNames": ["rfv"],
+                "categories": ["rtml"],
             }
         }
     )

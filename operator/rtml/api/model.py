@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
@@ -106,10 +107,16 @@ class Fallback(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("self.mode != 'static' || has(self.value)",
-                    "value is required when mode is static", ".value"),
-                cel("self.mode != 'model' || has(self.artifact)",
-                    "artifact is required when mode is model", ".artifact"),
+                cel(
+                    "self.mode != 'static' || has(self.value)",
+                    "value is required when mode is static",
+                    ".value",
+                ),
+                cel(
+                    "self.mode != 'model' || has(self.artifact)",
+                    "artifact is required when mode is model",
+                    ".artifact",
+                ),
             ]
         }
     )
@@ -138,8 +145,11 @@ class Autoscaling(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("self.minReplicas <= self.maxReplicas",
-                    "minReplicas must not exceed maxReplicas", ".minReplicas")
+                cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "minReplicas must not exceed maxReplicas",
+                    ".minReplicas",
+                )
             ]
         }
     )
@@ -205,7 +215,7 @@ class Analysis(ApiModel):
 
 
 def check_steps(steps: list[int]) -> list[int]:
-    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+    if any(b <= a for a, b in pairwise(steps)):
         raise ValueError("steps must be in ascending order")
     return steps
 
@@ -290,8 +300,11 @@ class Model(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-rtml-kind": {
-                "kind": "Model", "plural": "models", "singular": "model",
-                "shortNames": ["rmodel"], "categories": ["rtml"],
+                "kind": "Model",
+                "plural": "models",
+                "singular": "model",
+                "shortNames": ["rmodel"],
+                "categories": ["rtml"],
             }
         }
     )
@@ -305,4 +318,3 @@ class Model(ApiModel):
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> Model:
         return cls.model_validate(manifest)
-

@@ -6,6 +6,7 @@ reachable without generated classes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -105,10 +106,8 @@ class KubeClient:
         return [dict(i.to_dict()) for i in items]
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        try:
+        with contextlib.suppress(NotFoundError):  # already gone: the outcome we wanted
             self._resource(api_version, kind).delete(name=name, namespace=namespace)
-        except NotFoundError:
-            pass  # already gone: the outcome we wanted
 
     def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         res = self._resource(API_VERSION, "Model")
@@ -126,7 +125,9 @@ class KubeClient:
         meta = involved["metadata"]
         now = datetime.now(UTC)
         body = k8s.CoreV1Event(
-            metadata=k8s.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            metadata=k8s.V1ObjectMeta(
+                generate_name=f"{meta['name']}.", namespace=meta["namespace"]
+            ),
             involved_object=k8s.V1ObjectReference(
                 api_version=involved.get("apiVersion", API_VERSION),
                 kind=involved.get("kind", "Model"),
@@ -145,5 +146,7 @@ class KubeClient:
         try:
             k8s.CoreV1Api(self.api).create_namespaced_event(meta["namespace"], body)
         except k8s.ApiException as e:  # an Event is best effort; never fail a reconcile on it
-            log.warning("could not post event",
-                        extra={"reason": reason, "status": e.status, "detail": str(e.body)[:300]})
+            log.warning(
+                "could not post event",
+                extra={"reason": reason, "status": e.status, "detail": str(e.body)[:300]},
+            )

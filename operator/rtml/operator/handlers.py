@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -87,14 +88,18 @@ def processing(**_: Any) -> dict[str, float]:
     return {"secondsSinceHeartbeat": round(age, 1)}
 
 
-def _reconcile(body: kopf.Body, memo: kopf.Memo, retry: int) -> dict[str, Any]:
+def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> dict[str, Any]:
     client: KubeClient = memo["client"]
     uid = body["metadata"]["uid"]
     try:
         with _locks[uid]:
             # Fresh read: the event that woke us may be stale by the time we hold the lock.
-            live = client.get(f"{GROUP}/{VERSION}", "Model", body["metadata"]["namespace"],
-                              body["metadata"]["name"])
+            live = client.get(
+                f"{GROUP}/{VERSION}",
+                "Model",
+                body["metadata"]["namespace"],
+                body["metadata"]["name"],
+            )
             if live is None or live["metadata"].get("deletionTimestamp"):
                 return {}
             status = reconcile_model(client, live, SETTINGS.render_context())
@@ -112,21 +117,32 @@ def _reconcile(body: kopf.Body, memo: kopf.Memo, retry: int) -> dict[str, Any]:
     return {"phase": status.get("phase")}
 
 
-_MODEL = dict(group=GROUP, version=VERSION, plural="models")
-_HANDLER = dict(
-    retries=SETTINGS.handler_retries, timeout=SETTINGS.handler_timeout_seconds, backoff=5
+RETRIES = SETTINGS.handler_retries
+TIMEOUT = SETTINGS.handler_timeout_seconds
+
+
+@kopf.on.resume(
+    GROUP, VERSION, "models", id="reconcile", retries=RETRIES, timeout=TIMEOUT, backoff=5
 )
-
-
-@kopf.on.resume(**_MODEL, id="reconcile", **_HANDLER)  # type: ignore[arg-type]
-@kopf.on.create(**_MODEL, id="reconcile", **_HANDLER)  # type: ignore[arg-type]
-@kopf.on.update(**_MODEL, id="reconcile", **_HANDLER)  # type: ignore[arg-type]
+@kopf.on.create(
+    GROUP, VERSION, "models", id="reconcile", retries=RETRIES, timeout=TIMEOUT, backoff=5
+)
+@kopf.on.update(
+    GROUP, VERSION, "models", id="reconcile", retries=RETRIES, timeout=TIMEOUT, backoff=5
+)
 def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     _reconcile(body, memo, retry)
 
 
-@kopf.timer(**_MODEL, id="resync", interval=SETTINGS.resync_seconds, idle=0,  # type: ignore[arg-type]
-            initial_delay=SETTINGS.resync_seconds)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "models",
+    id="resync",
+    interval=SETTINGS.resync_seconds,
+    idle=0,
+    initial_delay=SETTINGS.resync_seconds,
+)
 def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Level-triggered safety net: converges even if an event was missed."""
     _reconcile(body, memo, retry=0)
@@ -152,28 +168,35 @@ def _on_child(body: kopf.Body, memo: kopf.Memo, event_type: str | None) -> None:
     try:
         _reconcile(model, memo, retry=0)
     except kopf.TemporaryError as e:
-        log.warning("child-triggered reconcile failed; the resync will retry",
-                    extra={"model": name, "error": str(e)})
+        log.warning(
+            "child-triggered reconcile failed; the resync will retry",
+            extra={"model": name, "error": str(e)},
+        )
 
 
-_CHILD = dict(labels={MODEL_LABEL: kopf.PRESENT})
+CHILD_LABELS = {MODEL_LABEL: kopf.PRESENT}
 
 
-@kopf.on.event("apps", "v1", "deployments", id="child-deployment", **_CHILD)  # type: ignore[arg-type]
-@kopf.on.event("", "v1", "services", id="child-service", **_CHILD)  # type: ignore[arg-type]
-@kopf.on.event("", "v1", "configmaps", id="child-configmap", **_CHILD)  # type: ignore[arg-type]
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", id="child-pdb", **_CHILD)  # type: ignore[arg-type]
-@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", id="child-hpa", **_CHILD)  # type: ignore[arg-type]
-def child_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:  # noqa: A002
+@kopf.on.event("apps", "v1", "deployments", id="child-deployment", labels=CHILD_LABELS)
+@kopf.on.event("", "v1", "services", id="child-service", labels=CHILD_LABELS)
+@kopf.on.event("", "v1", "configmaps", id="child-configmap", labels=CHILD_LABELS)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", id="child-pdb", labels=CHILD_LABELS)
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", id="child-hpa", labels=CHILD_LABELS)
+def child_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
     """A child edited or deleted by hand, or a Deployment's status moved: reconcile the owner."""
     if type is None:
         return  # the initial listing: the resume handlers already cover it
     _on_child(body, memo, type)
 
 
-@kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices", id="child-isvc",  # type: ignore[arg-type]
-               **_CHILD)
-def isvc_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:  # noqa: A002
+@kopf.on.event(
+    "serving.kserve.io",
+    "v1beta1",
+    "inferenceservices",
+    id="child-isvc",
+    labels=CHILD_LABELS,
+)
+def isvc_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
     if type is None:
         return
     _on_child(body, memo, type)

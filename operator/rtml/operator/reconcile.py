@@ -49,7 +49,9 @@ def _prune(client: KubeClient, model: Model, desired: list[dict[str, Any]]) -> N
     for api_version, kind in OWNED_KINDS:
         if "/" in api_version and "." in api_version and not client.serves(api_version, kind):
             continue
-        for obj in client.list_owned(api_version, kind, model.metadata.namespace, model.metadata.name):
+        for obj in client.list_owned(
+            api_version, kind, model.metadata.namespace, model.metadata.name
+        ):
             owners = obj["metadata"].get("ownerReferences") or []
             ours = any(o.get("uid") == model.metadata.uid for o in owners)
             if ours and (kind, obj["metadata"]["name"]) not in keep:
@@ -64,8 +66,12 @@ def _apply_all(client: KubeClient, desired: list[dict[str, Any]]) -> Cond | None
         except ApiException as e:
             if e.status in PERMANENT_STATUSES:
                 what = f"{obj['kind']} {obj['metadata']['name']}"
-                return Cond("Ready", "False", "ApplyRejected",
-                            f"the API server refused {what}: {api_error_message(e.status, e.body)}")
+                return Cond(
+                    "Ready",
+                    "False",
+                    "ApplyRejected",
+                    f"the API server refused {what}: {api_error_message(e.status, e.body)}",
+                )
             raise
     return None
 
@@ -80,8 +86,9 @@ def reconcile_model(
     try:
         model = Model.model_validate({k: v for k, v in body.items() if k != "status"})
     except ValidationError as e:
-        status = invalid_spec_status(describe_validation_error(e), meta.get("generation"),
-                                     previous, now)
+        status = invalid_spec_status(
+            describe_validation_error(e), meta.get("generation"), previous, now
+        )
         _write_status(client, body, previous, status)
         return status
 
@@ -100,9 +107,11 @@ def reconcile_model(
     ns, name = model.metadata.namespace, model.metadata.name
     observed = Observed(
         deployment=client.get("apps/v1", "Deployment", ns, name)
-        if model.spec.backend == "bentoml" else None,
+        if model.spec.backend == "bentoml"
+        else None,
         inference_service=client.get(*KSERVE, ns, name)
-        if model.spec.backend == "kserve" and kserve_installed else None,
+        if model.spec.backend == "kserve" and kserve_installed
+        else None,
         kserve_installed=kserve_installed,
         feature_view=_feature_view(client, model),
         problem=problem,
@@ -116,8 +125,9 @@ def _feature_view(client: KubeClient, model: Model) -> dict[str, Any] | None:
     binding = model.spec.features
     if binding is None or binding.feature_view_ref is None:
         return None
-    return client.get("rtml.dev/v1alpha1", "FeatureView", model.metadata.namespace,
-                      binding.feature_view_ref)
+    return client.get(
+        "rtml.dev/v1alpha1", "FeatureView", model.metadata.namespace, binding.feature_view_ref
+    )
 
 
 def _write_status(
@@ -133,5 +143,6 @@ def _write_status(
     after = get_condition(status["conditions"], "Ready") or {}
     if before != after.get("status"):
         kind = "Normal" if after.get("status") == "True" else "Warning"
-        client.event({**body, "kind": "Model"}, after.get("reason", "Ready"),
-                     after.get("message", ""), kind)
+        client.event(
+            {**body, "kind": "Model"}, after.get("reason", "Ready"), after.get("message", ""), kind
+        )

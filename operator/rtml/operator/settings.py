@@ -32,7 +32,9 @@ class OperatorSettings:
             runtime_image=env.get("RTML_RUNTIME_IMAGE", d.runtime_image),
             prometheus_url=env.get("RTML_PROMETHEUS_URL", d.prometheus_url),
             resync_seconds=float(env.get("RTML_RESYNC_SECONDS", d.resync_seconds)),
-            handler_timeout_seconds=float(env.get("RTML_HANDLER_TIMEOUT", d.handler_timeout_seconds)),
+            handler_timeout_seconds=float(
+                env.get("RTML_HANDLER_TIMEOUT", d.handler_timeout_seconds)
+            ),
             handler_retries=int(env.get("RTML_HANDLER_RETRIES", d.handler_retries)),
             max_workers=int(env.get("RTML_MAX_WORKERS", d.max_workers)),
         )

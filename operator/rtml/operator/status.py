@@ -37,8 +37,12 @@ class Rollout:
 
 def _deployment_rollout(model: Model, deploy: dict[str, Any] | None, url: str) -> Rollout:
     if deploy is None:
-        waiting = Cond("RolledOut", "Unknown", "DeploymentMissing", "the Deployment is not created yet")
-        return Rollout(waiting, Cond("Ready", "False", "DeploymentMissing", waiting.message), "Pending")
+        waiting = Cond(
+            "RolledOut", "Unknown", "DeploymentMissing", "the Deployment is not created yet"
+        )
+        return Rollout(
+            waiting, Cond("Ready", "False", "DeploymentMissing", waiting.message), "Pending"
+        )
     st = deploy.get("status") or {}
     gen = deploy.get("metadata", {}).get("generation", 0)
     desired = deploy.get("spec", {}).get("replicas", model.spec.autoscaling.min_replicas)
@@ -109,8 +113,11 @@ def _kserve_rollout(obs: Observed, url: str) -> Rollout:
     isvc = obs.inference_service
     if isvc is None:
         msg = "the InferenceService is not created yet"
-        return Rollout(Cond("RolledOut", "Unknown", "InferenceServiceMissing", msg),
-                       Cond("Ready", "False", "InferenceServiceMissing", msg), "Pending")
+        return Rollout(
+            Cond("RolledOut", "Unknown", "InferenceServiceMissing", msg),
+            Cond("Ready", "False", "InferenceServiceMissing", msg),
+            "Pending",
+        )
     st = isvc.get("status") or {}
     conds = {c.get("type"): c for c in st.get("conditions", [])}
     url = st.get("url") or url
@@ -118,9 +125,15 @@ def _kserve_rollout(obs: Observed, url: str) -> Rollout:
     def mirror(kserve_type: str, ours: str) -> Cond:
         c = conds.get(kserve_type)
         if c is None:
-            return Cond(ours, "Unknown", "AwaitingKServe",
-                        f"KServe has not reported {kserve_type} for the InferenceService yet")
-        reason = c.get("reason") or (kserve_type if c.get("status") == "True" else f"Not{kserve_type}")
+            return Cond(
+                ours,
+                "Unknown",
+                "AwaitingKServe",
+                f"KServe has not reported {kserve_type} for the InferenceService yet",
+            )
+        reason = c.get("reason") or (
+            kserve_type if c.get("status") == "True" else f"Not{kserve_type}"
+        )
         message = c.get("message") or f"InferenceService {kserve_type} is {c.get('status')}"
         return Cond(ours, c.get("status", "Unknown"), reason, message)
 
@@ -135,15 +148,26 @@ def _kserve_rollout(obs: Observed, url: str) -> Rollout:
 def _features_condition(model: Model, obs: Observed) -> Cond:
     binding = model.spec.features
     if binding is None or binding.feature_view_ref is None:
-        return Cond("FeaturesResolved", "True", "NoFeatureView",
-                    "the Model reads no FeatureView; every input comes with the request")
+        return Cond(
+            "FeaturesResolved",
+            "True",
+            "NoFeatureView",
+            "the Model reads no FeatureView; every input comes with the request",
+        )
     if obs.feature_view is None:
-        return Cond("FeaturesResolved", "False", "FeatureViewNotFound",
-                    f"FeatureView {binding.feature_view_ref!r} (spec.features.featureViewRef) "
-                    "does not exist in this namespace")
-    return Cond("FeaturesResolved", "Unknown", "SignatureNotChecked",
-                f"FeatureView {binding.feature_view_ref!r} exists; the ONNX signature check "
-                "has not run")
+        return Cond(
+            "FeaturesResolved",
+            "False",
+            "FeatureViewNotFound",
+            f"FeatureView {binding.feature_view_ref!r} (spec.features.featureViewRef) "
+            "does not exist in this namespace",
+        )
+    return Cond(
+        "FeaturesResolved",
+        "Unknown",
+        "SignatureNotChecked",
+        f"FeatureView {binding.feature_view_ref!r} exists; the ONNX signature check has not run",
+    )
 
 
 def compute_model_status(
@@ -171,12 +195,18 @@ def compute_model_status(
         _features_condition(model, obs),
         r.rolled_out,
         ready,
-        Cond("Reconciling", "True" if reconciling else "False",
-             "RollingOut" if reconciling else "Settled",
-             r.rolled_out.message if reconciling else "no work under way"),
-        Cond("Stalled", "True" if stalled else "False",
-             ready.reason if stalled else "NotStalled",
-             ready.message if stalled else "nothing blocks progress"),
+        Cond(
+            "Reconciling",
+            "True" if reconciling else "False",
+            "RollingOut" if reconciling else "Settled",
+            r.rolled_out.message if reconciling else "no work under way",
+        ),
+        Cond(
+            "Stalled",
+            "True" if stalled else "False",
+            ready.reason if stalled else "NotStalled",
+            ready.message if stalled else "nothing blocks progress",
+        ),
     ]
     generation = model.metadata.generation
     active = model.spec.version if r.rolled_out.status == "True" else previous.get("activeVersion")

@@ -85,8 +85,11 @@ def render_hpa(model: Model) -> dict[str, Any]:
         "kind": "HorizontalPodAutoscaler",
         "metadata": object_meta(model),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                               "name": model.metadata.name},
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": model.metadata.name,
+            },
             "minReplicas": a.min_replicas,
             "maxReplicas": a.max_replicas,
             "metrics": [_hpa_metric(model)],
@@ -102,8 +105,11 @@ def render_scaled_object(model: Model, ctx: RenderContext) -> dict[str, Any]:
         "kind": "ScaledObject",
         "metadata": object_meta(model),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                               "name": model.metadata.name},
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": model.metadata.name,
+            },
             "minReplicaCount": a.min_replicas,
             "maxReplicaCount": a.max_replicas,
             "triggers": [

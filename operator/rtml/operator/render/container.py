@@ -65,8 +65,15 @@ def render_runtime_container(
     return {
         "name": name,
         "image": model.spec.runtime.image or ctx.runtime_image,
-        "args": ["serve", "--config", f"{CONFIG_MOUNT}/{CONFIG_KEY}", "--host", "0.0.0.0",
-                 "--port", str(HTTP_PORT)],
+        "args": [
+            "serve",
+            "--config",
+            f"{CONFIG_MOUNT}/{CONFIG_KEY}",
+            "--host",
+            "0.0.0.0",  # noqa: S104 - inside a pod the runtime must listen on the pod IP
+            "--port",
+            str(HTTP_PORT),
+        ],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "env": env,
         "resources": resources(model),

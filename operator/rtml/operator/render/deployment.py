@@ -12,7 +12,13 @@ from rtml.operator.render.container import (
     runtime_volumes,
 )
 from rtml.operator.render.context import RenderContext
-from rtml.operator.render.meta import HTTP_PORT, config_map_name, labels, object_meta, selector_labels
+from rtml.operator.render.meta import (
+    HTTP_PORT,
+    config_map_name,
+    labels,
+    object_meta,
+    selector_labels,
+)
 
 CHECKSUM_ANNOTATION = "rtml.dev/config-checksum"
 
@@ -28,7 +34,10 @@ def render_deployment(model: Model, ctx: RenderContext) -> dict[str, Any]:
         "selector": {"matchLabels": selector_labels(model)},
         "revisionHistoryLimit": 5,
         # Never below capacity during a rollout: a latency SLO has no room for a missing pod.
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        },
         "template": {
             "metadata": {
                 "labels": labels(model),

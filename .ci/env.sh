@@ -1,0 +1,39 @@
+# Sourced by .ci/test and .ci/demo: makes a fresh machine ready, reusing caches outside the checkout.
+#   - the Python environment: a venv under ~/.cache/rtml keyed by pyproject.toml and Python version
+#   - the Go-built control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, helm),
+#     built once from the pinned modules in operator/rtml/dev/gotools and cached by their hash
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${RTML_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rtml}"
+PYTHON="${PYTHON:-python3}"
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+
+command -v "$PYTHON" >/dev/null || { echo "rtml needs Python 3.11+ ($PYTHON not found)." >&2; exit 1; }
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "rtml needs Python 3.11 or newer; $PYTHON is $("$PYTHON" --version)." >&2; exit 1; }
+command -v go >/dev/null || {
+  echo "Go is needed to build the local control plane (kube-apiserver, etcd, helm); install Go 1.25+." >&2
+  exit 1
+}
+
+key="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-12)-$("$PYTHON" -c 'import sys; print("py%d.%d" % sys.version_info[:2])')"
+VENV="$CACHE/venv-$key"
+if [[ ! -x "$VENV/bin/rtml-deps-ok" ]]; then
+  say "creating the Python environment in $VENV (once per pyproject.toml change)"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  # Install the dependencies once; the project itself is linked per checkout below.
+  "$VENV/bin/pip" install --quiet -e "$ROOT[dev]"
+  printf '#!/bin/sh\n' > "$VENV/bin/rtml-deps-ok" && chmod +x "$VENV/bin/rtml-deps-ok"
+fi
+# Point the cached environment at this checkout (CI clones afresh each time): seconds, no downloads.
+"$VENV/bin/pip" install --quiet --no-deps --no-build-isolation -e "$ROOT" 2>/dev/null \
+  || "$VENV/bin/pip" install --quiet --no-deps -e "$ROOT"
+export PATH="$VENV/bin:$PATH"
+
+say "building or reusing the local control plane binaries"
+RTML_BIN="$(rtml dev tools build)"
+export PATH="$RTML_BIN:$PATH"
+export RTML_BIN

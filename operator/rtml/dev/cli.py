@@ -1,0 +1,125 @@
+"""``rtml dev``: the local control plane for development and tests, from the command line."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import click
+
+from rtml.dev.errors import DevError
+
+_WORKDIR_HELP = (
+    "Directory for the control plane's etcd data, certificates, logs and state "
+    "[default: $RTML_CACHE_DIR/dev-cluster, else ~/.cache/rtml/dev-cluster]."
+)
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _workdir(value: Path | None) -> Path:
+    from rtml.dev.cluster import default_workdir
+
+    return value if value is not None else default_workdir()
+
+
+@click.group()
+def dev() -> None:
+    """Develop and test against a real local Kubernetes control plane.
+
+    The control plane is etcd, kube-apiserver and kube-controller-manager built from the Go
+    modules pinned in rtml, listening on 127.0.0.1 with RBAC on. There is no kubelet: objects
+    are stored, validated and reconciled by the built-in controllers, but Pods never run.
+    """
+
+
+@dev.group()
+def cluster() -> None:
+    """Start and stop the local control plane."""
+
+
+@cluster.command()
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write the admin kubeconfig to this file (it is always written to the workdir).",
+)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help=_WORKDIR_HELP)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for the control plane to become ready.",
+)
+def up(kubeconfig: Path | None, workdir: Path | None, timeout: float) -> None:
+    """Start the control plane in the background and wait until it is ready.
+
+    Builds the binaries first if they are not cached yet (minutes on a cold machine). The
+    processes keep running after this command returns; stop them with `rtml dev cluster down`.
+    """
+    from rtml.dev.cluster import cluster_up
+    from rtml.dev.tools import ensure_tools
+
+    directory = _workdir(workdir)
+    try:
+        bin_dir = ensure_tools(progress=_progress)
+        _progress(f"Starting etcd, kube-apiserver and kube-controller-manager in {directory}...")
+        plane = cluster_up(directory, kubeconfig, bin_dir=bin_dir, timeout=timeout)
+    except DevError as error:
+        raise click.ClickException(str(error)) from error
+    config = kubeconfig if kubeconfig is not None else plane.kubeconfig
+    click.echo(
+        f"The local control plane is ready at {plane.server} ({plane.started_seconds:.1f}s)."
+    )
+    click.echo(f"Admin kubeconfig: {config}")
+    click.echo(f"  export KUBECONFIG={shlex.quote(str(config.resolve()))}")
+    click.echo(f"Logs: {plane.logs_dir}")
+    stop_hint = "rtml dev cluster down"
+    if workdir is not None:
+        stop_hint += f" --workdir {shlex.quote(str(workdir))}"
+    click.echo(f"Stop it with: {stop_hint}")
+
+
+@cluster.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help=_WORKDIR_HELP)
+def down(workdir: Path | None) -> None:
+    """Stop the control plane started by `rtml dev cluster up` and delete its etcd data.
+
+    Logs and certificates stay in the workdir until the next `up`.
+    """
+    from rtml.dev.cluster import cluster_down
+
+    directory = _workdir(workdir)
+    try:
+        stopped = cluster_down(directory)
+    except DevError as error:
+        raise click.ClickException(str(error)) from error
+    if stopped:
+        click.echo(f"Stopped the local control plane in {directory}.")
+    else:
+        click.echo(f"No local control plane was running from {directory}.")
+
+
+@dev.group()
+def tools() -> None:
+    """The Go-built binaries behind the control plane (and helm)."""
+
+
+@tools.command()
+def build() -> None:
+    """Build etcd, kube-apiserver, kube-controller-manager, kubectl and helm if not cached.
+
+    They are built from the Go modules pinned in rtml into a cache keyed by those pins and the Go
+    version ($RTML_CACHE_DIR, else $XDG_CACHE_HOME/rtml, else ~/.cache/rtml). Needs Go. Prints
+    the directory holding the binaries.
+    """
+    from rtml.dev.tools import ensure_tools
+
+    try:
+        bin_dir = ensure_tools(progress=_progress)
+    except DevError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(str(bin_dir))

@@ -1,0 +1,132 @@
+"""The Helm chart: lint, template, install into the real control plane, least-privilege RBAC."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rtml.dev.tools import ensure_tools
+from tests.kube import REPO, Kube
+
+pytestmark = [pytest.mark.apiserver, pytest.mark.helm]
+CHART = REPO / "charts" / "rtml"
+
+
+@pytest.fixture(scope="module")
+def bin_dir() -> Path:
+    return ensure_tools(progress=lambda _m: None)
+
+
+def run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120)
+
+
+def test_helm_lint_passes(bin_dir: Path) -> None:
+    out = run([str(bin_dir / "helm"), "lint", "--strict", str(CHART)])
+    assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout
+
+
+def test_values_schema_refuses_bad_values(bin_dir: Path) -> None:
+    out = run(
+        [str(bin_dir / "helm"), "template", "t", str(CHART), "--set", "resyncSeconds=1"],
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "resyncSeconds" in out.stderr
+
+
+def test_chart_crds_are_the_generated_crds(bin_dir: Path) -> None:
+    for f in (REPO / "crds").glob("*.yaml"):
+        assert (CHART / "crds" / f.name).read_text() == f.read_text()
+
+
+def test_helm_install_and_least_privilege(
+    bin_dir: Path,
+    control_plane: Any,
+    kube: Kube,
+    rtml_crds: list[str],
+    kserve_crd: str,
+    keda_crd: str,
+) -> None:
+    kc = str(control_plane.kubeconfig)
+    ns = f"rtml-{uuid.uuid4().hex[:6]}"
+    release = f"r{uuid.uuid4().hex[:6]}"
+    helm = [str(bin_dir / "helm"), "--kubeconfig", kc]
+    run(
+        [
+            *helm,
+            "install",
+            release,
+            str(CHART),
+            "--namespace",
+            ns,
+            "--create-namespace",
+            "--wait=false",
+        ]
+    )
+    try:
+        dep = kube.get("apps/v1", "Deployment", f"{release}-operator", ns)
+        assert dep is not None
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        sa = f"system:serviceaccount:{ns}:{release}-operator"
+
+        def can(verb: str, resource: str, where: list[str]) -> bool:
+            out = run(
+                [
+                    str(bin_dir / "kubectl"),
+                    "--kubeconfig",
+                    kc,
+                    "auth",
+                    "can-i",
+                    verb,
+                    resource,
+                    f"--as={sa}",
+                    *where,
+                ],
+                check=False,
+            )
+            return out.stdout.strip() == "yes"
+
+        anywhere = ["--all-namespaces"]
+        needed = [
+            ("watch", "models.rtml.dev"),
+            ("patch", "models.rtml.dev/status"),
+            ("patch", "deployments.apps"),
+            ("delete", "horizontalpodautoscalers.autoscaling"),
+            ("create", "poddisruptionbudgets.policy"),
+            ("patch", "services"),
+            ("patch", "configmaps"),
+            ("patch", "inferenceservices.serving.kserve.io"),
+            ("patch", "scaledobjects.keda.sh"),
+            ("create", "events"),
+            ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+        ]
+        for verb, resource in needed:
+            assert can(verb, resource, anywhere), f"operator cannot {verb} {resource}"
+        forbidden = [
+            ("get", "secrets"),
+            ("list", "pods"),
+            ("delete", "nodes"),
+            ("create", "clusterroles.rbac.authorization.k8s.io"),
+            ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+            ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
+            ("delete", "models.rtml.dev"),
+            ("create", "pods/exec"),
+            ("delete", "namespaces"),
+            ("*", "*"),
+        ]
+        for verb, resource in forbidden:
+            assert not can(verb, resource, anywhere), f"operator can {verb} {resource}"
+        rendered = run([*helm, "get", "manifest", release, "-n", ns]).stdout
+        kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered) if d)
+        assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    finally:
+        run([*helm, "uninstall", release, "--namespace", ns], check=False)
+        kube.delete("v1", "Namespace", ns)
