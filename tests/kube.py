@@ -18,7 +18,17 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-THIRDPARTY = REPO.parent / "shared" / "thirdparty-crds"
+
+
+def _thirdparty_dir() -> Path:
+    """Upstream CRDs (KServe, KEDA, ...) are data beside the checkout, never vendored into it."""
+    explicit = os.environ.get("RTML_THIRDPARTY_CRDS")
+    candidates = [Path(explicit)] if explicit else []
+    candidates += [REPO.parent / "shared" / "thirdparty-crds", Path("/work/shared/thirdparty-crds")]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+THIRDPARTY = _thirdparty_dir()
 KSERVE_CRD = "kserve.serving.kserve.io_inferenceservices.yaml"
 LOGS = REPO / ".test-logs"
 
