@@ -364,6 +364,8 @@ def test_kserve_backend_without_kserve_crd_says_so(
         )
         assert "not installed" in condition(m, "Ready")["message"]
         assert condition(m, "Stalled")["status"] == "True"
+        assert operator.proc is not None
+        assert operator.proc.poll() is None, "the operator must survive KServe being uninstalled"
     finally:
         install_crd_file(kube, THIRDPARTY / KSERVE_CRD)
     # Once KServe arrives the same Model converges without being touched.

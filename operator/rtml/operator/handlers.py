@@ -21,7 +21,7 @@ from urllib3.exceptions import HTTPError
 from rtml import GROUP, VERSION
 from rtml.operator.client import KubeClient
 from rtml.operator.errors import backoff_delay
-from rtml.operator.reconcile import reconcile_model
+from rtml.operator.reconcile import KSERVE, reconcile_model
 from rtml.operator.render.meta import MODEL_LABEL
 from rtml.operator.settings import OperatorSettings
 
@@ -148,14 +148,14 @@ def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _reconcile(body, memo, retry=0)
 
 
-def _owner_model(obj: kopf.Body) -> str | None:
+def _owner_model(obj: Mapping[str, Any]) -> str | None:
     for ref in obj.get("metadata", {}).get("ownerReferences") or []:
         if ref.get("kind") == "Model" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
             return str(ref["name"])
     return None
 
 
-def _on_child(body: kopf.Body, memo: kopf.Memo, event_type: str | None) -> None:
+def _on_child(body: Mapping[str, Any], memo: kopf.Memo, event_type: str | None) -> None:
     name = _owner_model(body)
     if name is None:
         return
@@ -189,14 +189,53 @@ def child_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) 
     _on_child(body, memo, type)
 
 
-@kopf.on.event(
-    "serving.kserve.io",
-    "v1beta1",
-    "inferenceservices",
-    id="child-isvc",
-    labels=CHILD_LABELS,
-)
-def isvc_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
-    if type is None:
-        return
-    _on_child(body, memo, type)
+def _is_kserve(spec: kopf.Spec, **_: Any) -> bool:
+    return spec.get("backend") == "kserve"
+
+
+@kopf.daemon(GROUP, VERSION, "models", id="kserve-status", when=_is_kserve, cancellation_timeout=5)
+def follow_inference_service(
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    """Rolls KServe's status up as it changes.
+
+    Polled rather than watched: Kopf stops the whole operator when a watched CRD disappears
+    (uninstalling KServe would crash-loop it), while a poll just sees a 404 and carries on.
+    """
+    client: KubeClient = memo["client"]
+    meta = body["metadata"]
+    seen: str | None = None
+    while not stopped:
+        try:
+            isvc = (
+                client.get(*KSERVE, meta["namespace"], meta["name"])
+                if client.serves(*KSERVE)
+                else None
+            )
+        except (ApiException, HTTPError, OSError) as e:
+            log.warning(
+                "could not read the InferenceService",
+                extra={"model": meta["name"], "error": str(e)},
+            )
+            isvc = None
+        version = isvc["metadata"].get("resourceVersion") if isvc else None
+        if version != seen:
+            seen = version
+            _on_child(
+                isvc
+                or {
+                    "metadata": {
+                        "namespace": meta["namespace"],
+                        "ownerReferences": [
+                            {
+                                "kind": "Model",
+                                "apiVersion": f"{GROUP}/{VERSION}",
+                                "name": meta["name"],
+                            }
+                        ],
+                    }
+                },
+                memo,
+                "poll",
+            )
+        stopped.wait(SETTINGS.kserve_poll_seconds)

@@ -23,6 +23,7 @@ class OperatorSettings:
     watch_server_timeout: int = 300
     watch_inactivity_timeout: float = 70.0
     heartbeat_stale_seconds: float = 90.0
+    kserve_poll_seconds: float = 5.0
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -37,6 +38,7 @@ class OperatorSettings:
             ),
             handler_retries=int(env.get("RTML_HANDLER_RETRIES", d.handler_retries)),
             max_workers=int(env.get("RTML_MAX_WORKERS", d.max_workers)),
+            kserve_poll_seconds=float(env.get("RTML_KSERVE_POLL_SECONDS", d.kserve_poll_seconds)),
         )
 
     def render_context(self) -> RenderContext:
