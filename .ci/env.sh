@@ -17,6 +17,15 @@ command -v go >/dev/null || {
   exit 1
 }
 
+# Debian packages: Redis (the Feast online store in tests) and wrk (the benchmarks' load generator).
+missing=()
+for pkg in redis-server wrk; do command -v "$pkg" >/dev/null || missing+=("$pkg"); done
+if ((${#missing[@]})); then
+  say "installing ${missing[*]} from Debian's packages"
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
 key="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-12)-$("$PYTHON" -c 'import sys; print("py%d.%d" % sys.version_info[:2])')"
 VENV="$CACHE/venv-$key"
 if [[ ! -x "$VENV/bin/rtml-deps-ok" ]]; then
@@ -29,8 +38,8 @@ if [[ ! -x "$VENV/bin/rtml-deps-ok" ]]; then
   printf '#!/bin/sh\n' > "$VENV/bin/rtml-deps-ok" && chmod +x "$VENV/bin/rtml-deps-ok"
 fi
 # Point the cached environment at this checkout (CI clones afresh each time): seconds, no downloads.
-"$VENV/bin/pip" install --quiet --no-deps --no-build-isolation -e "$ROOT" 2>/dev/null \
-  || "$VENV/bin/pip" install --quiet --no-deps -e "$ROOT"
+"$VENV/bin/pip" install --quiet --no-deps --no-build-isolation -e "$ROOT" >"$CACHE/pip-link.log" 2>&1 \
+  || "$VENV/bin/pip" install --quiet --no-deps -e "$ROOT" >"$CACHE/pip-link.log" 2>&1
 export PATH="$VENV/bin:$PATH"
 
 say "building or reusing the local control plane binaries"

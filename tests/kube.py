@@ -203,7 +203,8 @@ class OperatorProcess:
         env = {
             **os.environ,
             "RTML_RESYNC_SECONDS": "3",
-            "RTML_DISCOVERY_TTL": "1", "RTML_KSERVE_POLL_SECONDS": "1",
+            "RTML_DISCOVERY_TTL": "1",
+            "RTML_KSERVE_POLL_SECONDS": "1",
             "RTML_RUNTIME_IMAGE": "registry.local/rtml-runtime:test",
             "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "bentos")]),
         }

@@ -182,6 +182,133 @@ def demo(examples: Path | None, keep: bool) -> None:
         raise click.ClickException(str(e)) from e
 
 
+@main.command()
+@click.argument("manifest", type=click.Path(exists=True, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=3000, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--model", "model_name", default=None, help="The Model to serve when MANIFEST holds several."
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["sqlite", "redis"]),
+    default="sqlite",
+    show_default=True,
+    help="Feast online store: SQLite on this machine, or Redis.",
+)
+@click.option(
+    "--store-path",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the Feast registry (and SQLite online store) "
+    "[default: .rtml/feature_store beside MANIFEST].",
+)
+@click.option(
+    "--redis-url",
+    default="redis://127.0.0.1:6379/0",
+    show_default=True,
+    help="Redis for --profile redis.",
+)
+@click.option(
+    "--server",
+    type=click.Choice(["bentoml", "uvicorn"]),
+    default="bentoml",
+    show_default=True,
+    help="Host the runtime in BentoML, or in plain uvicorn.",
+)
+def serve(
+    manifest: Path,
+    host: str,
+    port: int,
+    model_name: str | None,
+    profile: str,
+    store_path: Path | None,
+    redis_url: str,
+    server: str,
+) -> None:
+    """Serve the Model in MANIFEST on this machine, no cluster needed.
+
+    The FeatureView it references is read from the same file or folder, registered in a local
+    Feast registry and materialised into the online store before the first request.
+    """
+    import os
+    import subprocess
+
+    base = manifest if manifest.is_dir() else manifest.parent
+    store = (store_path or base / ".rtml" / "feature_store").resolve()
+    env = {
+        **os.environ,
+        "RTML_CONFIG": str(manifest.resolve()),
+        "RTML_STORE": profile,
+        "RTML_STORE_PATH": str(store),
+        "RTML_REDIS_URL": redis_url,
+        "RTML_REGISTER": "1",
+        "RTML_ARTIFACT_DIR": str(base.resolve() / ".rtml" / "artifacts"),
+    }
+    if model_name:
+        env["RTML_MODEL"] = model_name
+    if server == "uvicorn":
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "rtml_runtime.uvicorn_app:app",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    else:
+        argv = [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "rtml_runtime.service:RtmlRuntime",
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ]
+    click.echo(
+        f"serving {manifest} on http://{host}:{port} ({server}, {profile} features)", err=True
+    )
+    raise SystemExit(subprocess.call(argv, env=env))
+
+
+@main.command()
+@click.option(
+    "--url", default="http://127.0.0.1:3000/predict", show_default=True, help="Endpoint to drive."
+)
+@click.option(
+    "--body",
+    "body_path",
+    type=click.Path(exists=True, path_type=Path),
+    required=True,
+    help="JSON request body to send (e.g. examples/fraud/request.json).",
+)
+@click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1, 1024))
+@click.option(
+    "--duration",
+    "-d",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.5),
+    help="Seconds of load.",
+)
+def bench(url: str, body_path: Path, concurrency: int, duration: float) -> None:
+    """Drive a running runtime with a closed loop; print p50/p99/p99.9, throughput, errors."""
+    import asyncio
+
+    from rtml_runtime.bench import format_result, load_body, run_bench
+
+    result = asyncio.run(run_bench(url, load_body(body_path), concurrency, duration))
+    click.echo(format_result(result, concurrency))
+
+
 def _add_dev() -> None:
     try:
         from rtml.dev.cli import dev

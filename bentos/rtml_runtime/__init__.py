@@ -1,0 +1,1 @@
+"""The rtml runtime: serves one Model (ONNX + Feast features) under its SLO."""

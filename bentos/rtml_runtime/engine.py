@@ -1,0 +1,431 @@
+"""The data plane, independent of transport: validate -> limit -> features -> model -> answer.
+
+The HTTP app (app.py) and the BentoML service only translate bytes to calls on `Runtime`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rtml_runtime.artifacts import ArtifactError, fetch_artifact
+from rtml_runtime.breaker import CircuitBreaker, State
+from rtml_runtime.cache import TTLCache
+from rtml_runtime.clock import SYSTEM_CLOCK, Clock
+from rtml_runtime.config import RuntimeConfig
+from rtml_runtime.deadline import DeadlineExceeded, within
+from rtml_runtime.errors import RequestError, bad_input
+from rtml_runtime.features import FeatureReader, merge_features
+from rtml_runtime.metrics import RuntimeMetrics, VariantMetrics
+from rtml_runtime.onnx_model import ModelError, OnnxModel
+from rtml_runtime.ratelimit import TokenBucket
+
+log = logging.getLogger("rtml.runtime")
+CHAMPION = "champion"
+
+
+@dataclass
+class Prediction:
+    score: float
+    degraded: bool
+    outcome: str  # ok | fallback
+
+
+class Runtime:
+    """One Model's serving state. Not ready until `start()` has loaded, checked and warmed it."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        clock: Clock = SYSTEM_CLOCK,
+        metrics: RuntimeMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.spec = config.model.spec
+        self.metrics = metrics or RuntimeMetrics()
+        self.m: VariantMetrics = self.metrics.variant(config.name, config.version, CHAMPION)
+        self.ready = False
+        self.not_ready_reason = "starting"
+        self.model: OnnxModel | None = None
+        self.backup: OnnxModel | None = None
+        self.reader: FeatureReader | None = None
+        self.view = config.feature_view
+        self.request_features = (
+            list(self.spec.features.request_features) if self.spec.features else []
+        )
+        self.limiter = TokenBucket.from_spec(self.spec.rate_limit, clock=clock)
+        self.cache: TTLCache[str, dict[str, Any] | None] = TTLCache(
+            config.cache_entries, config.cache_ttl_s, clock=clock
+        )
+        slow = self.spec.slow_call_ms
+        self.feature_breaker = CircuitBreaker.from_spec(
+            "features",
+            self.spec.circuit_breaker,
+            slow,
+            clock=clock,
+            on_state_change=self._breaker_changed,
+        )
+        self.model_breaker = CircuitBreaker.from_spec(
+            "model",
+            self.spec.circuit_breaker,
+            slow,
+            clock=clock,
+            on_state_change=self._breaker_changed,
+        )
+        for dep in ("features", "model"):
+            self.metrics.breaker_state.labels(config.name, config.version, CHAMPION, dep).set(0)
+        self.timeout_s = self.spec.slo.timeout_ms / 1000
+        self.feature_budget_s = self.spec.slo.feature_budget_ms / 1000
+        self.columns: list[str] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _breaker_changed(self, name: str, old: State, new: State) -> None:
+        log.warning(
+            "circuit breaker changed state",
+            extra={"dependency": name, "from": old.name, "to": new.name},
+        )
+        self.metrics.breaker_state.labels(
+            self.config.name, self.config.version, CHAMPION, name
+        ).set(new.gauge)
+
+    def load(self, reader: FeatureReader | None = None) -> None:
+        """Fetch, verify, load, check the signature and warm up. Raises on any failure."""
+        art = self.spec.artifact
+        cache_dir = self.config.artifact_dir
+        path = fetch_artifact(art.uri, art.sha256, self.config.base_dir, cache_dir)
+        self.model = OnnxModel(path)
+        if self.spec.fallback.mode == "model" and self.spec.fallback.artifact is not None:
+            b = self.spec.fallback.artifact
+            self.backup = OnnxModel(
+                fetch_artifact(b.uri, b.sha256, self.config.base_dir, cache_dir)
+            )
+        self.columns = self.model.feature_names
+        self._check_signature(self.model, "spec.artifact")
+        if self.backup is not None:
+            self._check_signature(self.backup, "spec.fallback.artifact")
+        self.reader = reader
+        self.model.warmup(self.spec.warmup.requests)
+        if self.backup is not None:
+            self.backup.warmup(min(self.spec.warmup.requests, 10))
+
+    def _check_signature(self, model: OnnxModel, field: str) -> None:
+        available = set(self.request_features)
+        if self.view is not None:
+            available |= {f.name for f in self.view.spec.features}
+        missing = [n for n in model.feature_names if n not in available]
+        if missing:
+            raise ModelError(
+                f"{field}: the model's inputs {missing} are neither features of the FeatureView "
+                "nor in spec.features.requestFeatures"
+            )
+
+    async def start(self, reader: FeatureReader | None = None) -> None:
+        try:
+            await asyncio.to_thread(self.load, reader)
+        except (ArtifactError, ModelError) as e:
+            self.not_ready_reason = str(e)
+            log.error("the runtime will not become ready", extra={"reason": str(e)})
+            return
+        self.ready = True
+        self.not_ready_reason = ""
+        self.metrics.ready.labels(self.config.name).set(1)
+        log.info(
+            "ready",
+            extra={
+                "model": self.config.name,
+                "version": self.config.version,
+                "inputs": len(self.columns),
+            },
+        )
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            await self.reader.close()
+
+    # -- request path ------------------------------------------------------------------------
+    def check_rate(self) -> None:
+        if self.limiter is not None and not self.limiter.try_acquire():
+            self.m.outcomes["rate_limited"].inc()
+            raise RequestError(
+                429,
+                "rate_limited",
+                "the request rate is over spec.rateLimit",
+                retry_after_s=self.limiter.retry_after_s(),
+            )
+
+    def entity_id(self, payload: dict[str, Any]) -> str | None:
+        if self.view is None:
+            return None
+        key = self.config.entity_key or "entity_id"
+        value = payload.get(key, payload.get("entity_id"))
+        if value is None:
+            raise bad_input(f"the entity id is missing: send it as {key!r}", key)
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise bad_input(f"{key} must be a string or an integer", key)
+        return str(value)
+
+    def request_values(self, payload: dict[str, Any], prefix: str = "features") -> dict[str, Any]:
+        given = payload.get("features", {})
+        if not isinstance(given, dict):
+            raise bad_input("features must be an object of name: number", prefix)
+        allowed = set(self.request_features)
+        for name, value in given.items():
+            field = f"{prefix}.{name}"
+            if name not in allowed:
+                raise bad_input(
+                    f"unknown feature {name!r}; this model takes {sorted(allowed) or 'none'} "
+                    "in the request",
+                    field,
+                )
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise bad_input(f"feature {name!r} must be a number", field)
+            if not math.isfinite(value):
+                raise bad_input(f"feature {name!r} must be finite (not NaN or Infinity)", field)
+        missing = [n for n in self.request_features if n not in given]
+        if missing:
+            raise bad_input(f"missing request feature {missing[0]!r}", f"{prefix}.{missing[0]}")
+        return given
+
+    async def _stored_features(self, entity_id: str) -> tuple[dict[str, Any] | None, bool]:
+        """(features or None, failed) — failed means the store could not answer in time."""
+        cached = self.cache.get(entity_id)
+        if cached is not None:
+            self.m.cache_hits.inc()
+            return cached, False
+        self.m.cache_misses.inc()
+        assert self.reader is not None
+        if not self.feature_breaker.allow():
+            return None, True
+        start = time.perf_counter()
+        try:
+            values = await within(self.reader.read(entity_id), self.feature_budget_s)
+        except asyncio.CancelledError:
+            # The request's own deadline cancelled us: still a failed call for the breaker,
+            # or a half-open probe would be lost and the breaker never leave half-open.
+            self.feature_breaker.record(time.perf_counter() - start, ok=False)
+            raise
+        except Exception as e:
+            elapsed = time.perf_counter() - start
+            self.feature_breaker.record(elapsed, ok=False)
+            self.m.feature_duration.observe(elapsed)
+            log.debug("feature read failed", extra={"error": type(e).__name__})
+            return None, True
+        elapsed = time.perf_counter() - start
+        self.feature_breaker.record(elapsed, ok=True)
+        self.m.feature_duration.observe(elapsed)
+        if values is not None:
+            self.cache.put(entity_id, values)
+        return values, False
+
+    def _row(self, values: dict[str, Any], model: OnnxModel | None = None) -> np.ndarray:
+        columns = model.feature_names if model is not None else self.columns
+        row = np.empty((1, len(columns)), dtype=np.float32)
+        for i, name in enumerate(columns):
+            v = values.get(name)
+            row[0, i] = np.nan if v is None else float(v)
+        return row
+
+    def _score(self, model: OnnxModel, rows: np.ndarray) -> np.ndarray | None:
+        if not self.model_breaker.allow():
+            return None
+        start = time.perf_counter()
+        try:
+            scores = model.predict(rows)
+        except Exception:
+            self.model_breaker.record(time.perf_counter() - start, ok=False)
+            log.exception("model inference failed")
+            return None
+        self.model_breaker.record(time.perf_counter() - start, ok=True)
+        return scores
+
+    def _fallback(self, dependency: str, merged_defaults: dict[str, Any]) -> Prediction:
+        fb = self.spec.fallback
+        breaker = self.feature_breaker if dependency == "features" else self.model_breaker
+        if fb.mode == "static" and fb.value is not None:
+            return Prediction(float(fb.value), True, "fallback")
+        if fb.mode == "model" and self.backup is not None:
+            backup_scores = self.backup.predict(self._row(merged_defaults, self.backup))
+            return Prediction(float(backup_scores[0]), True, "fallback")
+        if fb.mode == "defaultFeatures" and dependency == "features":
+            assert self.model is not None
+            scores = self._score(self.model, self._row(merged_defaults))
+            if scores is not None:
+                return Prediction(float(scores[0]), True, "fallback")
+        raise RequestError(
+            503,
+            f"{dependency}_unavailable",
+            f"the {'feature store' if dependency == 'features' else 'model'} is unavailable "
+            f"and spec.fallback.mode is {fb.mode}",
+            retry_after_s=max(1.0, breaker.retry_after_s()),
+        )
+
+    async def _predict_one(self, payload: dict[str, Any], prefix: str) -> Prediction:
+        entity = self.entity_id(payload)
+        request = self.request_values(payload, prefix)
+        stored: dict[str, Any] | None = None
+        if entity is not None:
+            stored, failed = await self._stored_features(entity)
+            if failed:
+                merged, _ = merge_features(self.view, None, request)
+                return self._fallback("features", merged)
+        merged, used_default = merge_features(self.view, stored, request)
+        assert self.model is not None
+        scores = self._score(self.model, self._row(merged))
+        if scores is None:
+            return self._fallback("model", merged)
+        degraded = entity is not None and used_default
+        return Prediction(float(scores[0]), degraded, "fallback" if degraded else "ok")
+
+    def _require_ready(self) -> None:
+        if not self.ready:
+            raise RequestError(503, "not_ready", f"the model is not ready: {self.not_ready_reason}")
+
+    async def predict(self, payload: Any) -> dict[str, Any]:
+        self._require_ready()
+        if not isinstance(payload, dict):
+            raise bad_input("the body must be a JSON object", None)
+        self.check_rate()
+        start = time.perf_counter()
+        m = self.m
+        m.inflight.inc()
+        try:
+            # The only await inside is the feature read, already cut off at featureBudgetMs
+            # (<= timeoutMs by the API's rules); scoring is synchronous and cannot be
+            # interrupted. So the deadline is checked, not armed: a timer per request costs
+            # ~15% of this path's CPU (py-spy) and could only fire after the work is done.
+            p = await self._predict_one(payload, "features")
+        except RequestError as e:
+            m.outcomes["rejected" if e.status == 503 else "error"].inc()
+            raise
+        finally:
+            m.inflight.dec()
+        elapsed = time.perf_counter() - start
+        if elapsed > self.timeout_s:
+            m.outcomes["error"].inc()
+            raise RequestError(
+                504,
+                "deadline_exceeded",
+                f"no answer within spec.slo.timeoutMs ({self.spec.slo.timeout_ms} ms)",
+            )
+        m.duration.observe(elapsed)
+        m.outcomes[p.outcome].inc()
+        m.score.observe(p.score)
+        return {
+            "score": p.score,
+            "model": self.config.name,
+            "version": self.config.version,
+            "variant": CHAMPION,
+            "degraded": p.degraded,
+            "latency_ms": round(elapsed * 1000, 3),
+        }
+
+    async def predict_batch(self, payload: Any) -> dict[str, Any]:
+        self._require_ready()
+        if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+            raise bad_input('the body must be {"instances": [...]}', "instances")
+        rows = payload["instances"]
+        if not rows:
+            raise bad_input("instances must not be empty", "instances")
+        if len(rows) > self.config.max_batch_rows:
+            raise bad_input(
+                f"{len(rows)} instances is over the limit of "
+                f"{self.config.max_batch_rows} per request",
+                "instances",
+            )
+        self.check_rate()
+        start = time.perf_counter()
+        self.m.inflight.inc()
+        try:
+            for i, row in enumerate(rows):
+                if not isinstance(row, dict):
+                    raise bad_input("each instance must be an object", f"instances[{i}]")
+            preds = await within(
+                asyncio.gather(
+                    *(self._predict_one(r, f"instances[{i}].features") for i, r in enumerate(rows))
+                ),
+                self.timeout_s,
+            )
+        except DeadlineExceeded as e:
+            self.m.outcomes["error"].inc()
+            raise RequestError(
+                504, "deadline_exceeded", "the batch missed spec.slo.timeoutMs"
+            ) from e
+        finally:
+            self.m.inflight.dec()
+        elapsed = time.perf_counter() - start
+        self.m.duration.observe(elapsed)
+        for p in preds:
+            self.m.outcomes[p.outcome].inc()
+        return {
+            "predictions": [{"score": p.score, "degraded": p.degraded} for p in preds],
+            "model": self.config.name,
+            "version": self.config.version,
+            "variant": CHAMPION,
+            "latency_ms": round(elapsed * 1000, 3),
+        }
+
+    async def infer_v2(self, name: str, payload: Any) -> dict[str, Any]:
+        """Open Inference Protocol v2: inputs are the model's own tensors, one row each."""
+        self._require_ready()
+        if name != self.config.name:
+            raise RequestError(404, "model_not_found", f"no model named {name!r}", "name")
+        if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
+            raise bad_input('the body must hold an "inputs" list', "inputs")
+        self.check_rate()
+        start = time.perf_counter()
+        columns: dict[str, list[float]] = {}
+        for i, t in enumerate(payload["inputs"]):
+            if not isinstance(t, dict) or "name" not in t or not isinstance(t.get("data"), list):
+                raise bad_input("each input needs a name and a data list", f"inputs[{i}]")
+            data = t["data"]
+            flat = [v for sub in data for v in (sub if isinstance(sub, list) else [sub])]
+            for v in flat:
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    raise bad_input("data must be finite numbers", f"inputs[{i}].data")
+            columns[str(t["name"])] = flat
+        missing = [c for c in self.columns if c not in columns]
+        if missing:
+            raise bad_input(f"missing input {missing[0]!r}", f"inputs.{missing[0]}")
+        n = len(columns[self.columns[0]])
+        if any(len(columns[c]) != n for c in self.columns) or n == 0:
+            raise bad_input("every input must have the same, non-zero number of rows", "inputs")
+        if n > self.config.max_batch_rows:
+            raise bad_input(f"{n} rows is over the limit of {self.config.max_batch_rows}", "inputs")
+        assert self.model is not None
+        rows = np.asarray([columns[c] for c in self.columns], dtype=np.float32).T
+        scores = self._score(self.model, rows)
+        if scores is None:
+            raise RequestError(503, "model_unavailable", "the model's circuit breaker is open")
+        self.m.duration.observe(time.perf_counter() - start)
+        self.m.outcomes["ok"].inc()
+        return {
+            "model_name": self.config.name,
+            "model_version": self.config.version,
+            "id": str(payload.get("id", "")),
+            "outputs": [
+                {
+                    "name": "score",
+                    "shape": [n],
+                    "datatype": "FP64",
+                    "data": [float(s) for s in scores],
+                }
+            ],
+        }
+
+    def metadata_v2(self) -> dict[str, Any]:
+        assert self.model is not None or not self.ready
+        inputs = [{"name": c, "datatype": "FP32", "shape": [-1, 1]} for c in self.columns]
+        return {
+            "name": self.config.name,
+            "versions": [self.config.version],
+            "platform": "onnx",
+            "inputs": inputs,
+            "outputs": [{"name": "score", "datatype": "FP64", "shape": [-1]}],
+        }

@@ -1,0 +1,29 @@
+"""Errors the HTTP surface turns into `{"error": {"code", "message", "field"}}`."""
+
+from __future__ import annotations
+
+
+class RequestError(Exception):
+    """A request that cannot be answered as asked; status is the HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+def bad_input(message: str, field: str | None) -> RequestError:
+    return RequestError(400, "invalid_input", message, field)

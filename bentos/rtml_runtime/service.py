@@ -1,0 +1,56 @@
+"""The rtml runtime as a BentoML service (`bentoml serve rtml_runtime.service:RtmlRuntime`).
+
+BentoML hosts the process (its CLI, bentofile, `bentoml build`, its HTTP server and worker
+management); the request path is our ASGI app mounted at `/`. The settings below switch off the
+parts of BentoML that measured as most of its per-request cost on this path
+(benchmarks/RESULTS.md), each for a reason:
+
+- tracing sample_rate 0 and the request paths excluded: otherwise an OpenTelemetry span per
+  request, kept alive with its context;
+- metrics off: BentoML's own Prometheus middleware; the runtime exports its own (API.md names);
+- access log off: one log line per request at thousands per second;
+- monitoring off: the data-capture hook;
+- traffic timeout = the Model's own deadline (+1 s): BentoML's 60 s default keeps a timer, a
+  future and a context alive per request for a minute.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import bentoml
+
+from rtml_runtime.bootstrap import build_app
+from rtml_runtime.config import load_config
+
+CONFIG = load_config(Path(os.environ["RTML_CONFIG"]) if os.environ.get("RTML_CONFIG") else None)
+APP = build_app(CONFIG, register=os.environ.get("RTML_REGISTER") == "1")
+TIMEOUT_S = CONFIG.model.spec.slo.timeout_ms / 1000 + 1
+# Excluded paths skip BentoML's OpenTelemetry middleware outright (sample_rate 0 alone still
+# builds a non-recording span and its context per request: ~20% of the request's CPU, py-spy).
+TRACING_EXCLUDED = ["/predict", "/predict_batch", "/v2", "/metrics"]
+
+
+@bentoml.asgi_app(APP, path="/")
+@bentoml.service(
+    name="rtml-runtime",
+    workers=1,
+    traffic={"timeout": TIMEOUT_S},
+    metrics={"enabled": False},
+    logging={"access": {"enabled": False}},
+    tracing={"sample_rate": 0.0, "excluded_urls": TRACING_EXCLUDED},
+    monitoring={"enabled": False},
+)
+class RtmlRuntime:
+    """Hosts the runtime app; loading happens in the startup hook, off the import path."""
+
+    @bentoml.on_startup
+    async def load(self) -> None:
+        assert APP.on_startup is not None
+        await APP.on_startup()
+
+    @bentoml.on_shutdown
+    async def unload(self) -> None:
+        assert APP.on_shutdown is not None
+        await APP.on_shutdown()

@@ -1,0 +1,273 @@
+"""The data plane with a real ONNX Runtime session and scripted feature readers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtml.api.featureview import FeatureView
+from rtml.api.model import Model
+from rtml_runtime.clock import FakeClock
+from rtml_runtime.config import RuntimeConfig
+from rtml_runtime.engine import Runtime
+from rtml_runtime.errors import RequestError
+from tests.unit.runtime.onnx_fixtures import write_sum_model
+
+pytestmark = pytest.mark.unit
+VIEW = FeatureView.model_validate(
+    {
+        "metadata": {"name": "cards"},
+        "spec": {
+            "entity": {"name": "card", "joinKey": "card_id"},
+            "features": [
+                {"name": "a", "dtype": "FLOAT", "default": 0.0},
+                {"name": "b", "dtype": "FLOAT", "default": 1.0},
+            ],
+            "source": {"type": "push"},
+        },
+    }
+)
+
+
+class DictReader:
+    """Feature reads answered from a dict; `fail` makes them raise, `delay_s` makes them late."""
+
+    def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
+        self.rows = rows
+        self.fail = False
+        self.delay_s = 0.0
+        self.calls = 0
+
+    async def read(self, entity_id: str) -> dict[str, Any] | None:
+        self.calls += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise ConnectionError("store down")
+        return self.rows.get(entity_id)
+
+    async def close(self) -> None:
+        return None
+
+
+def make_runtime(
+    tmp_path: Path, clock: FakeClock | None = None, cache: int = 0, **spec: Any
+) -> tuple[Runtime, DictReader]:
+    path = write_sum_model(tmp_path / "m.onnx", ["a", "b", "amount"])
+    body: dict[str, Any] = {
+        "version": "v1",
+        "artifact": {"uri": f"file://{path}"},
+        "features": {"featureViewRef": "cards", "requestFeatures": ["amount"]},
+        "warmup": {"requests": 3},
+        "circuitBreaker": {
+            "windowSize": 4,
+            "minimumCalls": 4,
+            "openDuration": "10s",
+            "halfOpenCalls": 2,
+        },
+    }
+    body.update(spec)
+    model = Model.model_validate({"metadata": {"name": "fraud"}, "spec": body})
+    config = RuntimeConfig(
+        model=model,
+        feature_view=VIEW,
+        base_dir=tmp_path,
+        cache_entries=cache,
+        artifact_dir=tmp_path / "art",
+    )
+    runtime = Runtime(config, clock=clock or FakeClock())
+    reader = DictReader({"c1": {"a": 1.0, "b": 2.0}})
+    asyncio.run(runtime.start(reader))
+    assert runtime.ready, runtime.not_ready_reason
+    return runtime, reader
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_scores_with_stored_and_request_features(tmp_path: Path) -> None:
+    rt, _ = make_runtime(tmp_path)
+    out = asyncio.run(rt.predict({"card_id": "c1", "features": {"amount": 0.5}}))
+    assert out["score"] == pytest.approx(sigmoid(3.5), rel=1e-6)
+    assert out["degraded"] is False
+    assert (out["model"], out["version"], out["variant"]) == ("fraud", "v1", "champion")
+
+
+def test_missing_entity_uses_defaults_and_is_degraded(tmp_path: Path) -> None:
+    rt, _ = make_runtime(tmp_path)
+    out = asyncio.run(rt.predict({"card_id": "nobody", "features": {"amount": 0.5}}))
+    assert out["score"] == pytest.approx(sigmoid(1.5), rel=1e-6)
+    assert out["degraded"] is True
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"features": {"amount": 1}}, "card_id"),
+        ({"card_id": "c1", "features": {"amount": "x"}}, "features.amount"),
+        ({"card_id": "c1", "features": {"amount": 1, "zzz": 2}}, "features.zzz"),
+        ({"card_id": "c1", "features": {}}, "features.amount"),
+        ({"card_id": "c1", "features": {"amount": float("nan")}}, "features.amount"),
+        ({"card_id": ["c1"], "features": {"amount": 1}}, "card_id"),
+        ({"card_id": "c1", "features": [1]}, "features"),
+    ],
+)
+def test_bad_inputs_name_the_field(tmp_path: Path, payload: dict, field: str) -> None:
+    rt, _ = make_runtime(tmp_path)
+    with pytest.raises(RequestError) as err:
+        asyncio.run(rt.predict(payload))
+    assert err.value.status == 400
+    assert err.value.field == field
+
+
+def test_feature_failures_open_the_breaker_and_fallback_serves(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rt, reader = make_runtime(tmp_path, clock, fallback={"mode": "static", "value": 0.25})
+    reader.fail = True
+    for _ in range(4):
+        out = asyncio.run(rt.predict({"card_id": "c1", "features": {"amount": 1}}))
+        assert (out["score"], out["degraded"]) == (0.25, True)
+    assert rt.feature_breaker.state.name == "OPEN"
+    calls = reader.calls
+    asyncio.run(rt.predict({"card_id": "c1", "features": {"amount": 1}}))
+    assert reader.calls == calls  # open: the store is not called at all
+    reader.fail = False
+    clock.advance(10)
+    for _ in range(2):  # half-open probes succeed
+        out = asyncio.run(rt.predict({"card_id": "c1", "features": {"amount": 1}}))
+        assert out["degraded"] is False
+    assert rt.feature_breaker.state.name == "CLOSED"
+
+
+def test_reject_mode_answers_503_with_retry_after(tmp_path: Path) -> None:
+    rt, reader = make_runtime(tmp_path)
+    reader.fail = True
+    with pytest.raises(RequestError) as err:
+        asyncio.run(rt.predict({"card_id": "c1", "features": {"amount": 1}}))
+    assert err.value.status == 503
+    assert err.value.retry_after_s is not None
+
+
+def test_default_features_fallback_scores_with_defaults(tmp_path: Path) -> None:
+    rt, reader = make_runtime(tmp_path, fallback={"mode": "defaultFeatures"})
+    reader.fail = True
+    out = asyncio.run(rt.predict({"card_id": "c1", "features": {"amount": 0.5}}))
+    assert out["score"] == pytest.approx(sigmoid(1.5), rel=1e-6)
+    assert out["degraded"] is True
+
+
+def test_late_feature_read_falls_back_within_budget(tmp_path: Path) -> None:
+    rt, reader = make_runtime(
+        tmp_path,
+        fallback={"mode": "static", "value": 0.5},
+        slo={"featureBudgetMs": 20, "timeoutMs": 100, "p99LatencyMs": 50},
+    )
+    reader.delay_s = 0.5
+    out = asyncio.run(rt.predict({"card_id": "c1", "features": {"amount": 1}}))
+    assert out["degraded"] is True
+    assert out["latency_ms"] < 400  # the 0.5 s read was abandoned, not awaited
+
+
+def test_backup_model_fallback(tmp_path: Path) -> None:
+    backup = write_sum_model(tmp_path / "backup.onnx", ["amount"])
+    digest = hashlib.sha256(backup.read_bytes()).hexdigest()
+    rt, reader = make_runtime(
+        tmp_path,
+        fallback={"mode": "model", "artifact": {"uri": f"file://{backup}", "sha256": digest}},
+    )
+    reader.fail = True
+    out = asyncio.run(rt.predict({"card_id": "c1", "features": {"amount": 2.0}}))
+    assert out["score"] == pytest.approx(sigmoid(2.0), rel=1e-6)
+    assert out["degraded"] is True
+
+
+def test_rate_limit_429(tmp_path: Path) -> None:
+    rt, _ = make_runtime(tmp_path, rateLimit={"requestsPerSecond": 1, "burst": 2})
+    statuses = []
+    for _ in range(5):
+        try:
+            asyncio.run(rt.predict({"card_id": "c1", "features": {"amount": 1}}))
+            statuses.append(200)
+        except RequestError as e:
+            statuses.append(e.status)
+    assert statuses == [200, 200, 429, 429, 429]
+
+
+def test_l1_cache_spares_the_store(tmp_path: Path) -> None:
+    rt, reader = make_runtime(tmp_path, cache=100)
+    for _ in range(5):
+        asyncio.run(rt.predict({"card_id": "c1", "features": {"amount": 1}}))
+    assert reader.calls == 1
+
+
+def test_batch_and_v2_infer(tmp_path: Path) -> None:
+    rt, _ = make_runtime(tmp_path)
+    out = asyncio.run(
+        rt.predict_batch(
+            {
+                "instances": [
+                    {"card_id": "c1", "features": {"amount": 0}},
+                    {"card_id": "zz", "features": {"amount": 0}},
+                ]
+            }
+        )
+    )
+    assert [p["degraded"] for p in out["predictions"]] == [False, True]
+    v2 = asyncio.run(
+        rt.infer_v2(
+            "fraud",
+            {
+                "inputs": [
+                    {"name": "a", "shape": [2, 1], "datatype": "FP32", "data": [1, 0]},
+                    {"name": "b", "shape": [2, 1], "datatype": "FP32", "data": [1, 0]},
+                    {"name": "amount", "shape": [2, 1], "datatype": "FP32", "data": [1, 0]},
+                ]
+            },
+        )
+    )
+    assert v2["outputs"][0]["data"] == pytest.approx([sigmoid(3), sigmoid(0)], rel=1e-6)
+
+
+def test_wrong_digest_never_ready(tmp_path: Path) -> None:
+    path = write_sum_model(tmp_path / "m.onnx", ["a", "b", "amount"])
+    model = Model.model_validate(
+        {
+            "metadata": {"name": "fraud"},
+            "spec": {
+                "version": "v1",
+                "artifact": {"uri": f"file://{path}", "sha256": "0" * 64},
+                "features": {"featureViewRef": "cards", "requestFeatures": ["amount"]},
+            },
+        }
+    )
+    rt = Runtime(RuntimeConfig(model=model, feature_view=VIEW, base_dir=tmp_path))
+    asyncio.run(rt.start(None))
+    assert rt.ready is False
+    assert "sha256" in rt.not_ready_reason
+    with pytest.raises(RequestError) as err:
+        asyncio.run(rt.predict({"card_id": "c1", "features": {"amount": 1}}))
+    assert err.value.status == 503
+
+
+def test_signature_mismatch_never_ready(tmp_path: Path) -> None:
+    path = write_sum_model(tmp_path / "m.onnx", ["a", "unknown_input"])
+    model = Model.model_validate(
+        {
+            "metadata": {"name": "fraud"},
+            "spec": {
+                "version": "v1",
+                "artifact": {"uri": f"file://{path}"},
+                "features": {"featureViewRef": "cards"},
+            },
+        }
+    )
+    rt = Runtime(RuntimeConfig(model=model, feature_view=VIEW, base_dir=tmp_path))
+    asyncio.run(rt.start(None))
+    assert rt.ready is False
+    assert "unknown_input" in rt.not_ready_reason
