@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from rtml_runtime.app import RuntimeApp
 from rtml_runtime.config import RuntimeConfig
@@ -15,27 +16,48 @@ log = logging.getLogger("rtml.runtime")
 FEAST_PROJECT = "rtml"
 
 
+def register_features(config: RuntimeConfig) -> None:
+    """Apply the FeatureView to the registry and materialise it (what the operator does in a
+    cluster; `rtml serve` does it on one machine before starting the server)."""
+    view = config.feature_view
+    if view is None:
+        return
+    from rtml.features.store import apply_views, make_store, materialize
+
+    store = make_store(_profile(config), project=FEAST_PROJECT)
+    apply_views(store, [view], base_dir=config.base_dir)
+    materialize(store, [view])
+
+
+def _profile(config: RuntimeConfig) -> Any:
+    from rtml.features.store import StoreProfile
+
+    return StoreProfile(
+        kind=config.store.kind, path=config.store.path, redis_url=config.store.redis_url
+    )
+
+
 def make_reader(config: RuntimeConfig, register: bool = False) -> FeatureReader | None:
     """The feature reader for the configured store (None when the Model reads no view).
 
-    With `register`, the view is first applied to the registry and materialised into the
-    online store (what `rtml serve` does on one machine; in a cluster the operator does it).
+    Redis needs no FeatureStore at all (and so never imports the Feast SDK in the server);
+    other online stores are read through the SDK.
     """
     view = config.feature_view
     if view is None:
         return None
-    from rtml.features.store import StoreProfile, apply_views, make_store, materialize
-
-    profile = StoreProfile(
-        kind=config.store.kind, path=config.store.path, redis_url=config.store.redis_url
-    )
-    store = make_store(profile, project=FEAST_PROJECT, base_dir=config.base_dir)
     if register:
-        apply_views(store, [view], base_dir=config.base_dir)
-        materialize(store, [view])
+        register_features(config)
     if config.store.kind == "redis":
-        return FeastRedisReader(store, view, config.store.redis_url)
-    return FeastSdkReader(store, view)
+        return FeastRedisReader(
+            view,
+            config.store.redis_url,
+            project=FEAST_PROJECT,
+            key_version=config.store.key_version,
+        )
+    from rtml.features.store import make_store
+
+    return FeastSdkReader(make_store(_profile(config), project=FEAST_PROJECT), view)
 
 
 def build_app(config: RuntimeConfig, register: bool = False) -> RuntimeApp:

@@ -36,6 +36,7 @@ class StoreSettings:
     kind: Literal["sqlite", "redis"] = "sqlite"
     path: Path = Path("feature_store")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    key_version: int = 3  # Feast's entity_key_serialization_version, as the registry uses
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ Two readers, one interface:
 - `FeastSdkReader`: `FeatureStore.get_online_features` in a worker thread. Works with every
   online store (SQLite on one machine); the thread keeps the event loop free.
 - `FeastRedisReader`: the hot path for the Redis online store. It reads Feast's own layout with
-  Feast's own code — the entity key serialised by `feast.infra.key_encoding_utils` (through
-  `_redis_key`), field names hashed by Feast's `_mmh3`, values decoded as Feast `ValueProto`s —
-  but issues one `HMGET` on a pooled `redis.asyncio` connection instead of going through
-  `get_online_features`' per-call planning (request validation, response building, protobuf
-  conversions), which measured ~0.5 ms of Python per read (benchmarks/RESULTS.md).
+  Feast's own code (feast_codec.py: the entity key serialised by Feast's
+  `key_encoding_utils`, values decoded as Feast `Value` protobufs) but issues one `HMGET` on a
+  pooled `redis.asyncio` connection instead of going through `get_online_features`' per-call
+  planning (request validation, response building, protobuf conversions), which the issue's
+  measurements put at ~0.5 ms of Python per read (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -34,19 +34,6 @@ class FeatureReader(Protocol):
 def feast_view_name(view: FeatureView) -> str:
     """Feast names may not contain dashes; Kubernetes names may."""
     return view.metadata.name.replace("-", "_")
-
-
-def _entity_value(view: FeatureView, entity_id: str) -> Any:
-    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-
-    if view.spec.entity.value_type == "INT64":
-        return ValueProto(int64_val=int(entity_id))
-    return ValueProto(string_val=entity_id)
-
-
-def _decode(value: Any) -> Any:
-    kind = value.WhichOneof("val")
-    return None if kind is None or kind == "null_val" else getattr(value, kind)
 
 
 class FeastSdkReader:
@@ -79,57 +66,60 @@ class FeastSdkReader:
 
 
 class FeastRedisReader:
-    """Feast's Redis layout, read with Feast's serialisation and one pooled async HMGET."""
+    """Feast's Redis layout, read with Feast's serialisation and one pooled async HMGET.
 
-    def __init__(self, store: Any, view: FeatureView, redis_url: str) -> None:
+    Needs no FeatureStore (and so no SDK import): the project, the key serialisation version
+    and the view come from the runtime's config, as the operator registered them.
+    """
+
+    def __init__(
+        self, view: FeatureView, redis_url: str, project: str, key_version: int = 3
+    ) -> None:
         import redis.asyncio as aioredis
-        from feast.infra.online_stores.helpers import _mmh3, _redis_key
 
-        self._redis_key = _redis_key
+        from rtml_runtime.feast_codec import codec, field_name
+
+        self.codec = codec()
         self.view = view
-        self.config = store.config
-        self.project = store.project
-        self.serialization = getattr(self.config, "entity_key_serialization_version", 3)
+        self.project = project
+        self.key_version = key_version
+        self.join_key = view.spec.entity.join_key
+        self.int_key = view.spec.entity.value_type == "INT64"
         name = feast_view_name(view)
         self.names = [f.name for f in view.spec.features]
-        self.fields = [_mmh3(f"{name}:{n}") for n in self.names] + [f"_ts:{name}".encode()]
+        self.fields = [field_name(name, n) for n in self.names] + [f"_ts:{name}".encode()]
         self.ttl_s = parse_duration(view.spec.ttl)
         self.client: Any = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1.0)
 
-    def _key(self, entity_id: str) -> bytes:
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-
-        proto = EntityKeyProto(
-            join_keys=[self.view.spec.entity.join_key],
-            entity_values=[_entity_value(self.view, entity_id)],
-        )
-        return bytes(self._redis_key(self.project, proto, self.serialization))
+    def key(self, entity_id: str) -> bytes:
+        value: str | int = int(entity_id) if self.int_key else entity_id
+        return self.codec.redis_key(self.project, self.join_key, value, self.key_version)
 
     async def read(self, entity_id: str) -> FeatureValues | None:
-        from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-        from google.protobuf.timestamp_pb2 import Timestamp
-
-        raw = await self.client.hmget(self._key(entity_id), self.fields)
+        raw = await self.client.hmget(self.key(entity_id), self.fields)
         *values, ts_raw = raw
         if ts_raw is None:
             return None
-        if self.ttl_s > 0:
-            ts = Timestamp()
-            ts.ParseFromString(ts_raw)
-            if time.time() - ts.seconds > self.ttl_s:
-                return None  # older than the view's TTL: Feast would not serve it either
-        out: FeatureValues = {}
-        for name, blob in zip(self.names, values, strict=True):
-            if blob is None:
-                out[name] = None
-                continue
-            proto = ValueProto()
-            proto.ParseFromString(blob)
-            out[name] = _decode(proto)
-        return out
+        if self.ttl_s > 0 and time.time() - _timestamp_seconds(ts_raw) > self.ttl_s:
+            return None  # older than the view's TTL: Feast would not serve it either
+        parse = self.codec.parse_value
+        return {n: None if b is None else parse(b) for n, b in zip(self.names, values, strict=True)}
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _timestamp_seconds(blob: bytes) -> int:
+    """`seconds` of a google.protobuf.Timestamp (field 1, varint), without protobuf classes."""
+    if not blob or blob[0] != 0x08:
+        return 0
+    value, shift = 0, 0
+    for byte in blob[1:11]:
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+    return value
 
 
 def merge_features(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -172,13 +173,33 @@ def operator(kubeconfig: str | None, liveness: str, namespaces: tuple[str, ...])
     help="Manifests to apply [default: examples/models in this checkout].",
 )
 @click.option("--keep", is_flag=True, help="Leave the control plane and operator running.")
-def demo(examples: Path | None, keep: bool) -> None:
-    """Run the demo: local control plane, CRDs, operator, example Models, and what they became."""
-    from rtml.dev.demo import REPO, run_demo
+@click.option(
+    "--part",
+    type=click.Choice(["all", "cluster", "serve"]),
+    default="all",
+    show_default=True,
+    help="Run only the cluster part or only the one-machine part.",
+)
+@click.option(
+    "--duration",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="Seconds of load for each benchmark step.",
+)
+def demo(examples: Path | None, keep: bool, part: str, duration: float) -> None:
+    """Run the demo: the operator on a local control plane, then one machine serving the
+    fraud model with Feast features, ending with its latency table."""
+    from rtml.dev.demo import REPO, run_demo, run_serving_demo
 
     try:
-        run_demo(examples or REPO / "examples" / "models", keep, click.echo)
-    except RuntimeError as e:
+        if part in ("all", "cluster"):
+            click.echo("== part 1: the operator on a local Kubernetes control plane ==")
+            run_demo(examples or REPO / "examples" / "models", keep, click.echo)
+        if part in ("all", "serve"):
+            click.echo("\n== part 2: one machine, no cluster: rtml serve + rtml bench ==")
+            run_serving_demo(click.echo, duration_s=duration)
+    except (RuntimeError, subprocess.CalledProcessError) as e:
         raise click.ClickException(str(e)) from e
 
 
@@ -242,11 +263,26 @@ def serve(
         "RTML_STORE": profile,
         "RTML_STORE_PATH": str(store),
         "RTML_REDIS_URL": redis_url,
-        "RTML_REGISTER": "1",
         "RTML_ARTIFACT_DIR": str(base.resolve() / ".rtml" / "artifacts"),
     }
     if model_name:
         env["RTML_MODEL"] = model_name
+    from rtml_runtime.bootstrap import register_features
+    from rtml_runtime.config import ConfigError, load_manifest
+
+    try:
+        config = load_manifest(
+            manifest, model_name, store=_store_settings(profile, store, redis_url)
+        )
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
+    if config.feature_view is not None:
+        click.echo(
+            f"registering FeatureView {config.feature_view.metadata.name} in Feast "
+            f"({profile}) and materialising it...",
+            err=True,
+        )
+        register_features(config)
     if server == "uvicorn":
         argv = [
             sys.executable,
@@ -277,6 +313,14 @@ def serve(
         f"serving {manifest} on http://{host}:{port} ({server}, {profile} features)", err=True
     )
     raise SystemExit(subprocess.call(argv, env=env))
+
+
+def _store_settings(profile: str, path: Path, redis_url: str) -> Any:
+    from rtml_runtime.config import StoreSettings
+
+    return StoreSettings(
+        kind="redis" if profile == "redis" else "sqlite", path=path, redis_url=redis_url
+    )
 
 
 @main.command()

@@ -120,6 +120,79 @@ def run_demo(examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
         plane.stop()
 
 
+def run_serving_demo(
+    echo: Callable[[str], None], port: int = 3000, duration_s: float = 10.0
+) -> None:
+    """The one-machine path: build the fraud example, serve it, send a request, benchmark it."""
+    import asyncio
+    import json
+    import urllib.request
+
+    from rtml_runtime.bench import format_result, load_body, run_bench
+
+    example = REPO / "examples" / "fraud"
+    echo("[1/4] building the fraud model from synthetic transactions (examples/fraud/build.py)")
+    subprocess.run([sys.executable, str(example / "build.py")], check=True)
+    echo(
+        f"[2/4] rtml serve examples/fraud/model.yaml --port {port}  (Feast: SQLite on this machine)"
+    )
+    log_path = example / "build" / "serve.log"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rtml.cli",
+            "serve",
+            str(example / "model.yaml"),
+            "--port",
+            str(port),
+        ],
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        started = time.monotonic()
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"rtml serve exited with {server.returncode}; see {log_path}")
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/v2/health/ready", timeout=1
+                ) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() - started > 180:
+                raise RuntimeError(f"rtml serve was not ready within 180 s; see {log_path}")
+            time.sleep(0.25)
+        echo(
+            f"      ready in {time.monotonic() - started:.1f}s (model loaded, warmed, features "
+            "registered and materialised)"
+        )
+        body = (example / "request.json").read_bytes()
+        echo(f"$ curl -s localhost:{port}/predict -d @examples/fraud/request.json")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/predict",
+            data=body,
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310
+            echo(json.dumps(json.loads(r.read())))
+        url = f"http://127.0.0.1:{port}/predict"
+        for step, c in ((3, 1), (4, 16)):
+            echo(f"[{step}/4] rtml bench --concurrency {c} --duration {duration_s:g}")
+            result = asyncio.run(run_bench(url, load_body(example / "request.json"), c, duration_s))
+            echo(format_result(result, c))
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 def _kubectl(base: list[str], *args: str) -> str:
     out = subprocess.run([*base, *args], capture_output=True, text=True, timeout=120, check=False)
     if out.returncode != 0:

@@ -1,0 +1,51 @@
+"""Our Redis key and field encoding must equal Feast's own, byte for byte."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+def test_isolated_codec_matches_feast_and_leaves_the_sdk_importable() -> None:
+    # A fresh interpreter: the isolated loader only runs when the SDK is not imported yet.
+    script = textwrap.dedent("""
+        import sys
+        from rtml_runtime.feast_codec import codec, field_name
+        c = codec()
+        assert "feast" not in sys.modules, "the isolated codec must not leave feast imported"
+        import feast  # the real SDK still imports after the isolated load
+        from feast.infra.online_stores.helpers import _mmh3, _redis_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+        for join_key, value in (("card_id", "c-001"), ("user", "ü"), ("id", 42), ("id", -7)):
+            v = Value(int64_val=value) if isinstance(value, int) else Value(string_val=value)
+            ours = c.redis_key("rtml", join_key, value, 3)
+            theirs = _redis_key("rtml", EntityKey(join_keys=[join_key], entity_values=[v]), 3)
+            assert ours == theirs, (join_key, value)
+        for view, feat in (("card_features", "txn_count_1h"), ("v", "ü")):
+            assert field_name(view, feat) == _mmh3(f"{view}:{feat}")
+        assert c.parse_value(Value(double_val=1.5).SerializeToString()) == 1.5
+        assert c.parse_value(Value().SerializeToString()) is None
+        assert feast.FeatureStore is not None
+        print("ok")
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"
+
+
+def test_timestamp_seconds_decodes_protobuf_timestamps() -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from rtml_runtime.features import _timestamp_seconds
+
+    for seconds in (0, 1, 127, 128, 1_764_000_000, 2**33):
+        blob = Timestamp(seconds=seconds, nanos=5).SerializeToString()
+        assert _timestamp_seconds(blob) == seconds
