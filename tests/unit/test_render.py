@@ -292,3 +292,23 @@ def test_selector_excludes_version_so_upgrades_do_not_orphan_pods() -> None:
     b = render_deployment(model(version="v2"), CTX)["spec"]["selector"]
     assert a == b
     assert "rtml.dev/version" not in a["matchLabels"]
+
+
+def test_feature_view_travels_in_the_config_and_rolls_pods_when_it_changes() -> None:
+    import json
+
+    m = model(features={"featureViewRef": "cards"})
+    view = {"apiVersion": "rtml.dev/v1alpha1", "kind": "FeatureView",
+            "metadata": {"name": "cards", "uid": "x", "resourceVersion": "7"},
+            "spec": {"entity": {"name": "c", "joinKey": "c"}, "ttl": "1h",
+                     "features": [{"name": "a", "dtype": "FLOAT"}]}}  # fmt: skip
+    children = render_model_children(m, CTX, view)
+    config = json.loads(children[0]["data"]["model.json"])
+    assert config["featureView"]["spec"]["ttl"] == "1h"
+    assert config["featureView"]["metadata"] == {"name": "cards"}  # no volatile fields
+    changed = {**view, "spec": {**view["spec"], "ttl": "2h"}}
+    before = children[1]["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
+    after = render_model_children(m, CTX, changed)[1]["spec"]["template"]["metadata"][
+        "annotations"
+    ][CHECKSUM_ANNOTATION]
+    assert before != after

@@ -93,13 +93,14 @@ def reconcile_model(
         return status
 
     ctx = _context(client, base_ctx)
+    feature_view = _feature_view(client, model)
     kserve_installed = True
     problem: Cond | None = None
     if model.spec.backend == "kserve" and not client.serves(*KSERVE):
         kserve_installed = False
         desired: list[dict[str, Any]] = []
     else:
-        desired = render_model_children(model, ctx)
+        desired = render_model_children(model, ctx, feature_view)
         problem = _apply_all(client, desired)
     if problem is None and kserve_installed:
         _prune(client, model, desired)
@@ -113,7 +114,7 @@ def reconcile_model(
         if model.spec.backend == "kserve" and kserve_installed
         else None,
         kserve_installed=kserve_installed,
-        feature_view=_feature_view(client, model),
+        feature_view=feature_view,
         problem=problem,
     )
     status = compute_model_status(model, observed, previous, ctx, now)

@@ -10,24 +10,35 @@ from rtml.api.model import Model
 from rtml.operator.render.meta import CONFIG_KEY, config_map_name, object_meta
 
 
-def resolved_config(model: Model) -> str:
-    """The spec with every default filled in, as stable JSON (the runtime's config file)."""
-    body = {
+def resolved_config(model: Model, feature_view: dict[str, Any] | None = None) -> str:
+    """The spec with every default filled in, as stable JSON (the runtime's config file).
+
+    The FeatureView the Model reads travels with it (metadata name and spec only), so a pod
+    needs no API access, and a change of the view rolls the pods through the checksum.
+    """
+    body: dict[str, Any] = {
         "name": model.metadata.name,
         "namespace": model.metadata.namespace,
         "spec": model.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
+    if feature_view is not None:
+        body["featureView"] = {
+            "apiVersion": feature_view.get("apiVersion", "rtml.dev/v1alpha1"),
+            "kind": "FeatureView",
+            "metadata": {"name": feature_view["metadata"]["name"]},
+            "spec": feature_view["spec"],
+        }
     return json.dumps(body, sort_keys=True, indent=1)
 
 
-def config_checksum(model: Model) -> str:
-    return hashlib.sha256(resolved_config(model).encode()).hexdigest()
+def config_checksum(model: Model, feature_view: dict[str, Any] | None = None) -> str:
+    return hashlib.sha256(resolved_config(model, feature_view).encode()).hexdigest()
 
 
-def render_config_map(model: Model) -> dict[str, Any]:
+def render_config_map(model: Model, feature_view: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": object_meta(model, config_map_name(model)),
-        "data": {CONFIG_KEY: resolved_config(model)},
+        "data": {CONFIG_KEY: resolved_config(model, feature_view)},
     }

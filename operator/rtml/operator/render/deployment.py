@@ -29,7 +29,9 @@ def autoscaler_owns_replicas(model: Model) -> bool:
     return a.min_replicas < a.max_replicas
 
 
-def render_deployment(model: Model, ctx: RenderContext) -> dict[str, Any]:
+def render_deployment(
+    model: Model, ctx: RenderContext, feature_view: dict[str, Any] | None = None
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(model)},
         "revisionHistoryLimit": 5,
@@ -42,7 +44,7 @@ def render_deployment(model: Model, ctx: RenderContext) -> dict[str, Any]:
             "metadata": {
                 "labels": labels(model),
                 "annotations": {
-                    CHECKSUM_ANNOTATION: config_checksum(model),
+                    CHECKSUM_ANNOTATION: config_checksum(model, feature_view),
                     "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(HTTP_PORT),
                     "prometheus.io/path": "/metrics",

@@ -28,10 +28,10 @@ AUTOSCALER_CLASS = "serving.kserve.io/autoscalerClass"
 KSERVE_CONTAINER = "kserve-container"
 
 
-def _annotations(model: Model) -> dict[str, str]:
+def _annotations(model: Model, feature_view: dict[str, Any] | None) -> dict[str, str]:
     metric = model.spec.autoscaling.metric
     out = {
-        CHECKSUM_ANNOTATION: config_checksum(model),
+        CHECKSUM_ANNOTATION: config_checksum(model, feature_view),
         "serving.kserve.io/enable-prometheus-scraping": "true",
         "prometheus.io/port": str(HTTP_PORT),
         "prometheus.io/path": "/metrics",
@@ -72,7 +72,9 @@ def _scaling(model: Model, ctx: RenderContext) -> dict[str, Any]:
     return out
 
 
-def render_inference_service(model: Model, ctx: RenderContext) -> dict[str, Any]:
+def render_inference_service(
+    model: Model, ctx: RenderContext, feature_view: dict[str, Any] | None = None
+) -> dict[str, Any]:
     predictor: dict[str, Any] = {
         **_scaling(model, ctx),
         "automountServiceAccountToken": False,
@@ -85,6 +87,6 @@ def render_inference_service(model: Model, ctx: RenderContext) -> dict[str, Any]
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
-        "metadata": object_meta(model, annotations=_annotations(model)),
+        "metadata": object_meta(model, annotations=_annotations(model, feature_view)),
         "spec": {"predictor": predictor},
     }

@@ -25,13 +25,23 @@ OWNED_KINDS: tuple[tuple[str, str], ...] = (
 )
 
 
-def render_model_children(model: Model, ctx: RenderContext) -> list[dict[str, Any]]:
-    """The exact objects the operator applies for this Model, config first."""
-    children = [render_config_map(model)]
+def render_model_children(
+    model: Model, ctx: RenderContext, feature_view: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The exact objects the operator applies for this Model, config first.
+
+    `feature_view` is the FeatureView the Model reads (as the API server returned it), whose
+    spec travels in the resolved config.
+    """
+    children = [render_config_map(model, feature_view)]
     if model.spec.backend == "kserve":
-        children.append(render_inference_service(model, ctx))
+        children.append(render_inference_service(model, ctx, feature_view))
         return children
-    children += [render_deployment(model, ctx), render_service(model), render_pdb(model)]
+    children += [
+        render_deployment(model, ctx, feature_view),
+        render_service(model),
+        render_pdb(model),
+    ]
     autoscaler = render_autoscaler(model, ctx)
     if autoscaler is not None:
         children.append(autoscaler)
