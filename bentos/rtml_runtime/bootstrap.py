@@ -10,7 +10,12 @@ from typing import Any
 from rtml_runtime.app import RuntimeApp
 from rtml_runtime.config import RuntimeConfig
 from rtml_runtime.engine import Runtime
-from rtml_runtime.features import FeastRedisReader, FeastSdkReader, FeatureReader
+from rtml_runtime.features import (
+    FeastRedisReader,
+    FeastSdkReader,
+    FeastSqliteReader,
+    FeatureReader,
+)
 
 log = logging.getLogger("rtml.runtime")
 FEAST_PROJECT = "rtml"
@@ -54,6 +59,11 @@ def make_reader(config: RuntimeConfig, register: bool = False) -> FeatureReader 
             config.store.redis_url,
             project=FEAST_PROJECT,
             key_version=config.store.key_version,
+        )
+    db = config.store.path / "online.db"
+    if db.exists():
+        return FeastSqliteReader(
+            view, db, project=FEAST_PROJECT, key_version=config.store.key_version
         )
     from rtml.features.store import make_store
 

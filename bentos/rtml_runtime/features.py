@@ -14,8 +14,11 @@ Two readers, one interface:
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from rtml.api.common import parse_duration
@@ -120,6 +123,62 @@ def _timestamp_seconds(blob: bytes) -> int:
             break
         shift += 7
     return value
+
+
+class FeastSqliteReader:
+    """Feast's SQLite online store (one machine), read with Feast's key serialisation.
+
+    One indexed SELECT on a read-only connection, inline: a local SQLite lookup takes tens of
+    microseconds, while `get_online_features` in a worker thread measured 6-28 ms per call
+    here — past any realistic feature budget.
+    """
+
+    def __init__(
+        self, view: FeatureView, db_path: Path, project: str, key_version: int = 3
+    ) -> None:
+        from rtml_runtime.feast_codec import codec
+
+        self.codec = codec()
+        self.view = view
+        self.project = project
+        self.key_version = key_version
+        self.join_key = view.spec.entity.join_key
+        self.int_key = view.spec.entity.value_type == "INT64"
+        self.names = {f.name for f in view.spec.features}
+        self.ttl_s = parse_duration(view.spec.ttl)
+        table = f"{project}_{feast_view_name(view)}".replace('"', '""')
+        # The table name is Feast's (project + view name, validated identifiers), quoted.
+        self.sql = f'SELECT feature_name, value, event_ts FROM "{table}" WHERE entity_key = ?'  # noqa: S608
+        self.conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
+
+    async def read(self, entity_id: str) -> FeatureValues | None:
+        value: str | int = int(entity_id) if self.int_key else entity_id
+        key = self.codec.redis_key("", self.join_key, value, self.key_version)  # no project
+        rows = self.conn.execute(self.sql, (key,)).fetchall()
+        if not rows:
+            return None
+        if self.ttl_s > 0:
+            newest = max(_utc_seconds(r[2]) for r in rows)
+            if time.time() - newest > self.ttl_s:
+                return None
+        parse = self.codec.parse_value
+        return {name: parse(blob) for name, blob, _ in rows if name in self.names}
+
+    async def close(self) -> None:
+        self.conn.close()
+
+
+def _utc_seconds(value: Any) -> float:
+    """Feast's event_ts: epoch seconds (feast 0.67), or a naive UTC timestamp (older stores)."""
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value)
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    stamp = value if isinstance(value, datetime) else datetime.fromisoformat(text)
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.timestamp()
 
 
 def merge_features(
