@@ -86,14 +86,6 @@ class RuntimeApp:
                 return
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        for k, v in scope.get("headers", ()):
-            if k == b"content-length" and v.isdigit() and int(v) > self.max_body:
-                raise RequestError(
-                    413,
-                    "body_too_large",
-                    f"the body is over the limit of {self.max_body} bytes",
-                    None,
-                )
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -101,7 +93,9 @@ class RuntimeApp:
             message = await receive()
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > self.max_body:
+                await self._drain(receive, more, size)
                 raise RequestError(
                     413,
                     "body_too_large",
@@ -109,8 +103,16 @@ class RuntimeApp:
                     None,
                 )
             chunks.append(chunk)
-            more = message.get("more_body", False)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _drain(self, receive: Receive, more: bool, size: int) -> None:
+        """Read and drop the rest of an oversized body (up to a bound) so the client, still
+        sending, receives the 413 instead of a connection reset."""
+        limit = 16 * self.max_body
+        while more and size < limit:
+            message = await receive()
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]

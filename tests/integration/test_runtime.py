@@ -223,7 +223,7 @@ def test_wrong_digest_never_becomes_ready(
     manifest = write_manifest(fraud_build, tmp_path / "digest")
     text = manifest.read_text()
     digest = (fraud_build / "model.onnx.sha256").read_text().split()[0]
-    manifest.write_text(text.replace(digest, "0" * 64))
+    manifest.write_text(text.replace(digest, "f" * 64))
     proc = RuntimeProcess(manifest, redis_server.url)
     try:
         proc.start(wait_ready=False)
