@@ -131,7 +131,8 @@ class Runtime:
             await asyncio.to_thread(self.load, reader)
         except (ArtifactError, ModelError) as e:
             self.not_ready_reason = str(e)
-            log.error("the runtime will not become ready", extra={"reason": str(e)})
+            # The reason goes in the message itself: BentoML's log format drops `extra` fields.
+            log.error("the runtime will not become ready: %s", e, extra={"reason": str(e)})
             return
         self.ready = True
         self.not_ready_reason = ""

@@ -35,8 +35,10 @@ class FeatureReader(Protocol):
 
 
 def feast_view_name(view: FeatureView) -> str:
-    """Feast names may not contain dashes; Kubernetes names may."""
-    return view.metadata.name.replace("-", "_")
+    """The name the view is registered under in Feast (one rule, in rtml.features)."""
+    from rtml.features.translate import feast_name
+
+    return feast_name(view)
 
 
 class FeastSdkReader:

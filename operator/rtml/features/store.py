@@ -1,0 +1,230 @@
+"""Feast built from an operator-wide profile: the store, applying FeatureViews, materialising them.
+
+A profile is what the Helm values (or `rtml serve` flags) say: a SQL registry (a SQLite file on
+one machine, PostgreSQL in a cluster) and an online store (SQLite or Redis); the offline store is
+always Feast's file store. The RepoConfig is built in code, so no feature_store.yaml is written;
+feature_repo/ holds the equivalent YAML for the plain `feast` CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.parse
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rtml.api.featureview import FeatureView
+from rtml.features.translate import NAME_TAG, NAMESPACE_TAG, feast_name, to_feast
+
+if TYPE_CHECKING:
+    import feast
+
+log = logging.getLogger("rtml.features")
+
+# Feast 0.67's default and the only version it does not warn about; the runtime's Redis reader
+# builds its keys with the same version (rtml_runtime.config.StoreSettings.key_version).
+ENTITY_KEY_SERIALIZATION_VERSION = 3
+# Feast starts a view's first incremental run at `now - ttl`; rtml starts it here instead, so the
+# first run loads the latest row of every entity whatever its age (Feast's reads apply the TTL).
+FIRST_MATERIALIZATION_START = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class FeatureStoreError(Exception):
+    """The registry refuses a FeatureView, or a view to materialise is not registered."""
+
+
+class StoreProfile(BaseModel):
+    """Where Feast keeps its registry and online features."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["sqlite", "redis"] = Field(default="sqlite", description="the online store")
+    path: Path = Field(
+        default=Path("feature_store"),
+        description="folder of the SQLite registry and online store (and Feast's repo_path)",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="the Redis online store (kind redis)"
+    )
+    registry: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the SQL registry; default a SQLite file in `path`",
+    )
+    registry_cache_ttl_seconds: int = Field(
+        default=60, ge=0, description="how long a reader trusts its copy of the registry"
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, value: str) -> str:
+        redis_connection_string(value)
+        return value
+
+    @property
+    def registry_url(self) -> str:
+        return self.registry or f"sqlite:///{self.path.absolute() / 'registry.db'}"
+
+
+def redis_connection_string(url: str) -> str:
+    """Feast's `host:port,db=N,...` form of a `redis://` or `rediss://` URL."""
+    parts = urllib.parse.urlsplit(url)
+    example = "such as redis://127.0.0.1:6379/0"
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError(f"redis_url {_redacted(url)!r} is not a Redis URL {example}")
+    try:
+        port = parts.port or 6379
+    except ValueError as e:
+        raise ValueError(f"redis_url {_redacted(url)!r} has an invalid port: {e}") from e
+    db = parts.path.lstrip("/") or "0"
+    if not db.isdigit():
+        raise ValueError(f"redis_url {_redacted(url)!r} names database {db!r}, not a number")
+    params = [f"{parts.hostname}:{port}", f"db={db}"]
+    if parts.username:
+        params.append(f"username={urllib.parse.unquote(parts.username)}")
+    if parts.password:
+        params.append(f"password={urllib.parse.unquote(parts.password)}")
+    if parts.scheme == "rediss":
+        params.append("ssl=true")
+    if any("," in p for p in params[2:]):
+        # Feast splits its connection string on commas and has no escape for them.
+        raise ValueError(f"redis_url {_redacted(url)!r}: Feast cannot take a comma in credentials")
+    return ",".join(params)
+
+
+def _redacted(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if not parts.password:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
+def repo_config(profile: StoreProfile, project: str = "rtml") -> feast.RepoConfig:
+    """The Feast RepoConfig a profile stands for (what feature_store.yaml would say)."""
+    from feast import RepoConfig
+
+    root = profile.path.absolute()
+    online: dict[str, Any] = (
+        {"type": "sqlite", "path": str(root / "online.db")}
+        if profile.kind == "sqlite"
+        else {"type": "redis", "connection_string": redis_connection_string(profile.redis_url)}
+    )
+    return RepoConfig(
+        project=project,
+        provider="local",
+        registry={
+            "registry_type": "sql",
+            "path": profile.registry_url,
+            "cache_ttl_seconds": profile.registry_cache_ttl_seconds,
+            "sqlalchemy_config_kwargs": {"echo": False, "pool_pre_ping": True},
+        },
+        online_store=online,
+        offline_store={"type": "file"},
+        entity_key_serialization_version=ENTITY_KEY_SERIALIZATION_VERSION,
+        repo_path=root,
+    )
+
+
+def make_store(profile: StoreProfile, project: str = "rtml") -> feast.FeatureStore:
+    """A FeatureStore for the profile; creates its folder (SQLite files live there)."""
+    from feast import FeatureStore
+
+    profile.path.mkdir(parents=True, exist_ok=True)
+    config = repo_config(profile, project)
+    online = (
+        f"sqlite {profile.path.absolute() / 'online.db'}"
+        if profile.kind == "sqlite"
+        else f"redis {_redacted(profile.redis_url)}"
+    )
+    log.info(
+        "Feast project %s: registry %s, online store %s",
+        project,
+        _redacted(profile.registry_url),
+        online,
+    )
+    return FeatureStore(config=config)
+
+
+def _registered_view(store: feast.FeatureStore, name: str) -> feast.FeatureView | None:
+    from feast.errors import FeatureViewNotFoundException
+
+    try:
+        return store.get_feature_view(name, allow_registry_cache=False)
+    except FeatureViewNotFoundException:
+        return None
+
+
+def _check_not_taken(store: feast.FeatureStore, view: FeatureView, name: str) -> None:
+    """One registry serves every namespace: refuse to overwrite another resource's view."""
+    existing = _registered_view(store, name)
+    if existing is None:
+        return
+    owner = (existing.tags.get(NAMESPACE_TAG), existing.tags.get(NAME_TAG))
+    mine = (view.metadata.namespace, view.metadata.name)
+    if owner[0] is not None and owner != mine:
+        raise FeatureStoreError(
+            f"FeatureView {mine[0]}/{mine[1]} would be registered in Feast as {name!r}, which "
+            f"FeatureView {owner[0]}/{owner[1]} already uses; rename one of them"
+        )
+
+
+def apply_views(
+    store: feast.FeatureStore, views: Sequence[FeatureView], *, base_dir: Path | None = None
+) -> list[str]:
+    """Register the views (entity, source, feature view) in one registry write.
+
+    `base_dir` resolves relative `file://` source paths (the manifest's folder). Returns the
+    Feast names of the views.
+    """
+    translated = [to_feast(v, repo_dir=base_dir) for v in views]
+    names = [t.feature_view.name for t in translated]
+    for view, name in zip(views, names, strict=True):
+        _check_not_taken(store, view, name)
+    store.apply([o for t in translated for o in t.objects])
+    for view, t in zip(views, translated, strict=True):
+        log.info(
+            "applied FeatureView %s/%s as Feast view %s: %d features by %s, source %s",
+            view.metadata.namespace,
+            view.metadata.name,
+            t.feature_view.name,
+            len(t.feature_view.features),
+            view.spec.entity.join_key,
+            t.source.name,
+        )
+    return names
+
+
+def materialize(
+    store: feast.FeatureStore,
+    views: Sequence[str | FeatureView],
+    end: datetime | None = None,
+) -> datetime:
+    """Load each view's new rows, up to `end` (default now), into the online store.
+
+    Incremental: a view continues from where its last run ended. A view never materialised
+    starts at FIRST_MATERIALIZATION_START rather than Feast's `now - ttl`. Returns `end`.
+    """
+    end = end or datetime.now(UTC)
+    names = [v if isinstance(v, str) else feast_name(v) for v in views]
+    first: list[str] = []
+    later: list[str] = []
+    for name in names:
+        registered = _registered_view(store, name)
+        if registered is None:
+            raise FeatureStoreError(
+                f"Feast has no feature view {name!r} to materialise; apply its FeatureView first"
+            )
+        (later if registered.most_recent_end_time else first).append(name)
+    started = time.perf_counter()
+    if first:
+        log.info("materialising %s for the first time, up to %s", ", ".join(first), end)
+        store.materialize(start_date=FIRST_MATERIALIZATION_START, end_date=end, feature_views=first)
+    if later:
+        log.info("materialising %s incrementally, up to %s", ", ".join(later), end)
+        store.materialize_incremental(end_date=end, feature_views=later)
+    log.info("materialised %d view(s) in %.2fs", len(names), time.perf_counter() - started)
+    return end
