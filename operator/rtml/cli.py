@@ -195,7 +195,9 @@ def demo(examples: Path | None, keep: bool, part: str, duration: float) -> None:
     try:
         if part in ("all", "cluster"):
             click.echo("== part 1: the operator on a local Kubernetes control plane ==")
-            run_demo(examples or REPO / "examples" / "models", keep and part == "cluster", click.echo)
+            run_demo(
+                examples or REPO / "examples" / "models", keep and part == "cluster", click.echo
+            )
         if part in ("all", "serve"):
             click.echo("\n== part 2: one machine, no cluster: rtml serve + rtml bench ==")
             run_serving_demo(click.echo, duration_s=duration)
