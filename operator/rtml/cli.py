@@ -233,6 +233,13 @@ def demo(examples: Path | None, keep: bool, part: str, duration: float) -> None:
     help="Redis for --profile redis.",
 )
 @click.option(
+    "--register/--no-register",
+    default=True,
+    show_default=True,
+    help="Apply the FeatureView to the Feast registry and materialise it first "
+    "(in a cluster the operator does this; skip it when already done).",
+)
+@click.option(
     "--server",
     type=click.Choice(["bentoml", "uvicorn"]),
     default="bentoml",
@@ -247,6 +254,7 @@ def serve(
     profile: str,
     store_path: Path | None,
     redis_url: str,
+    register: bool,
     server: str,
 ) -> None:
     """Serve the Model in MANIFEST on this machine, no cluster needed.
@@ -255,7 +263,6 @@ def serve(
     Feast registry and materialised into the online store before the first request.
     """
     import os
-    import subprocess
 
     base = manifest if manifest.is_dir() else manifest.parent
     store = (store_path or base / ".rtml" / "feature_store").resolve()
@@ -278,7 +285,7 @@ def serve(
         )
     except ConfigError as e:
         raise click.ClickException(str(e)) from e
-    if config.feature_view is not None:
+    if config.feature_view is not None and register:
         click.echo(
             f"registering FeatureView {config.feature_view.metadata.name} in Feast "
             f"({profile}) and materialising it...",
@@ -314,7 +321,11 @@ def serve(
     click.echo(
         f"serving {manifest} on http://{host}:{port} ({server}, {profile} features)", err=True
     )
-    raise SystemExit(subprocess.call(argv, env=env))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Replace this process with the server: no parent left holding the Feast SDK in memory
+    # (it was imported only to register), and signals reach the server directly.
+    os.execvpe(argv[0], argv, env)  # noqa: S606 - our own interpreter and module
 
 
 def _store_settings(profile: str, path: Path, redis_url: str) -> Any:
