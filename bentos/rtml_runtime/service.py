@@ -78,4 +78,5 @@ class FastPath:
 
 
 FAST_PREFIXES = ("/predict", "/v2/", "/metrics")
-RtmlRuntime.add_asgi_middleware(FastPath, runtime_app=APP)
+# bentoml.service turns the class into a Service object; its type stubs say otherwise.
+RtmlRuntime.add_asgi_middleware(FastPath, runtime_app=APP)  # type: ignore[attr-defined]

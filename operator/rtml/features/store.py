@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,7 +20,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rtml.api.featureview import FeatureView
-from rtml.features.translate import NAME_TAG, NAMESPACE_TAG, feast_name, to_feast
+from rtml.features.translate import (
+    NAME_TAG,
+    NAMESPACE_TAG,
+    feast_name,
+    feast_name_for,
+    to_feast,
+)
 
 if TYPE_CHECKING:
     import feast
@@ -36,6 +43,22 @@ FIRST_MATERIALIZATION_START = datetime(1970, 1, 1, tzinfo=UTC)
 
 class FeatureStoreError(Exception):
     """The registry refuses a FeatureView, or a view to materialise is not registered."""
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Whether `error` says the registry or online store could not be reached (worth a retry),
+    rather than that Feast refused what it was given."""
+    from sqlalchemy import exc
+
+    transient = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError)
+    if isinstance(error, transient | OSError | TimeoutError):
+        return True
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # pragma: no cover - redis is a Feast dependency
+        return False
+    return isinstance(error, RedisConnectionError | RedisTimeoutError)
 
 
 class StoreProfile(BaseModel):
@@ -149,6 +172,24 @@ def make_store(profile: StoreProfile, project: str = "rtml") -> feast.FeatureSto
     return FeatureStore(config=config)
 
 
+@contextmanager
+def open_store(profile: StoreProfile, project: str = "rtml") -> Iterator[feast.FeatureStore]:
+    """A FeatureStore for one unit of work, its registry connections closed afterwards.
+
+    A long-lived process (the operator) opens one per reconcile: no pooled connection outlives
+    an outage or a moved registry, so every attempt sees the registry as it is now.
+    """
+    store = make_store(profile, project)
+    try:
+        yield store
+    finally:
+        registry = store.registry
+        for attr in ("write_engine", "read_engine"):
+            engine = getattr(registry, attr, None)
+            if engine is not None:
+                engine.dispose()
+
+
 def _registered_view(store: feast.FeatureStore, name: str) -> feast.FeatureView | None:
     from feast.errors import FeatureViewNotFoundException
 
@@ -228,3 +269,45 @@ def materialize(
         store.materialize_incremental(end_date=end, feature_views=later)
     log.info("materialised %d view(s) in %.2fs", len(names), time.perf_counter() - started)
     return end
+
+
+def registered_view(store: feast.FeatureStore, view: FeatureView) -> feast.FeatureView | None:
+    """The Feast feature view registered for this resource, or None (fresh from the registry)."""
+    return _registered_view(store, feast_name(view))
+
+
+def remove_view(store: feast.FeatureStore, namespace: str, name: str) -> bool:
+    """Delete the Feast feature view of FeatureView namespace/name, its sources and online table.
+
+    The entity goes too unless another feature view still uses it. A view registered by another
+    resource under the same Feast name is left alone. Returns whether anything was deleted.
+    """
+    fname = feast_name_for(name)
+    registered = _registered_view(store, fname)
+    if registered is None:
+        return False
+    owner = (registered.tags.get(NAMESPACE_TAG), registered.tags.get(NAME_TAG))
+    if owner[0] is not None and owner != (namespace, name):
+        log.info("Feast view %s belongs to %s/%s; not deleting it", fname, *owner)
+        return False
+    sources = [s for s in (registered.stream_source, registered.batch_source) if s is not None]
+    registered_sources = {s.name for s in store.list_data_sources(allow_cache=False)}
+    others = [v for v in store.list_feature_views(allow_cache=False) if v.name != fname]
+    still_used = {e for v in others for e in v.entities}
+    entities = [
+        store.get_entity(e, allow_registry_cache=False)
+        for e in registered.entities
+        if e not in still_used
+    ]
+    store.apply(
+        [],
+        objects_to_delete=[
+            registered,
+            *[s for s in sources if s.name in registered_sources],
+            *entities,
+        ],
+        partial=False,
+    )
+    log.info("deleted Feast view %s of FeatureView %s/%s", fname, namespace, name)
+    return True
+

@@ -62,9 +62,14 @@ class FeastObjects:
 
 def feast_name(view: FeatureView) -> str:
     """The Feast feature view's name: Kubernetes names may hold `-` and `.`, Feast's may not."""
-    if not view.metadata.name:
+    return feast_name_for(view.metadata.name)
+
+
+def feast_name_for(resource_name: str) -> str:
+    """`feast_name` from the resource's name alone (a deleted resource has no spec to read)."""
+    if not resource_name:
         raise ValueError("metadata.name of the FeatureView is empty; Feast needs a name")
-    return _NOT_IN_FEAST_NAMES.sub("_", view.metadata.name)
+    return _NOT_IN_FEAST_NAMES.sub("_", resource_name)
 
 
 def feast_dtype(dtype: Dtype) -> PrimitiveFeastType:

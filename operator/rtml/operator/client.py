@@ -110,7 +110,11 @@ class KubeClient:
             self._resource(api_version, kind).delete(name=name, namespace=namespace)
 
     def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        res = self._resource(API_VERSION, "Model")
+        self.patch_status("Model", namespace, name, status)
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource of an rtml resource."""
+        res = self._resource(API_VERSION, kind)
         res.status.patch(
             body={"status": status},
             name=name,
