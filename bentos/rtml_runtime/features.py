@@ -70,7 +70,27 @@ class FeastSdkReader:
         return None
 
 
-class FeastRedisReader:
+class _FeastLayout:
+    """What both direct readers share: Feast's codec and the view's entity key and TTL."""
+
+    def __init__(self, view: FeatureView, project: str, key_version: int) -> None:
+        from rtml_runtime.feast_codec import codec
+
+        self.codec = codec()
+        self.view = view
+        self.project = project
+        self.key_version = key_version
+        self.join_key = view.spec.entity.join_key
+        self.int_key = view.spec.entity.value_type == "INT64"
+        self.ttl_s = parse_duration(view.spec.ttl)
+
+    def entity_key(self, entity_id: str, project: str) -> bytes:
+        """Feast's serialised entity key, followed by `project` (Redis) or nothing (SQLite)."""
+        value: str | int = int(entity_id) if self.int_key else entity_id
+        return self.codec.redis_key(project, self.join_key, value, self.key_version)
+
+
+class FeastRedisReader(_FeastLayout):
     """Feast's Redis layout, read with Feast's serialisation and one pooled async HMGET.
 
     Needs no FeatureStore (and so no SDK import): the project, the key serialisation version
@@ -82,23 +102,16 @@ class FeastRedisReader:
     ) -> None:
         import redis.asyncio as aioredis
 
-        from rtml_runtime.feast_codec import codec, field_name
+        from rtml_runtime.feast_codec import field_name
 
-        self.codec = codec()
-        self.view = view
-        self.project = project
-        self.key_version = key_version
-        self.join_key = view.spec.entity.join_key
-        self.int_key = view.spec.entity.value_type == "INT64"
+        super().__init__(view, project, key_version)
         name = feast_view_name(view)
         self.names = [f.name for f in view.spec.features]
         self.fields = [field_name(name, n) for n in self.names] + [f"_ts:{name}".encode()]
-        self.ttl_s = parse_duration(view.spec.ttl)
         self.client: Any = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1.0)
 
     def key(self, entity_id: str) -> bytes:
-        value: str | int = int(entity_id) if self.int_key else entity_id
-        return self.codec.redis_key(self.project, self.join_key, value, self.key_version)
+        return self.entity_key(entity_id, self.project)
 
     async def read(self, entity_id: str) -> FeatureValues | None:
         raw = await self.client.hmget(self.key(entity_id), self.fields)
@@ -127,7 +140,7 @@ def _timestamp_seconds(blob: bytes) -> int:
     return value
 
 
-class FeastSqliteReader:
+class FeastSqliteReader(_FeastLayout):
     """Feast's SQLite online store (one machine), read with Feast's key serialisation.
 
     One indexed SELECT on a read-only connection, inline: a local SQLite lookup takes tens of
@@ -138,25 +151,15 @@ class FeastSqliteReader:
     def __init__(
         self, view: FeatureView, db_path: Path, project: str, key_version: int = 3
     ) -> None:
-        from rtml_runtime.feast_codec import codec
-
-        self.codec = codec()
-        self.view = view
-        self.project = project
-        self.key_version = key_version
-        self.join_key = view.spec.entity.join_key
-        self.int_key = view.spec.entity.value_type == "INT64"
+        super().__init__(view, project, key_version)
         self.names = {f.name for f in view.spec.features}
-        self.ttl_s = parse_duration(view.spec.ttl)
         table = f"{project}_{feast_view_name(view)}".replace('"', '""')
         # The table name is Feast's (project + view name, validated identifiers), quoted.
         self.sql = f'SELECT feature_name, value, event_ts FROM "{table}" WHERE entity_key = ?'  # noqa: S608
         self.conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
 
     async def read(self, entity_id: str) -> FeatureValues | None:
-        value: str | int = int(entity_id) if self.int_key else entity_id
-        key = self.codec.redis_key("", self.join_key, value, self.key_version)  # no project
-        rows = self.conn.execute(self.sql, (key,)).fetchall()
+        rows = self.conn.execute(self.sql, (self.entity_key(entity_id, ""),)).fetchall()
         if not rows:
             return None
         if self.ttl_s > 0:
