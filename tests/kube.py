@@ -189,9 +189,10 @@ def _free_port() -> int:
 class OperatorProcess:
     """`rtml operator` as a real process against the test control plane."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.env = env or {}
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -207,6 +208,7 @@ class OperatorProcess:
             "RTML_KSERVE_POLL_SECONDS": "1",
             "RTML_RUNTIME_IMAGE": "registry.local/rtml-runtime:test",
             "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "bentos")]),
+            **self.env,
         }
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -253,10 +255,20 @@ class OperatorProcess:
 
 @pytest.fixture(scope="session")
 def operator(
-    control_plane: Any, rtml_crds: list[str], kserve_crd: str
+    control_plane: Any,
+    rtml_crds: list[str],
+    kserve_crd: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     LOGS.mkdir(exist_ok=True)
-    op = OperatorProcess(Path(control_plane.kubeconfig), LOGS / "operator.log")
+    feast = tmp_path_factory.mktemp("operator-feast")
+    (feast / "registry").mkdir()  # SQLite creates the file, not its folder
+    env = {
+        "RTML_FEAST_STORE": "sqlite",
+        "RTML_FEAST_PATH": str(feast / "store"),
+        "RTML_FEAST_REGISTRY": f"sqlite:///{feast / 'registry' / 'registry.db'}",
+    }
+    op = OperatorProcess(Path(control_plane.kubeconfig), LOGS / "operator.log", env)
     op.log_path.write_bytes(b"")
     op.start()
     yield op

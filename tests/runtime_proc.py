@@ -139,8 +139,10 @@ class RuntimeProcess:
         redis_url: str | None,
         server: str = "bentoml",
         env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.manifest = manifest
+        self.extra_args = extra_args or []
         self.redis_url = redis_url
         self.server = server
         self.port = free_port()
@@ -167,6 +169,7 @@ class RuntimeProcess:
         ]
         if self.redis_url:
             argv += ["--profile", "redis", "--redis-url", self.redis_url]
+        argv += self.extra_args
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(

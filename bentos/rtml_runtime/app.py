@@ -15,6 +15,7 @@ from typing import Any
 
 from rtml_runtime.engine import Runtime
 from rtml_runtime.errors import RequestError, bad_input
+from rtml_runtime.push import FeaturePusher
 
 log = logging.getLogger("rtml.runtime.http")
 Scope = dict[str, Any]
@@ -51,6 +52,7 @@ class RuntimeApp:
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
         self.max_body = runtime.config.max_body_bytes
+        self.pusher = FeaturePusher(runtime.config)
         name = runtime.config.name
         self.get_routes: dict[str, Callable[[], tuple[int, Any]]] = {
             "/v2/health/live": lambda: (200, {"live": True}),
@@ -142,6 +144,10 @@ class RuntimeApp:
                 name = path[len("/v2/models/") : -len("/infer")]
                 result = await runtime.infer_v2(
                     name, parse_json(await self._read_body(scope, receive))
+                )
+            elif path.startswith("/push/"):
+                result = await self.pusher.push(
+                    path[len("/push/") :], parse_json(await self._read_body(scope, receive))
                 )
             else:
                 raise RequestError(404, "not_found", f"no route POST {path}", None)

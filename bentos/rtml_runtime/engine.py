@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from rtml.api.signature import check_signature, describe
 from rtml_runtime.artifacts import ArtifactError, fetch_artifact
 from rtml_runtime.breaker import CircuitBreaker, State
 from rtml_runtime.cache import TTLCache
@@ -116,15 +117,11 @@ class Runtime:
             self.backup.warmup(min(self.spec.warmup.requests, 10))
 
     def _check_signature(self, model: OnnxModel, field: str) -> None:
-        available = set(self.request_features)
-        if self.view is not None:
-            available |= {f.name for f in self.view.spec.features}
-        missing = [n for n in model.feature_names if n not in available]
-        if missing:
-            raise ModelError(
-                f"{field}: the model's inputs {missing} are neither features of the FeatureView "
-                "nor in spec.features.requestFeatures"
-            )
+        mismatches = check_signature(
+            model.inputs, self.view, self.request_features, model.declared_features
+        )
+        if mismatches:
+            raise ModelError(f"{field} does not fit its features: {describe(mismatches)}")
 
     async def start(self, reader: FeatureReader | None = None) -> None:
         try:

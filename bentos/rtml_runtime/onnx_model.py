@@ -8,11 +8,12 @@ work itself (measured in benchmarks/). Concurrency comes from replicas, not thre
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+
+from rtml.api.signature import InputSpec
 
 _NUMPY = {
     "tensor(float)": np.float32,
@@ -21,19 +22,8 @@ _NUMPY = {
     "tensor(int32)": np.int32,
     "tensor(bool)": np.bool_,
 }
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    onnx_type: str
-    shape: tuple[int | str | None, ...]
-
-    @property
-    def width(self) -> int:
-        """Columns this input takes per row (1 for [N, 1] or [N])."""
-        last = self.shape[-1] if len(self.shape) > 1 else 1
-        return last if isinstance(last, int) else 1
+DECLARED_FEATURES = "rtml.features"  # metadata: the column names of a single wide input
+MAX_SIGNATURE_BYTES = 64 << 20
 
 
 class ModelError(Exception):
@@ -44,6 +34,9 @@ class OnnxModel:
     """Scores rows: an [n, k] float matrix whose columns follow `feature_names`."""
 
     def __init__(self, path: Path, threads: int = 1) -> None:
+        # Imported here so that `onnx_inputs` (used by the operator) needs no ONNX Runtime.
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -54,18 +47,16 @@ class OnnxModel:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise ModelError(f"ONNX Runtime cannot load {path}: {e}") from e
-        self.inputs = [
-            TensorSpec(i.name, i.type, tuple(i.shape)) for i in self.session.get_inputs()
-        ]
+        self.inputs = [InputSpec(i.name, i.type, tuple(i.shape)) for i in self.session.get_inputs()]
         outputs = self.session.get_outputs()
         self.output_name = next((o.name for o in outputs if o.name == "score"), outputs[0].name)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.declared_features: list[str] | None = (
-            json.loads(meta["rtml.features"]) if "rtml.features" in meta else None
+            json.loads(meta[DECLARED_FEATURES]) if DECLARED_FEATURES in meta else None
         )
         for spec in self.inputs:
-            if spec.onnx_type not in _NUMPY:
-                raise ModelError(f"input {spec.name!r} has unsupported type {spec.onnx_type}")
+            if spec.dtype not in _NUMPY:
+                raise ModelError(f"input {spec.name!r} has unsupported type {spec.dtype}")
 
     @property
     def feature_names(self) -> list[str]:
@@ -84,10 +75,10 @@ class OnnxModel:
         feed: dict[str, np.ndarray]
         if len(self.inputs) == 1:
             spec = self.inputs[0]
-            feed = {spec.name: rows.astype(_NUMPY[spec.onnx_type], copy=False)}
+            feed = {spec.name: rows.astype(_NUMPY[spec.dtype], copy=False)}
         else:
             feed = {
-                spec.name: rows[:, i : i + 1].astype(_NUMPY[spec.onnx_type], copy=False)
+                spec.name: rows[:, i : i + 1].astype(_NUMPY[spec.dtype], copy=False)
                 for i, spec in enumerate(self.inputs)
             }
         (out,) = self.session.run([self.output_name], feed)
@@ -102,3 +93,53 @@ class OnnxModel:
         width = len(self.feature_names)
         for _ in range(requests):
             self.predict(rng.random((1, width), dtype=np.float32))
+
+
+def _input_spec(value_info: Any) -> InputSpec:
+    """A graph input as ONNX Runtime would describe it: `tensor(float)`, dims or names."""
+    from onnx import TensorProto
+
+    kind = value_info.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return InputSpec(value_info.name, str(kind), ())
+    tensor = value_info.type.tensor_type
+    dtype = f"tensor({TensorProto.DataType.Name(tensor.elem_type).lower()})"
+    shape = tuple(
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
+    )
+    return InputSpec(value_info.name, dtype, shape)
+
+
+def onnx_inputs(
+    path: Path, max_bytes: int = MAX_SIGNATURE_BYTES
+) -> tuple[list[InputSpec], list[str] | None]:
+    """The graph's inputs and its `rtml.features` metadata, without loading it for inference.
+
+    Reads the protobuf only (no external tensor data, no session): what the operator and
+    `rtml validate` need to run the signature check. Files over `max_bytes` are refused.
+    """
+    import onnx
+
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ModelError(
+            f"{path} is {size} bytes, over the {max_bytes}-byte limit for reading an ONNX signature"
+        )
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ModelError(f"{path} is not a readable ONNX model: {e}") from e
+    # Before IR version 4, initializers were listed as inputs too; they are not fed.
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [_input_spec(i) for i in model.graph.input if i.name not in initializers]
+    meta = {p.key: p.value for p in model.metadata_props}
+    declared = None
+    if DECLARED_FEATURES in meta:
+        try:
+            names = json.loads(meta[DECLARED_FEATURES])
+        except json.JSONDecodeError as e:
+            raise ModelError(f"{path}: metadata {DECLARED_FEATURES!r} is not JSON: {e}") from e
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ModelError(f"{path}: metadata {DECLARED_FEATURES!r} must be a list of names")
+        declared = names
+    return inputs, declared

@@ -77,6 +77,6 @@ class FastPath:
         await self.app(scope, receive, send)
 
 
-FAST_PREFIXES = ("/predict", "/v2/", "/metrics")
+FAST_PREFIXES = ("/predict", "/v2/", "/metrics", "/push/")
 # bentoml.service turns the class into a Service object; its type stubs say otherwise.
 RtmlRuntime.add_asgi_middleware(FastPath, runtime_app=APP)  # type: ignore[attr-defined]

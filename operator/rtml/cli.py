@@ -5,11 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 from pydantic import ValidationError
+
+from rtml.features.cli import add_feature_commands
+
+if TYPE_CHECKING:
+    from rtml.api import FeatureView, Model
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,19 +128,62 @@ def validate(manifest: Path) -> None:
 
     kinds = {"Model": Model, "FeatureView": FeatureView, "Experiment": Experiment}
     bad = 0
+    valid: list[Any] = []
     for doc in load_manifests(manifest):
         kind = kinds.get(str(doc.get("kind")))
         if kind is None:
             continue
         name = (doc.get("metadata") or {}).get("name", "?")
         try:
-            kind.model_validate({k: v for k, v in doc.items() if k != "status"})
+            valid.append(kind.model_validate({k: v for k, v in doc.items() if k != "status"}))
             click.echo(f"{doc['kind']} {name}: valid")
         except ValidationError as e:
             bad += 1
             click.echo(f"{doc['kind']} {name}: {describe_validation_error(e)}", err=True)
+    views = {v.metadata.name: v for v in valid if isinstance(v, FeatureView)}
+    base_dir = manifest if manifest.is_dir() else manifest.parent
+    for model in (m for m in valid if isinstance(m, Model)):
+        bad += _check_local_signature(model, views, base_dir)
     if bad:
         sys.exit(1)
+
+
+def _check_local_signature(model: Model, views: dict[str, FeatureView], base_dir: Path) -> int:
+    """The operator's signature check for a Model whose artifact is a local file: 1 if it fails.
+
+    Models whose artifact is remote or not on this machine, or whose FeatureView is not in the
+    manifest, are skipped (the operator and the runtime check those).
+    """
+    from rtml.api.signature import check_signature
+    from rtml_runtime.artifacts import ArtifactError, fetch_artifact, local_path
+    from rtml_runtime.onnx_model import ModelError, onnx_inputs
+
+    name = model.metadata.name
+    binding = model.spec.features
+    ref = binding.feature_view_ref if binding is not None else None
+    art = model.spec.artifact
+    local = local_path(art.uri, base_dir) if art.uri.startswith("file://") else None
+    if local is None or (ref is not None and ref not in views):
+        return 0
+    if not local.is_file():
+        # A path in a runtime image or volume, not on this machine: the runtime checks it.
+        click.echo(f"Model {name}: signature not checked, {local} is not on this machine")
+        return 0
+    try:
+        path = fetch_artifact(art.uri, art.sha256, base_dir, base_dir)  # local: nothing cached
+        inputs, declared = onnx_inputs(path)
+    except (ArtifactError, ModelError) as e:
+        click.echo(f"Model {name}: {e}", err=True)
+        return 1
+    requested = list(binding.request_features) if binding is not None else []
+    view = views[ref] if ref is not None else None
+    mismatches = check_signature(inputs, view, requested, declared)
+    for m in mismatches:
+        click.echo(f"Model {name}: {m.message} ({m.reason})", err=True)
+    if not mismatches:
+        against = f"FeatureView {ref!r}" if ref else "its request features"
+        click.echo(f"Model {name}: the ONNX inputs of {path.name} fit {against}")
+    return 1 if mismatches else 0
 
 
 @main.command()
@@ -375,6 +423,7 @@ def _add_dev() -> None:
 
 
 _add_dev()
+add_feature_commands(main)
 
 if __name__ == "__main__":
     main()

@@ -105,6 +105,8 @@ def test_helm_install_and_least_privilege(
             ("patch", "configmaps"),
             ("patch", "inferenceservices.serving.kserve.io"),
             ("patch", "scaledobjects.keda.sh"),
+            ("patch", "cronjobs.batch"),
+            ("patch", "featureviews.rtml.dev/status"),
             ("create", "events"),
             ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
         ]

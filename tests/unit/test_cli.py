@@ -9,6 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from rtml.cli import main
+from tests.unit.runtime.onnx_fixtures import write_sum_model
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +70,56 @@ def test_validate_examples() -> None:
     out = CliRunner().invoke(main, ["validate", str(EXAMPLES)])
     assert out.exit_code == 0, out.output
     assert "Model fraud: valid" in out.output
+
+
+def signature_manifest(folder: Path, b_dtype: str, request: list[str]) -> Path:
+    """A FeatureView and a Model whose relative file:// artifact takes inputs a, b, amount."""
+    write_sum_model(folder / "m.onnx", ["a", "b", "amount"])
+    view = {
+        "apiVersion": "rtml.dev/v1alpha1",
+        "kind": "FeatureView",
+        "metadata": {"name": "cards"},
+        "spec": {
+            "entity": {"name": "card", "joinKey": "card_id"},
+            "source": {"type": "push"},
+            "features": [{"name": "a", "dtype": "FLOAT"}, {"name": "b", "dtype": b_dtype}],
+        },
+    }
+    model = {"apiVersion": "rtml.dev/v1alpha1", "kind": "Model", "metadata": {"name": "fraud"},
+        "spec": {"version": "v1", "artifact": {"uri": "file://m.onnx"},
+                 "features": {"featureViewRef": "cards", "requestFeatures": request}}}  # fmt: skip
+    manifest = folder / "model.yaml"
+    manifest.write_text(yaml.safe_dump_all([view, model]))
+    return manifest
+
+
+def test_validate_checks_a_local_artifact_against_its_feature_view(tmp_path: Path) -> None:
+    out = CliRunner().invoke(
+        main, ["validate", str(signature_manifest(tmp_path, "INT64", ["amount"]))]
+    )
+    assert out.exit_code == 0, out.output
+    assert "Model fraud: the ONNX inputs of m.onnx fit FeatureView 'cards'" in out.output
+
+
+def test_validate_prints_each_signature_mismatch(tmp_path: Path) -> None:
+    manifest = signature_manifest(tmp_path, "STRING", ["amount", "tip"])
+    out = CliRunner().invoke(main, ["validate", str(manifest)])
+    assert out.exit_code == 1, out.output
+    assert "Model fraud: valid" in out.output  # the schema is fine; the signature is not
+    assert (
+        "Model fraud: ONNX input 'b' is float, but FeatureView 'cards' feature 'b' is STRING"
+        in out.output
+    )
+    assert "request feature 'tip'" in out.output
+    assert "(UnknownRequestFeature)" in out.output
+
+
+def test_validate_skips_artifacts_that_are_not_on_this_machine(tmp_path: Path) -> None:
+    manifest = signature_manifest(tmp_path, "STRING", ["amount"])
+    (tmp_path / "m.onnx").unlink()
+    out = CliRunner().invoke(main, ["validate", str(manifest)])
+    assert out.exit_code == 0, out.output
+    assert "signature not checked" in out.output
 
 
 @pytest.mark.parametrize(

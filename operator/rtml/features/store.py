@@ -25,11 +25,14 @@ from rtml.features.translate import (
     NAMESPACE_TAG,
     feast_name,
     feast_name_for,
+    from_feast,
+    push_source_name,
     to_feast,
 )
 
 if TYPE_CHECKING:
     import feast
+    import pandas as pd
 
 log = logging.getLogger("rtml.features")
 
@@ -50,8 +53,15 @@ def is_unreachable(error: BaseException) -> bool:
     rather than that Feast refused what it was given."""
     from sqlalchemy import exc
 
-    transient = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError)
-    if isinstance(error, transient | OSError | TimeoutError):
+    transient = (
+        exc.OperationalError,
+        exc.InterfaceError,
+        exc.DisconnectionError,
+        exc.TimeoutError,
+        OSError,
+        TimeoutError,
+    )
+    if isinstance(error, transient):
         return True
     try:
         from redis.exceptions import ConnectionError as RedisConnectionError
@@ -276,6 +286,19 @@ def registered_view(store: feast.FeatureStore, view: FeatureView) -> feast.Featu
     return _registered_view(store, feast_name(view))
 
 
+def check_namespace(store: feast.FeatureStore, name: str, namespace: str | None) -> None:
+    """Refuse to work on Feast view `name` when another namespace's FeatureView registered it."""
+    registered = _registered_view(store, name)
+    if registered is None:
+        raise FeatureStoreError(f"Feast has no feature view {name!r}; apply its FeatureView first")
+    owner = registered.tags.get(NAMESPACE_TAG)
+    if namespace is not None and owner is not None and owner != namespace:
+        raise FeatureStoreError(
+            f"Feast view {name!r} belongs to a FeatureView in namespace {owner!r}, "
+            f"not {namespace!r}"
+        )
+
+
 def remove_view(store: feast.FeatureStore, namespace: str, name: str) -> bool:
     """Delete the Feast feature view of FeatureView namespace/name, its sources and online table.
 
@@ -311,3 +334,29 @@ def remove_view(store: feast.FeatureStore, namespace: str, name: str) -> bool:
     log.info("deleted Feast view %s of FeatureView %s/%s", fname, namespace, name)
     return True
 
+
+def push_rows(store: feast.FeatureStore, view: FeatureView, rows: pd.DataFrame) -> int:
+    """Write rows of a `source.type: push` view straight into the online store.
+
+    `rows` holds the join key, the timestamp field and every feature (see
+    rtml.features.push.rows_frame). Returns the number of rows written.
+    """
+    from feast.data_source import PushMode
+
+    if view.spec.source.type != "push":
+        raise FeatureStoreError(
+            f"FeatureView {view.metadata.name!r} has spec.source.type "
+            f"{view.spec.source.type!r}; only push views take pushed rows"
+        )
+    store.push(push_source_name(view), rows, to=PushMode.ONLINE)
+    log.info("pushed %d row(s) to Feast view %s", len(rows), feast_name(view))
+    return len(rows)
+
+
+def view_from_registry(store: feast.FeatureStore, name: str) -> FeatureView:
+    """The FeatureView registered as Feast view `name`, rebuilt from the registry."""
+    registered = _registered_view(store, name)
+    if registered is None:
+        raise FeatureStoreError(f"Feast has no feature view {name!r}; apply its FeatureView first")
+    (key,) = registered.entity_columns
+    return from_feast(registered, "INT64" if str(key.dtype) == "Int64" else "STRING")

@@ -72,6 +72,11 @@ def feast_name_for(resource_name: str) -> str:
     return _NOT_IN_FEAST_NAMES.sub("_", resource_name)
 
 
+def push_source_name(view: FeatureView) -> str:
+    """The Feast push source of a `source.type: push` view (what `FeatureStore.push` takes)."""
+    return f"{feast_name(view)}_push"
+
+
 def feast_dtype(dtype: Dtype) -> PrimitiveFeastType:
     """The Feast type a FeatureView dtype is stored as."""
     from feast import types
@@ -155,7 +160,7 @@ def to_feast(view: FeatureView, *, repo_dir: Path | None = None) -> FeastObjects
         if path is None:
             path = os.path.normpath((repo_dir or Path()) / "push" / f"{name}.parquet")
         batch = _file_source(f"{name}_batch", path, timestamp_field)
-        source = PushSource(name=f"{name}_push", batch_source=batch, tags=tags)
+        source = PushSource(name=push_source_name(view), batch_source=batch, tags=tags)
     key_field = Field(name=spec.entity.join_key, dtype=feast_dtype(spec.entity.value_type))
     feature_view = FeastFeatureView(
         name=name,
@@ -182,3 +187,45 @@ def defaults_from_tags(tags: dict[str, str]) -> dict[str, DefaultValue]:
     if not isinstance(value, dict):
         raise ValueError(f"tag {DEFAULTS_TAG} holds {raw!r}, not a JSON object")
     return value
+
+
+def from_feast(feature_view: feast.FeatureView, join_key_type: str) -> FeatureView:
+    """The FeatureView resource a registered Feast view was translated from (`to_feast` undone).
+
+    Used where only the registry is at hand (`rtml push VIEW`). `join_key_type` is the entity's
+    value type name (STRING or INT64).
+    """
+    dtypes = {
+        str(feast_dtype(d)): d for d in ("FLOAT", "DOUBLE", "INT32", "INT64", "STRING", "BOOL")
+    }
+    tags = feature_view.tags
+    defaults = defaults_from_tags(tags)
+    batch = feature_view.batch_source
+    if batch is None:
+        raise ValueError(f"Feast view {feature_view.name!r} has no batch source; rtml made none")
+    path = getattr(batch, "path", None)
+    source: dict[str, object] = {
+        "type": "push" if feature_view.stream_source is not None else "file",
+        "timestampField": batch.timestamp_field,
+    }
+    if path:
+        source["path"] = path if "://" in path else f"file://{path}"
+    (entity,) = feature_view.entities
+    (join_key,) = [c.name for c in feature_view.entity_columns]
+    return FeatureView.model_validate(
+        {
+            "metadata": {
+                "name": tags.get(NAME_TAG, feature_view.name),
+                "namespace": tags.get(NAMESPACE_TAG, "default"),
+            },
+            "spec": {
+                "entity": {"name": entity, "joinKey": join_key, "valueType": join_key_type},
+                "features": [
+                    {"name": f.name, "dtype": dtypes[str(f.dtype)], "default": defaults.get(f.name)}
+                    for f in feature_view.features
+                ],
+                "ttl": f"{int(feature_view.ttl.total_seconds()) if feature_view.ttl else 0}s",
+                "source": source,
+            },
+        }
+    )

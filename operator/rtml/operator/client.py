@@ -112,6 +112,15 @@ class KubeClient:
     def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.patch_status("Model", namespace, name, status)
 
+    def annotate(self, kind: str, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Merge-patch annotations of an rtml resource (bookkeeping the status schema lacks)."""
+        self._resource(API_VERSION, kind).patch(
+            body={"metadata": {"annotations": annotations}},
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+        )
+
     def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch the status subresource of an rtml resource."""
         res = self._resource(API_VERSION, kind)

@@ -7,11 +7,12 @@ the progress Kopf stores on objects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kopf
@@ -21,6 +22,13 @@ from urllib3.exceptions import HTTPError
 from rtml import GROUP, VERSION
 from rtml.operator.client import KubeClient
 from rtml.operator.errors import backoff_delay
+from rtml.operator.featureview import (
+    RegistryUnavailableError,
+    materialization_requested,
+    materialize_now,
+    reconcile_feature_view,
+    unregister_feature_view,
+)
 from rtml.operator.reconcile import KSERVE, reconcile_model
 from rtml.operator.render.meta import MODEL_LABEL
 from rtml.operator.settings import OperatorSettings
@@ -239,3 +247,113 @@ def follow_inference_service(
                 "poll",
             )
         stopped.wait(SETTINGS.kserve_poll_seconds)
+
+
+# -- FeatureViews: registration in Feast, the materialization CronJob, the finalizer ------------
+
+
+@contextlib.contextmanager
+def _retry_on_outage(retry: int) -> Iterator[None]:
+    """An unreachable registry or API server is temporary: retry with backoff."""
+    try:
+        yield
+    except RegistryUnavailableError as e:
+        raise kopf.TemporaryError(f"{e}; retrying", delay=backoff_delay(retry)) from e
+    except ApiException as e:
+        raise kopf.TemporaryError(
+            f"the API server answered {e.status} {e.reason}; retrying", delay=backoff_delay(retry)
+        ) from e
+    except (HTTPError, OSError) as e:
+        raise kopf.TemporaryError(
+            f"the API server is unreachable ({e.__class__.__name__}); retrying",
+            delay=backoff_delay(retry),
+        ) from e
+
+
+def _reconcile_view(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> None:
+    client: KubeClient = memo["client"]
+    meta = body["metadata"]
+    with _locks[meta["uid"]], _retry_on_outage(retry):
+        live = client.get(f"{GROUP}/{VERSION}", "FeatureView", meta["namespace"], meta["name"])
+        if live is None or live["metadata"].get("deletionTimestamp"):
+            return
+        reconcile_feature_view(
+            client, live, SETTINGS.store_profile(), SETTINGS.render_context(), SETTINGS.store_env()
+        )
+
+
+FEATUREVIEWS = (GROUP, VERSION, "featureviews")
+
+
+@kopf.on.resume(
+    *FEATUREVIEWS, id="register-featureview", retries=RETRIES, timeout=TIMEOUT, backoff=5
+)
+@kopf.on.create(
+    *FEATUREVIEWS, id="register-featureview", retries=RETRIES, timeout=TIMEOUT, backoff=5
+)
+@kopf.on.update(
+    *FEATUREVIEWS, id="register-featureview", retries=RETRIES, timeout=TIMEOUT, backoff=5
+)
+def register_feature_view(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    _reconcile_view(body, memo, retry)
+
+
+@kopf.timer(
+    *FEATUREVIEWS,
+    id="resync-featureview",
+    interval=SETTINGS.resync_seconds,
+    idle=0,
+    initial_delay=SETTINGS.resync_seconds,
+)
+def resync_feature_view(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Picks up what the CronJob's runs recorded in the registry (lastMaterialization)."""
+    try:
+        _reconcile_view(body, memo, retry=0)
+    except kopf.TemporaryError as e:
+        log.warning(
+            "FeatureView resync failed; the next one will retry",
+            extra={"featureview": body["metadata"]["name"], "error": str(e)},
+        )
+    if materialization_requested(body) is not None:
+        _materialize_requested(body, memo)
+
+
+def _materialization_requested(body: kopf.Body, **_: Any) -> bool:
+    return materialization_requested(body) is not None
+
+
+@kopf.on.event(*FEATUREVIEWS, id="materialize-now", when=_materialization_requested)
+def materialize_on_request(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A new value of the `rtml.dev/materialize-now` annotation runs materialization once.
+
+    An event handler has no retries: after an outage the next event or resync tries again.
+    """
+    _materialize_requested(body, memo)
+
+
+def _materialize_requested(body: Mapping[str, Any], memo: kopf.Memo) -> None:
+    client: KubeClient = memo["client"]
+    meta = body["metadata"]
+    try:
+        with _locks[meta["uid"]], _retry_on_outage(0):
+            live = client.get(f"{GROUP}/{VERSION}", "FeatureView", meta["namespace"], meta["name"])
+            if live is None or live["metadata"].get("deletionTimestamp"):
+                return
+            materialize_now(client, live, SETTINGS.store_profile())
+    except kopf.TemporaryError as e:
+        log.warning(
+            "requested materialization failed; the next resync will retry",
+            extra={"featureview": meta["name"], "error": str(e)},
+        )
+
+
+@kopf.on.delete(
+    *FEATUREVIEWS, id="unregister-featureview", retries=RETRIES, timeout=TIMEOUT, backoff=5
+)
+def unregister(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    """Removes the view from Feast; after a bounded retry the finalizer goes anyway."""
+    client: KubeClient = memo["client"]
+    with _locks[body["metadata"]["uid"]], _retry_on_outage(retry):
+        unregister_feature_view(
+            client, dict(body), SETTINGS.store_profile(), retry, SETTINGS.feast_delete_attempts
+        )

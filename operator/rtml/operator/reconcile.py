@@ -23,6 +23,7 @@ from rtml.operator.errors import (
 )
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.model import OWNED_KINDS, render_model_children
+from rtml.operator.signature import SignatureCache, check_model_signature
 from rtml.operator.status import (
     Observed,
     compute_model_status,
@@ -33,6 +34,7 @@ from rtml.operator.status import (
 log = logging.getLogger("rtml.operator.reconcile")
 KSERVE = ("serving.kserve.io/v1beta1", "InferenceService")
 KEDA = ("keda.sh/v1alpha1", "ScaledObject")
+SIGNATURES = SignatureCache.from_env()
 
 
 def _context(client: KubeClient, base: RenderContext) -> RenderContext:
@@ -94,15 +96,20 @@ def reconcile_model(
 
     ctx = _context(client, base_ctx)
     feature_view = _feature_view(client, model)
+    features = check_model_signature(model, feature_view, SIGNATURES)
+    # A failed check applies and prunes nothing, so the pods already running keep serving.
+    held = features.status == "False"
     kserve_installed = True
     problem: Cond | None = None
     if model.spec.backend == "kserve" and not client.serves(*KSERVE):
         kserve_installed = False
         desired: list[dict[str, Any]] = []
+    elif held:
+        desired = []
     else:
         desired = render_model_children(model, ctx, feature_view)
         problem = _apply_all(client, desired)
-    if problem is None and kserve_installed:
+    if problem is None and kserve_installed and not held:
         _prune(client, model, desired)
 
     ns, name = model.metadata.namespace, model.metadata.name
@@ -115,6 +122,7 @@ def reconcile_model(
         else None,
         kserve_installed=kserve_installed,
         feature_view=feature_view,
+        features=features,
         problem=problem,
     )
     status = compute_model_status(model, observed, previous, ctx, now)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Literal
 
 from rtml.features.store import StoreProfile
-
 from rtml.operator.render.context import (
     DEFAULT_PROMETHEUS_URL,
     DEFAULT_RUNTIME_IMAGE,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ class Observed:
     inference_service: dict[str, Any] | None = None
     kserve_installed: bool = True
     feature_view: dict[str, Any] | None = None
+    features: Cond | None = None  # FeaturesResolved as rtml.operator.signature computed it
     problem: Cond | None = None  # a user-fixable error met while applying (e.g. 422 from the API)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -145,7 +146,18 @@ def _kserve_rollout(obs: Observed, url: str) -> Rollout:
     return Rollout(rolled, ready, phase, url=url)
 
 
+def feature_view_not_found(ref: str) -> Cond:
+    return Cond(
+        "FeaturesResolved",
+        "False",
+        "FeatureViewNotFound",
+        f"FeatureView {ref!r} (spec.features.featureViewRef) does not exist in this namespace",
+    )
+
+
 def _features_condition(model: Model, obs: Observed) -> Cond:
+    if obs.features is not None:
+        return obs.features
     binding = model.spec.features
     if binding is None or binding.feature_view_ref is None:
         return Cond(
@@ -155,13 +167,7 @@ def _features_condition(model: Model, obs: Observed) -> Cond:
             "the Model reads no FeatureView; every input comes with the request",
         )
     if obs.feature_view is None:
-        return Cond(
-            "FeaturesResolved",
-            "False",
-            "FeatureViewNotFound",
-            f"FeatureView {binding.feature_view_ref!r} (spec.features.featureViewRef) "
-            "does not exist in this namespace",
-        )
+        return feature_view_not_found(binding.feature_view_ref)
     return Cond(
         "FeaturesResolved",
         "Unknown",
@@ -184,6 +190,16 @@ def compute_model_status(
         r = _kserve_rollout(obs, url)
     else:
         r = _deployment_rollout(model, obs.deployment, url)
+    features = _features_condition(model, obs)
+    if features.status == "False":
+        # reconcile_model applied nothing: whatever runs is the previous spec, still serving.
+        held = f"spec not rolled out, the running pods keep serving: {features.message}"
+        r = replace(
+            r,
+            rolled_out=Cond("RolledOut", "False", features.reason, held),
+            ready=Cond("Ready", "False", features.reason, held),
+            phase="Failed",
+        )
     ready = r.ready
     phase = r.phase
     if obs.problem is not None:
@@ -192,7 +208,7 @@ def compute_model_status(
     stalled = phase == "Failed"
     reconciling = phase in ("Pending", "Progressing")
     conds = [
-        _features_condition(model, obs),
+        features,
         r.rolled_out,
         ready,
         Cond(

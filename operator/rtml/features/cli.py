@@ -1,0 +1,217 @@
+"""`rtml materialize` and `rtml push`: Feast work from the command line.
+
+`rtml materialize` is also what the operator's CronJob runs: the store options default to the
+`RTML_FEAST_*` variables the operator puts in its environment, so the pod needs no flags and no
+access to the API server (the view is found in the registry by name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def store_options(fn: F) -> F:
+    """The Feast profile options, each also read from the operator's environment variable."""
+    options = [
+        click.option(
+            "--profile",
+            type=click.Choice(["sqlite", "redis"]),
+            default="sqlite",
+            show_default=True,
+            envvar="RTML_FEAST_STORE",
+            help="Feast online store [env RTML_FEAST_STORE].",
+        ),
+        click.option(
+            "--store-path",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("feature_store"),
+            show_default=True,
+            envvar="RTML_FEAST_PATH",
+            help="Folder of the SQLite registry and online store [env RTML_FEAST_PATH].",
+        ),
+        click.option(
+            "--redis-url",
+            default="redis://127.0.0.1:6379/0",
+            show_default=True,
+            envvar="RTML_FEAST_REDIS_URL",
+            help="Redis for --profile redis [env RTML_FEAST_REDIS_URL].",
+        ),
+        click.option(
+            "--registry",
+            default=None,
+            envvar="RTML_FEAST_REGISTRY",
+            help="SQLAlchemy URL of the registry [env RTML_FEAST_REGISTRY; "
+            "default: SQLite in --store-path].",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _profile(profile: str, store_path: Path, redis_url: str, registry: str | None) -> Any:
+    from pydantic import ValidationError
+
+    from rtml.features.store import StoreProfile
+
+    try:
+        return StoreProfile(
+            kind="redis" if profile == "redis" else "sqlite",
+            path=store_path,
+            redis_url=redis_url,
+            registry=registry or None,
+        )
+    except ValidationError as e:
+        raise click.ClickException(
+            "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        ) from e
+
+
+@contextmanager
+def feast_errors() -> Iterator[None]:
+    """Feast's refusals and outages as one-line CLI errors; anything else as a traceback."""
+    from rtml.features.store import FeatureStoreError, is_unreachable
+
+    try:
+        yield
+    except FeatureStoreError as e:
+        raise click.ClickException(str(e)) from e
+    except click.ClickException:
+        raise
+    except Exception as e:
+        if is_unreachable(e):
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise click.ClickException(f"the Feast registry is unreachable: {first}") from e
+        raise
+
+
+def feast_view_names(view_or_manifest: str) -> list[str]:
+    """Feast names of the FeatureViews in a manifest, or of the one resource name given."""
+    from rtml.features.translate import feast_name_for
+
+    path = Path(view_or_manifest)
+    if not (path.suffix in (".yaml", ".yml") or path.is_dir()):
+        return [feast_name_for(view_or_manifest)]
+    if not path.exists():
+        raise click.ClickException(f"{path} does not exist")
+    import yaml
+
+    files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+    names: list[str] = []
+    for f in files:
+        try:
+            docs = list(yaml.safe_load_all(f.read_text()))
+        except yaml.YAMLError as e:
+            raise click.ClickException(f"{f} is not valid YAML: {e}") from e
+        names += [
+            feast_name_for(str((d.get("metadata") or {}).get("name", "")))
+            for d in docs
+            if isinstance(d, dict) and d.get("kind") == "FeatureView"
+        ]
+    if not names:
+        raise click.ClickException(f"{path} holds no FeatureView")
+    return names
+
+
+@click.command()
+@click.argument("view_or_manifest")
+@click.option(
+    "--namespace",
+    "-n",
+    default=None,
+    help="The FeatureView's namespace; refuses a view another namespace registered.",
+)
+@store_options
+def materialize(
+    view_or_manifest: str,
+    namespace: str | None,
+    profile: str,
+    store_path: Path,
+    redis_url: str,
+    registry: str | None,
+) -> None:
+    """Load new rows of a registered FeatureView into the online store, then print the end time.
+
+    VIEW_OR_MANIFEST is a FeatureView's name (as the operator registered it) or a YAML file (or
+    folder) of FeatureViews. Incremental: each run continues where the last one ended.
+    """
+    from rtml.features.store import check_namespace, open_store
+    from rtml.features.store import materialize as run_materialization
+
+    names = feast_view_names(view_or_manifest)
+    with (
+        feast_errors(),
+        open_store(_profile(profile, store_path, redis_url, registry)) as store,
+    ):
+        for name in names:
+            check_namespace(store, name, namespace)
+        end = run_materialization(store, names)
+    click.echo(end.isoformat())
+
+
+@click.command()
+@click.argument("view")
+@click.option(
+    "--file",
+    "rows_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help='JSON {"rows": [{join key, timestamp, every feature}, ...]}, as POST /push/{view}.',
+)
+@click.option(
+    "--namespace",
+    "-n",
+    default=None,
+    help="The FeatureView's namespace; refuses a view another namespace registered.",
+)
+@store_options
+def push(
+    view: str,
+    rows_file: Path,
+    namespace: str | None,
+    profile: str,
+    store_path: Path,
+    redis_url: str,
+    registry: str | None,
+) -> None:
+    """Write feature rows of a push FeatureView VIEW straight into the online store.
+
+    The view is read back from the registry, and each row is checked against it (the same
+    check as the runtime's POST /push/{view}) before Feast's push API writes it.
+    """
+    import json
+
+    from rtml.features.push import PushError, rows_frame
+    from rtml.features.store import check_namespace, open_store, push_rows, view_from_registry
+    from rtml.features.translate import feast_name_for
+
+    try:
+        payload = json.loads(rows_file.read_text())
+    except ValueError as e:
+        raise click.ClickException(f"{rows_file} is not valid JSON: {e}") from e
+    name = feast_name_for(view)
+    with (
+        feast_errors(),
+        open_store(_profile(profile, store_path, redis_url, registry)) as store,
+    ):
+        check_namespace(store, name, namespace)
+        resource = view_from_registry(store, name)
+        try:
+            frame = rows_frame(resource, payload)
+        except PushError as e:
+            raise click.ClickException(f"{rows_file}: {e.message}") from e
+        written = push_rows(store, resource, frame)
+    click.echo(f"pushed {written} row(s) to {view}")
+
+
+def add_feature_commands(group: click.Group) -> None:
+    """Register this module's commands on the `rtml` group."""
+    group.add_command(materialize)
+    group.add_command(push)

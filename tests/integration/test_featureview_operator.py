@@ -1,0 +1,277 @@
+"""FeatureViews against a real API server, a real operator process and a real Feast registry.
+
+The operator fixture runs with a SQLite registry and online store in a temp folder
+(`RTML_FEAST_*` in tests/kube.py); these tests read that registry back through Feast's SDK.
+The registry serves every namespace, so each test names its view after its namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from feast import FeatureStore
+from feast.errors import FeatureViewNotFoundException
+
+from rtml.features.store import StoreProfile, make_store
+from rtml.features.translate import feast_dtype, feast_name_for
+from tests.kube import Kube, OperatorProcess, wait_for
+from tests.runtime_proc import REPO, RuntimeProcess, write_manifest
+
+pytestmark = [pytest.mark.apiserver, pytest.mark.feast]
+FV = ("rtml.dev/v1alpha1", "FeatureView")
+CRONJOB = ("batch/v1", "CronJob")
+REQUEST = json.loads((REPO / "examples/fraud/request.json").read_text())
+
+
+def fraud_view(build: Path) -> dict[str, Any]:
+    """examples/fraud/model.yaml's FeatureView, reading the freshly built parquet file."""
+    docs = yaml.safe_load_all((REPO / "examples/fraud/model.yaml").read_text())
+    doc = next(d for d in docs if d["kind"] == "FeatureView")
+    doc["spec"]["source"]["path"] = f"file://{build / 'features.parquet'}"
+    return dict(doc)
+
+
+def named(doc: dict[str, Any], name: str, ns: str) -> dict[str, Any]:
+    return {**doc, "metadata": {"name": name, "namespace": ns}}
+
+
+def profile(op: OperatorProcess) -> StoreProfile:
+    env = op.env
+    return StoreProfile(
+        kind="sqlite", path=Path(env["RTML_FEAST_PATH"]), registry=env["RTML_FEAST_REGISTRY"]
+    )
+
+
+def registry_dir(op: OperatorProcess) -> Path:
+    return Path(op.env["RTML_FEAST_REGISTRY"].removeprefix("sqlite:///")).parent
+
+
+@pytest.fixture
+def store(operator: OperatorProcess) -> FeatureStore:
+    return make_store(profile(operator))
+
+
+def registered(store: FeatureStore, name: str) -> Any:
+    try:
+        return store.get_feature_view(feast_name_for(name), allow_registry_cache=False)
+    except FeatureViewNotFoundException:
+        return None
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+def wait_registered(kube: Kube, name: str, ns: str) -> dict[str, Any]:
+    return dict(
+        wait_for(
+            lambda: (
+                (fv := kube.get(*FV, name, ns))
+                and condition(fv, "Registered").get("status") == "True"
+                and fv["status"].get("observedGeneration") == fv["metadata"]["generation"]
+                and fv
+            ),
+            60,
+            what=f"FeatureView {name} to be registered",
+        )
+    )
+
+
+def schema(view: Any) -> dict[str, Any]:
+    return {f.name: f.dtype for f in view.features}
+
+
+def test_apply_change_delete_round_trip_through_the_registry(
+    kube: Kube, operator: OperatorProcess, namespace: str, fraud_build: Path, store: FeatureStore
+) -> None:
+    name = f"cards-{namespace}"
+    doc = named(fraud_view(fraud_build), name, namespace)
+    kube.create(doc)
+    fv = wait_registered(kube, name, namespace)
+    assert condition(fv, "Ready")["status"] == "True"
+    assert condition(fv, "Materialized")["status"] == "Unknown"
+    assert fv["status"]["featureNames"] == [f["name"] for f in doc["spec"]["features"]]
+    assert "rtml.dev/operator" in fv["metadata"]["finalizers"]
+
+    view = registered(store, name)
+    assert view is not None
+    assert schema(view) == {f["name"]: feast_dtype(f["dtype"]) for f in doc["spec"]["features"]}
+    assert view.entities == ["card"]
+    assert [c.name for c in view.entity_columns] == ["card_id"]
+
+    cronjob = wait_for(lambda: kube.get(*CRONJOB, f"{name}-materialize", namespace), 30)
+    assert cronjob["spec"]["schedule"] == "*/15 * * * *"
+    assert cronjob["metadata"]["ownerReferences"][0]["uid"] == fv["metadata"]["uid"]
+
+    changed = [*doc["spec"]["features"][:3], {"name": "late_signal", "dtype": "DOUBLE"}]
+    kube.patch(
+        *FV,
+        name,
+        namespace,
+        {"spec": {"features": changed, "materialization": {"schedule": "5 * * * *"}}},
+    )
+    wait_for(
+        lambda: (v := registered(store, name)) and list(schema(v)) == [f["name"] for f in changed],
+        60,
+        what="the registry to hold the changed features",
+    )
+    wait_for(
+        lambda: (
+            kube.get(*CRONJOB, f"{name}-materialize", namespace)["spec"]["schedule"] == "5 * * * *"
+        ),
+        30,
+        what="the CronJob to follow the schedule",
+    )
+
+    kube.delete(*FV, name, namespace)
+    wait_for(lambda: kube.get(*FV, name, namespace) is None, 60, what="the finalizer to go")
+    assert registered(store, name) is None
+
+
+def test_an_invalid_source_is_refused_with_words(
+    kube: Kube, operator: OperatorProcess, namespace: str, fraud_build: Path
+) -> None:
+    name = f"relative-{namespace}"
+    doc = named(fraud_view(fraud_build), name, namespace)
+    doc["spec"]["source"]["path"] = "file://build/features.parquet"  # no folder in a cluster
+    kube.create(doc)
+    fv = wait_for(
+        lambda: (f := kube.get(*FV, name, namespace)) and condition(f, "Registered") and f,
+        60,
+        what="a Registered condition",
+    )
+    registered_cond = condition(fv, "Registered")
+    assert (registered_cond["status"], registered_cond["reason"]) == ("False", "FeastRefused")
+    assert "spec.source.path" in registered_cond["message"]
+    assert condition(fv, "Stalled")["status"] == "True"
+
+
+def test_the_materialize_now_annotation_runs_one_materialization(
+    kube: Kube, operator: OperatorProcess, namespace: str, fraud_build: Path
+) -> None:
+    name = f"ondemand-{namespace}"
+    kube.create(named(fraud_view(fraud_build), name, namespace))
+    fv = wait_registered(kube, name, namespace)
+    assert "lastMaterialization" not in fv["status"]
+    kube.patch(
+        *FV, name, namespace, {"metadata": {"annotations": {"rtml.dev/materialize-now": "1"}}}
+    )
+    fv = wait_for(
+        lambda: (
+            (f := kube.get(*FV, name, namespace)) and f["status"].get("lastMaterialization") and f
+        ),
+        60,
+        what="status.lastMaterialization after the annotation",
+    )
+    assert condition(fv, "Materialized")["status"] == "True"
+    events = kube.res("v1", "Event").get(
+        namespace=namespace, field_selector=f"involvedObject.uid={fv['metadata']['uid']}"
+    )
+    assert [e.reason for e in events.items].count("Materialized") == 1
+
+
+@contextmanager
+def registry_unreachable(op: OperatorProcess) -> Iterator[None]:
+    """The registry's folder replaced by a file: SQLite cannot open the database."""
+    folder = registry_dir(op)
+    aside = folder.with_name(folder.name + ".away")
+    folder.rename(aside)
+    folder.write_text("not a folder")
+    try:
+        yield
+    finally:
+        folder.unlink()
+        aside.rename(folder)
+
+
+def test_deletion_during_a_registry_outage_releases_the_finalizer_with_an_event(
+    kube: Kube, operator: OperatorProcess, namespace: str, fraud_build: Path, store: FeatureStore
+) -> None:
+    name = f"outage-{namespace}"
+    kube.create(named(fraud_view(fraud_build), name, namespace))
+    fv = wait_registered(kube, name, namespace)
+    with registry_unreachable(operator):
+        kube.delete(*FV, name, namespace)
+        wait_for(lambda: kube.get(*FV, name, namespace) is None, 60, what="the finalizer to go")
+    events = kube.res("v1", "Event").get(
+        namespace=namespace, field_selector=f"involvedObject.uid={fv['metadata']['uid']}"
+    )
+    (warning,) = [e for e in events.items if e.reason == "RegistryCleanupSkipped"]
+    assert warning.type == "Warning"
+    assert "after 3 attempts" in warning.message
+    assert "unreachable" in warning.message
+    assert registered(store, name) is not None  # left behind, as the Event says
+
+
+def test_the_cronjob_command_materializes_rows_the_runtime_serves(
+    kube: Kube,
+    operator: OperatorProcess,
+    namespace: str,
+    fraud_build: Path,
+    tmp_path: Path,
+) -> None:
+    name = f"served-{namespace}"
+    kube.create(named(fraud_view(fraud_build), name, namespace))
+    wait_registered(kube, name, namespace)
+    cronjob = wait_for(lambda: kube.get(*CRONJOB, f"{name}-materialize", namespace), 30)
+    (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    assert command[:2] == ["rtml", "materialize"]
+    env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("RTML_")}
+    ran = subprocess.run(
+        [sys.executable, "-m", "rtml.cli", *command[1:]],
+        env={
+            **os.environ,
+            **env,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "bentos")]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    end = ran.stdout.strip().splitlines()[-1]
+    fv = wait_for(
+        lambda: (
+            (f := kube.get(*FV, name, namespace)) and f["status"].get("lastMaterialization") and f
+        ),
+        30,
+        what="status.lastMaterialization from the resync",
+    )
+    assert fv["status"]["lastMaterialization"].startswith(end[:16])
+    assert condition(fv, "Materialized")["status"] == "True"
+
+    manifest = write_manifest(fraud_build, tmp_path / "served")
+    docs = list(yaml.safe_load_all(manifest.read_text()))
+    for d in docs:
+        if d["kind"] == "FeatureView":
+            d["metadata"]["name"] = name
+        else:
+            d["spec"]["features"]["featureViewRef"] = name
+    manifest.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    runtime = RuntimeProcess(
+        manifest,
+        None,
+        server="uvicorn",
+        extra_args=["--store-path", env["RTML_FEAST_PATH"], "--no-register"],
+    )
+    runtime.start()
+    try:
+        status, body, _ = runtime.post("/predict", REQUEST)
+        assert status == 200, body
+        assert body["degraded"] is False  # the row came from the operator's online store
+    finally:
+        runtime.stop()

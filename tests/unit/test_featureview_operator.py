@@ -1,0 +1,126 @@
+"""The FeatureView side of the operator, pure parts: the CronJob renderer and status semantics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from rtml.api.featureview import FeatureView
+from rtml.operator.conditions import Cond, get_condition
+from rtml.operator.featureview_status import RegistryFacts, compute_feature_view_status
+from rtml.operator.render.container import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
+from rtml.operator.render.context import RenderContext
+from rtml.operator.render.cronjob import render_materialization_cronjob
+from rtml.operator.settings import OperatorSettings
+
+pytestmark = pytest.mark.unit
+CTX = RenderContext(runtime_image="registry.local/rtml:test")
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+STORE_ENV = OperatorSettings(feast_store="redis", feast_registry="postgresql://r/db").store_env()
+
+
+def view(**materialization: Any) -> FeatureView:
+    return FeatureView.model_validate(
+        {
+            "metadata": {"name": "card-features", "namespace": "ml", "uid": "u-1", "generation": 2},
+            "spec": {
+                "entity": {"name": "card", "joinKey": "card_id"},
+                "features": [{"name": "amount", "dtype": "FLOAT"}],
+                "source": {"type": "file", "path": "s3://b/f.parquet"},
+                "materialization": materialization,
+            },
+        }
+    )
+
+
+def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+@pytest.mark.parametrize(
+    ("spec", "schedule", "suspend"),
+    [
+        ({}, "*/15 * * * *", False),
+        ({"schedule": "0 * * * *", "enabled": False}, "0 * * * *", True),
+    ],
+)
+def test_cronjob_follows_the_spec(spec: dict[str, Any], schedule: str, suspend: bool) -> None:
+    cj = render_materialization_cronjob(view(**spec), CTX, STORE_ENV)
+    assert (cj["apiVersion"], cj["kind"]) == ("batch/v1", "CronJob")
+    assert cj["spec"]["schedule"] == schedule
+    assert cj["spec"]["suspend"] is suspend
+    assert cj["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+def test_cronjob_runs_materialize_with_the_store_env_under_restricted() -> None:
+    cj = render_materialization_cronjob(view(), CTX, STORE_ENV)
+    (ref,) = cj["metadata"]["ownerReferences"]
+    assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
+        "FeatureView",
+        "card-features",
+        "u-1",
+        True,
+    )
+    pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.local/rtml:test"
+    assert container["command"] == ["rtml", "materialize", "card-features", "--namespace", "ml"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["RTML_FEAST_STORE"] == "redis"
+    assert env["RTML_FEAST_REGISTRY"] == "postgresql://r/db"
+    assert container["securityContext"] == CONTAINER_SECURITY_CONTEXT
+    assert pod["securityContext"] == POD_SECURITY_CONTEXT
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert env["RTML_FEAST_PATH"] in mounts  # the root filesystem is read-only
+
+
+def test_registered_view_is_ready_and_materialized_unknown_until_a_run() -> None:
+    facts = RegistryFacts(feast_name="card_features", feature_names=["amount"])
+    status = compute_feature_view_status(2, facts, None, NOW)
+    assert conditions(status) == {
+        "Registered": ("True", "Applied"),
+        "Materialized": ("Unknown", "NotYetRun"),
+        "Ready": ("True", "Applied"),
+        "Reconciling": ("False", "Settled"),
+        "Stalled": ("False", "NotStalled"),
+    }
+    assert status["featureNames"] == ["amount"]
+    assert status["observedGeneration"] == 2
+    assert "lastMaterialization" not in status
+
+
+def test_a_run_sets_last_materialization() -> None:
+    end = datetime(2026, 11, 27, 11, 45, tzinfo=UTC)
+    facts = RegistryFacts(feast_name="v", feature_names=["a"], last_materialization=end)
+    status = compute_feature_view_status(2, facts, None, NOW)
+    assert status["lastMaterialization"] == "2026-11-27T11:45:00Z"
+    assert conditions(status)["Materialized"] == ("True", "Materialized")
+
+
+def test_a_refused_view_is_stalled_with_words() -> None:
+    refused = Cond("Registered", "False", "FeastRefused", "Feast refused the view: bad path")
+    status = compute_feature_view_status(2, RegistryFacts(refused=refused), None, NOW)
+    got = conditions(status)
+    assert got["Ready"] == ("False", "FeastRefused")
+    assert got["Stalled"] == ("True", "FeastRefused")
+    assert "bad path" in (get_condition(status["conditions"], "Ready") or {})["message"]
+
+
+def test_an_outage_keeps_the_last_verdict_and_generation() -> None:
+    before = compute_feature_view_status(
+        2, RegistryFacts(feast_name="v", feature_names=["a"]), None, NOW
+    )
+    later = datetime(2026, 11, 27, 13, 0, tzinfo=UTC)
+    status = compute_feature_view_status(
+        3, RegistryFacts(unreachable="the Feast registry is unreachable"), before, later
+    )
+    got = conditions(status)
+    assert got["Registered"] == ("True", "Applied")
+    assert got["Ready"] == ("True", "Applied")
+    assert got["Reconciling"] == ("True", "RegistryUnavailable")
+    assert status["observedGeneration"] == 2  # generation 3 never reached Feast
+    assert status["featureNames"] == ["a"]
+    ready = get_condition(status["conditions"], "Ready") or {}
+    assert ready["lastTransitionTime"] == "2026-11-27T12:00:00Z"
