@@ -1,0 +1,1 @@
+"""The pieces of `benchmarks/run.py`: processes, wrk, fixtures, servers, reports, profiles."""

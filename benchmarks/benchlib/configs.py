@@ -1,0 +1,120 @@
+"""The servers under test: how each is started, where it answers, which body it is sent."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchlib.fixture import REPO, Fixture
+from benchlib.procs import Server, free_port
+
+SERVERS_DIR = Path(__file__).resolve().parents[1] / "servers"
+PYTHONPATH = os.pathsep.join([str(REPO / "operator"), str(REPO / "bentos")])
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    key: str
+    label: str
+    family: str  # bare | kserve | bentoml | rtml
+    features: bool  # every request reads the entity's features from Redis
+    cached: bool = False  # rtml's L1 cache on (its defaults)
+
+    @property
+    def url_path(self) -> str:
+        return "/v1/models/fraud:predict" if self.family == "kserve" else "/predict"
+
+    @property
+    def is_rtml(self) -> bool:
+        return self.family == "rtml"
+
+    def server(self, fixture: Fixture, port: int, log_dir: Path, kserve_python: Path) -> Server:
+        env = {
+            **os.environ,
+            "PYTHONPATH": PYTHONPATH,
+            "BENCH_MODEL": str(fixture.model_path),
+            "PYTHONUNBUFFERED": "1",
+        }
+        if self.features and not self.is_rtml:
+            assert fixture.feast_repo is not None
+            env |= {
+                "BENCH_FEAST_REPO": str(fixture.feast_repo),
+                "BENCH_FEAST_VIEW": fixture.view_name,
+                "BENCH_FEAST_FEATURES": ",".join(fixture.feature_names),
+                "BENCH_JOIN_KEY": fixture.join_key,
+            }
+        marker = None
+        py = sys.executable
+        uvicorn = [py, "-m", "uvicorn", "--app-dir", str(SERVERS_DIR), "--port", str(port)]
+        quiet = ["--no-access-log", "--log-level", "warning"]
+        if self.family == "bare":
+            module = "starlette_feast:app" if self.features else "bare_asgi:app"
+            argv = [*uvicorn, *quiet, module]
+            if not self.features:
+                argv.insert(-1, "--lifespan=off")
+        elif self.family == "kserve":
+            env.pop("PYTHONPATH")
+            argv = [
+                str(kserve_python),
+                str(SERVERS_DIR / "kserve_server.py"),
+                "--http_port",
+                str(port),
+                "--grpc_port",
+                str(free_port()),
+            ]
+        elif self.family == "bentoml":
+            argv = [
+                py,
+                "-m",
+                "bentoml",
+                "serve",
+                "bentoml_default:Fraud",
+                "--working-dir",
+                str(SERVERS_DIR),
+                "--port",
+                str(port),
+            ]
+        else:
+            manifest = fixture.manifest if self.features else fixture.plain_manifest
+            # --no-register: the harness registered and materialised the view already, as the
+            # operator does in a cluster; every server starts against the same ready store.
+            argv = [py, "-m", "rtml.cli", "serve", str(manifest), "--port", str(port)]
+            argv.append("--no-register")
+            if self.features:
+                argv += [
+                    "--profile",
+                    "redis",
+                    "--redis-url",
+                    fixture.redis_url,
+                    "--store-path",
+                    str(fixture.store_path),
+                ]
+            if not self.cached:
+                env["RTML_CACHE_ENTRIES"] = "0"
+            marker = r"^serving .* on http"  # the CLI hands over to the server it starts
+        return Server(
+            name=self.key,
+            argv=argv,
+            env=env,
+            cwd=fixture.root,
+            log_path=log_dir / f"{self.key}.log",
+            marker=marker,
+        )
+
+
+CONFIGS = [
+    ServerConfig("bare", "bare ASGI + ONNX Runtime", "bare", features=False),
+    ServerConfig("bare-feast", "Starlette + Feast SDK (async) + ORT", "bare", features=True),
+    ServerConfig("kserve", "KServe 0.21 Python server, v1", "kserve", features=False),
+    ServerConfig("kserve-feast", "KServe 0.21 + Feast SDK (async)", "kserve", features=True),
+    ServerConfig("bentoml", "BentoML 1.4 default service", "bentoml", features=False),
+    ServerConfig("bentoml-feast", "BentoML 1.4 default + Feast SDK", "bentoml", features=True),
+    ServerConfig("rtml", "rtml runtime (no features)", "rtml", features=False),
+    ServerConfig("rtml-redis", "rtml runtime + Redis read, cache off", "rtml", features=True),
+    ServerConfig(
+        "rtml-cached", "rtml runtime + Redis, L1 cache on (cached)", "rtml", True, cached=True
+    ),
+]
+BY_KEY = {c.key: c for c in CONFIGS}

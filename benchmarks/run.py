@@ -1,0 +1,227 @@
+"""Side by side, one run: rtml against the floors, KServe and BentoML, on the same model.
+
+    python benchmarks/run.py [--runs 3] [--duration 10] [--quick] [--soak] [--servers a,b]
+
+Builds examples/fraud into a temp dir, starts a private redis-server, registers and
+materialises the FeatureView with rtml's Feast code, then starts each server pinned to CPU 0
+and drives it with wrk pinned to CPU 1 (closed loop, fixed duration). Writes
+benchmarks/results/<timestamp>.json and regenerates benchmarks/RESULTS.md. See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path[:0] = [str(REPO / "operator"), str(REPO / "bentos")]
+
+from benchlib.configs import BY_KEY, CONFIGS, PYTHONPATH, ServerConfig  # noqa: E402
+from benchlib.fixture import (  # noqa: E402
+    Fixture,
+    build_fixture,
+    register_features,
+    start_redis,
+)
+from benchlib.machine import machine_facts  # noqa: E402
+from benchlib.measure import measure  # noqa: E402
+from benchlib.procs import LOAD_CPU, SERVER_CPU, load_average, pinned  # noqa: E402
+from benchlib.profile import profile_rtml  # noqa: E402
+from benchlib.report import format_row, write_results_md  # noqa: E402
+from benchlib.soak import run_soak  # noqa: E402
+from benchlib.summary import medians, targets  # noqa: E402
+from benchlib.venvs import venv_for  # noqa: E402
+
+RESULTS = HERE / "results"
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3, help="runs per server; medians are reported")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of load per step")
+    p.add_argument("--quick", action="store_true", help="1 run of 3 s per step: a smoke test")
+    p.add_argument(
+        "--servers",
+        default=",".join(c.key for c in CONFIGS),
+        help=f"comma-separated subset of: {', '.join(c.key for c in CONFIGS)}",
+    )
+    p.add_argument(
+        "--soak", action="store_true", help="then 5 minutes of rtml at 70%% of saturation"
+    )
+    p.add_argument("--soak-seconds", type=float, default=300.0, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--profile",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="py-spy profile of rtml under load: when a target is missed (auto), always, never",
+    )
+    p.add_argument("--no-markdown", action="store_true", help="write the JSON only")
+    p.add_argument(
+        "--merge-into",
+        type=Path,
+        metavar="RESULT.json",
+        help="replace the selected servers' runs in an earlier result (e.g. ones a busy machine "
+        "disturbed) and report the merged result",
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.runs, args.duration = 1, 3.0
+    unknown = [k for k in args.servers.split(",") if k not in BY_KEY]
+    if unknown:
+        p.error(f"unknown servers: {', '.join(unknown)}")
+    return args
+
+
+def preflight() -> None:
+    missing = [t for t in ("wrk", "taskset", "redis-server") if not _which(t)]
+    if missing:
+        sys.exit(
+            f"missing tools: {', '.join(missing)} (apt-get install wrk util-linux redis-server)"
+        )
+    if len(os.sched_getaffinity(0) | {SERVER_CPU, LOAD_CPU}) < 2 or (os.cpu_count() or 1) < 2:
+        sys.exit("needs 2 CPUs: the server is pinned to CPU 0, the load generator to CPU 1")
+
+
+def _which(tool: str) -> bool:
+    return any((Path(d) / tool).exists() for d in os.environ.get("PATH", "").split(os.pathsep))
+
+
+def run_floors(fixture: Fixture, log_dir: Path) -> dict[str, Any]:
+    log(f"floors: ONNX Runtime one row, Redis HGET, Feast reads (pinned to CPU {SERVER_CPU})")
+    assert fixture.feast_repo is not None
+    argv = pinned(
+        SERVER_CPU,
+        [
+            sys.executable,
+            str(HERE / "floors.py"),
+            "--model",
+            str(fixture.model_path),
+            "--redis-url",
+            fixture.redis_url,
+            "--feast-repo",
+            str(fixture.feast_repo),
+            "--manifest",
+            str(fixture.manifest),
+            "--view",
+            fixture.view_name,
+            "--features",
+            ",".join(fixture.feature_names),
+            "--join-key",
+            fixture.join_key,
+            "--ids",
+            str(fixture.ids_file),
+        ],
+    )
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    (log_dir / "floors.log").write_text(out.stderr)
+    if out.returncode != 0:
+        log(f"  !! floors failed:\n{out.stderr[-2000:]}")
+        return {"error": out.stderr[-2000:]}
+    floors: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    for name, v in floors.items():
+        shown = f"{v['median_us']} µs median" if isinstance(v, dict) else v
+        log(f"  {name:40} {shown}")
+    return floors
+
+
+def merge(result: dict[str, Any], base: dict[str, Any], args: argparse.Namespace) -> None:
+    """The base result with this run's servers (and soak, when run) in place of its own."""
+    runs = {**base["runs"], **result["runs"]}
+    result["runs"] = {c.key: runs[c.key] for c in CONFIGS if c.key in runs}
+    result["merged"] = {
+        "base": args.merge_into.name,
+        "base_command": base["command"],
+        "base_elapsed_s": base.get("elapsed_s"),
+        "rerun": [k for k in result["runs"] if k in args.servers.split(",")],
+    }
+    result["entities"] = base.get("entities", result.get("entities"))
+    if not args.soak and "soak" in base:
+        result["soak"] = base["soak"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    preflight()
+    os.sched_setaffinity(0, {LOAD_CPU})  # the harness itself stays off the server's CPU
+    started = time.monotonic()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    command = "python benchmarks/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    selected: list[ServerConfig] = [BY_KEY[k] for k in args.servers.split(",")]
+    RESULTS.mkdir(exist_ok=True)
+    log_dir = RESULTS / "logs" / stamp
+    log_dir.mkdir(parents=True)
+    log(f"rtml benchmarks {stamp}: {len(selected)} servers x {args.runs} runs x {args.duration:g}s")
+
+    kserve_python = (
+        venv_for(HERE / "requirements-kserve.txt", "venv-bench-kserve", log)
+        if any(c.family == "kserve" for c in selected)
+        else Path(sys.executable)
+    )
+    result: dict[str, Any] = {
+        "command": command,
+        "started": stamp,
+        "args": vars(args),
+        "machine": machine_facts(kserve_python),
+        "runs": {c.key: [] for c in selected},
+    }
+    with tempfile.TemporaryDirectory(prefix="rtml-bench-") as tmp:
+        root = Path(tmp)
+        fixture = build_fixture(root, log)
+        result["entities"] = len(fixture.entity_ids)
+        redis, redis_url = start_redis(root, log)
+        fixture.redis_pid = redis.pid
+        try:
+            register_features(fixture, redis_url, log)
+            result["floors"] = run_floors(fixture, log_dir)
+            for run in range(1, args.runs + 1):
+                log(f"run {run}/{args.runs}")
+                for config in selected:
+                    r = measure(config, fixture, args.duration, log_dir, kserve_python, log)
+                    r["run"] = run
+                    result["runs"][config.key].append(r)
+                    log(format_row(config, r))
+            if args.merge_into:
+                merge(result, json.loads(args.merge_into.read_text()), args)
+            result["summary"] = {k: medians(v) for k, v in result["runs"].items()}
+            if args.soak:
+                result["soak"] = run_soak(
+                    fixture, result["summary"], log_dir, args.soak_seconds, log
+                )
+            result["targets"] = [t.__dict__ for t in targets(result["summary"], result.get("soak"))]
+            missed = [t for t in result["targets"] if t["met"] is False]
+            if args.profile == "always" or (args.profile == "auto" and missed):
+                result["profiles"] = profile_rtml(fixture, missed, log_dir, log)
+        finally:
+            redis.stop()
+    result["load_end"] = load_average()
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    json_path = RESULTS / f"{stamp}.json"
+    json_path.write_text(json.dumps(result, indent=1))
+    log(f"wrote {json_path.relative_to(REPO)} ({result['elapsed_s']:.0f}s in all)")
+    if not args.no_markdown:
+        md = write_results_md(result, HERE / "RESULTS.md", json_path)
+        log(f"wrote {md.relative_to(REPO)}")
+    failed = [k for k, runs in result["runs"].items() if any("error" in r for r in runs)]
+    if failed:
+        log(f"!! FAILED: {', '.join(failed)} (see the log lines above)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
