@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-markdown", action="store_true", help="write the JSON only")
     p.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="RESULT.json",
+        help="regenerate RESULTS.md from an earlier result; run nothing",
+    )
+    p.add_argument(
         "--merge-into",
         type=Path,
         metavar="RESULT.json",
@@ -154,31 +160,14 @@ def merge(result: dict[str, Any], base: dict[str, Any], args: argparse.Namespace
         result["soak"] = base["soak"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    preflight()
-    os.sched_setaffinity(0, {LOAD_CPU})  # the harness itself stays off the server's CPU
-    started = time.monotonic()
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    command = "python benchmarks/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    selected: list[ServerConfig] = [BY_KEY[k] for k in args.servers.split(",")]
-    RESULTS.mkdir(exist_ok=True)
-    log_dir = RESULTS / "logs" / stamp
-    log_dir.mkdir(parents=True)
-    log(f"rtml benchmarks {stamp}: {len(selected)} servers x {args.runs} runs x {args.duration:g}s")
-
-    kserve_python = (
-        venv_for(HERE / "requirements-kserve.txt", "venv-bench-kserve", log)
-        if any(c.family == "kserve" for c in selected)
-        else Path(sys.executable)
-    )
-    result: dict[str, Any] = {
-        "command": command,
-        "started": stamp,
-        "args": vars(args),
-        "machine": machine_facts(kserve_python),
-        "runs": {c.key: [] for c in selected},
-    }
+def measure_all(
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    selected: list[ServerConfig],
+    log_dir: Path,
+    kserve_python: Path,
+) -> None:
+    """Fixture, floors, every server x run, then the soak and profiles; fills RESULT in."""
     with tempfile.TemporaryDirectory(prefix="rtml-bench-") as tmp:
         root = Path(tmp)
         fixture = build_fixture(root, log)
@@ -208,6 +197,40 @@ def main(argv: list[str] | None = None) -> int:
                 result["profiles"] = profile_rtml(fixture, missed, log_dir, log)
         finally:
             redis.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.report_only:
+        md = write_results_md(
+            json.loads(args.report_only.read_text()), HERE / "RESULTS.md", args.report_only
+        )
+        log(f"wrote {md.relative_to(REPO)} from {args.report_only}")
+        return 0
+    preflight()
+    os.sched_setaffinity(0, {LOAD_CPU})  # the harness itself stays off the server's CPU
+    started = time.monotonic()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    command = "python benchmarks/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    selected: list[ServerConfig] = [BY_KEY[k] for k in args.servers.split(",")]
+    RESULTS.mkdir(exist_ok=True)
+    log_dir = RESULTS / "logs" / stamp
+    log_dir.mkdir(parents=True)
+    log(f"rtml benchmarks {stamp}: {len(selected)} servers x {args.runs} runs x {args.duration:g}s")
+
+    kserve_python = (
+        venv_for(HERE / "requirements-kserve.txt", "venv-bench-kserve", log)
+        if any(c.family == "kserve" for c in selected)
+        else Path(sys.executable)
+    )
+    result: dict[str, Any] = {
+        "command": command,
+        "started": stamp,
+        "args": vars(args),
+        "machine": machine_facts(kserve_python),
+        "runs": {c.key: [] for c in selected},
+    }
+    measure_all(args, result, selected, log_dir, kserve_python)
     result["load_end"] = load_average()
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     json_path = RESULTS / f"{stamp}.json"
