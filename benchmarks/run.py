@@ -33,7 +33,7 @@ from benchlib.fixture import (  # noqa: E402
     register_features,
     start_redis,
 )
-from benchlib.machine import machine_facts  # noqa: E402
+from benchlib.machine import KSERVE, NOT_USED, machine_facts  # noqa: E402
 from benchlib.measure import measure  # noqa: E402
 from benchlib.procs import LOAD_CPU, SERVER_CPU, load_average, pinned  # noqa: E402
 from benchlib.profile import profile_rtml  # noqa: E402
@@ -158,6 +158,9 @@ def merge(result: dict[str, Any], base: dict[str, Any], args: argparse.Namespace
     result["entities"] = base.get("entities", result.get("entities"))
     if not args.soak and "soak" in base:
         result["soak"] = base["soak"]
+    packages = result["machine"]["packages"]
+    if packages.get(KSERVE) == NOT_USED:
+        packages[KSERVE] = base["machine"]["packages"].get(KSERVE, NOT_USED)
 
 
 def measure_all(
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "command": command,
         "started": stamp,
-        "args": vars(args),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": machine_facts(kserve_python),
         "runs": {c.key: [] for c in selected},
     }

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+NOT_USED = "not used in this run"
+KSERVE = "kserve (own venv)"
 PACKAGES = [
     "onnxruntime",
     "numpy",
@@ -47,16 +49,18 @@ def cpu_model() -> str:
 
 
 def machine_facts(kserve_python: Path) -> dict[str, Any]:
-    kserve = _first_line(
-        [str(kserve_python), "-c", "import importlib.metadata as m; print(m.version('kserve'))"]
+    probe = "import importlib.metadata as m; print(m.version('kserve'))"
+    out = subprocess.run(
+        [str(kserve_python), "-c", probe], capture_output=True, text=True, timeout=60, check=False
     )
+    kserve = out.stdout.strip() if out.returncode == 0 else NOT_USED
     return {
         "nproc": os.cpu_count(),
         "cpu_model": cpu_model(),
         "kernel": platform.release(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": sys.version.split()[0],
-        "packages": {p: _version(p) for p in PACKAGES} | {"kserve (own venv)": kserve},
+        "packages": {p: _version(p) for p in PACKAGES} | {KSERVE: kserve},
         "wrk": _first_line(["wrk", "-v"]),
         "redis_server": _first_line(["redis-server", "--version"]),
     }

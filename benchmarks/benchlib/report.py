@@ -173,6 +173,16 @@ def _where_time_goes(result: dict[str, Any]) -> list[str]:
         if "error" in prof:
             out.append(f"- py-spy on {key} failed: {prof['error']}")
             continue
+        packages = dict(prof["self_by_package_pct"])
+        named = ["onnxruntime", "rtml_runtime", "uvicorn", "redis", "stdlib asyncio", "stdlib json"]
+        out.append(
+            f"- Under load (`{key}`, c=16), the server's CPU goes to: "
+            + ", ".join(f"{p} {packages.get(p, 0.0)}%" for p in named)
+            + " (py-spy self time; tables below)."
+        )
+    for key, prof in (result.get("profiles") or {}).items():
+        if "error" in prof:
+            continue
         out += [
             "",
             f"py-spy on `{key}` under wrk c=16 ({prof['samples']:,} samples, all processes of the "
