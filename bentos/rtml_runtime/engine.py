@@ -61,6 +61,9 @@ class Runtime:
         self.request_features = (
             list(self.spec.features.request_features) if self.spec.features else []
         )
+        # Derived once: every request consults them.
+        self.request_feature_set = frozenset(self.request_features)
+        self.entity_field = config.entity_key or "entity_id"
         self.limiter = TokenBucket.from_spec(self.spec.rate_limit, clock=clock)
         self.cache: TTLCache[str, dict[str, Any] | None] = TTLCache(
             config.cache_entries, config.cache_ttl_s, clock=clock
@@ -161,7 +164,7 @@ class Runtime:
     def entity_id(self, payload: dict[str, Any]) -> str | None:
         if self.view is None:
             return None
-        key = self.config.entity_key or "entity_id"
+        key = self.entity_field
         value = payload.get(key, payload.get("entity_id"))
         if value is None:
             raise bad_input(f"the entity id is missing: send it as {key!r}", key)
@@ -173,19 +176,21 @@ class Runtime:
         given = payload.get("features", {})
         if not isinstance(given, dict):
             raise bad_input("features must be an object of name: number", prefix)
-        allowed = set(self.request_features)
+        allowed = self.request_feature_set
         for name, value in given.items():
-            field = f"{prefix}.{name}"
             if name not in allowed:
+                field = f"{prefix}.{name}"
                 raise bad_input(
                     f"unknown feature {name!r}; this model takes {sorted(allowed) or 'none'} "
                     "in the request",
                     field,
                 )
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise bad_input(f"feature {name!r} must be a number", field)
+                raise bad_input(f"feature {name!r} must be a number", f"{prefix}.{name}")
             if not math.isfinite(value):
-                raise bad_input(f"feature {name!r} must be finite (not NaN or Infinity)", field)
+                raise bad_input(
+                    f"feature {name!r} must be finite (not NaN or Infinity)", f"{prefix}.{name}"
+                )
         missing = [n for n in self.request_features if n not in given]
         if missing:
             raise bad_input(f"missing request feature {missing[0]!r}", f"{prefix}.{missing[0]}")

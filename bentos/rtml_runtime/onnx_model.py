@@ -57,6 +57,8 @@ class OnnxModel:
         for spec in self.inputs:
             if spec.dtype not in _NUMPY:
                 raise ModelError(f"input {spec.name!r} has unsupported type {spec.dtype}")
+        # (input name, numpy type) in feed order, resolved once rather than per request.
+        self._feed_types = [(spec.name, _NUMPY[spec.dtype]) for spec in self.inputs]
 
     @property
     def feature_names(self) -> list[str]:
@@ -73,13 +75,13 @@ class OnnxModel:
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Scores for each row of an [n, k] float32 matrix."""
         feed: dict[str, np.ndarray]
-        if len(self.inputs) == 1:
-            spec = self.inputs[0]
-            feed = {spec.name: rows.astype(_NUMPY[spec.dtype], copy=False)}
+        if len(self._feed_types) == 1:
+            name, dtype = self._feed_types[0]
+            feed = {name: rows.astype(dtype, copy=False)}
         else:
             feed = {
-                spec.name: rows[:, i : i + 1].astype(_NUMPY[spec.dtype], copy=False)
-                for i, spec in enumerate(self.inputs)
+                name: rows[:, i : i + 1].astype(dtype, copy=False)
+                for i, (name, dtype) in enumerate(self._feed_types)
             }
         (out,) = self.session.run([self.output_name], feed)
         scores = np.asarray(out, dtype=np.float64)
