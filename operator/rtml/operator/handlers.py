@@ -96,23 +96,15 @@ def processing(**_: Any) -> dict[str, float]:
     return {"secondsSinceHeartbeat": round(age, 1)}
 
 
-def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> dict[str, Any]:
-    client: KubeClient = memo["client"]
-    uid = body["metadata"]["uid"]
+@contextlib.contextmanager
+def _retry_on_outage(retry: int) -> Iterator[None]:
+    """An unreachable registry or API server is temporary: retry with backoff."""
     try:
-        with _locks[uid]:
-            # Fresh read: the event that woke us may be stale by the time we hold the lock.
-            live = client.get(
-                f"{GROUP}/{VERSION}",
-                "Model",
-                body["metadata"]["namespace"],
-                body["metadata"]["name"],
-            )
-            if live is None or live["metadata"].get("deletionTimestamp"):
-                return {}
-            status = reconcile_model(client, live, SETTINGS.render_context())
+        yield
+    except RegistryUnavailableError as e:
+        raise kopf.TemporaryError(f"{e}; retrying", delay=backoff_delay(retry)) from e
     except ApiException as e:
-        if e.status in (409,):  # a concurrent writer: just go again soon
+        if e.status == 409:  # a concurrent writer: just go again soon
             raise kopf.TemporaryError("conflict while applying; retrying", delay=1) from e
         raise kopf.TemporaryError(
             f"the API server answered {e.status} {e.reason}; retrying", delay=backoff_delay(retry)
@@ -122,6 +114,22 @@ def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> dict[str
             f"the API server is unreachable ({e.__class__.__name__}); retrying",
             delay=backoff_delay(retry),
         ) from e
+
+
+def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> dict[str, Any]:
+    client: KubeClient = memo["client"]
+    uid = body["metadata"]["uid"]
+    with _locks[uid], _retry_on_outage(retry):
+        # Fresh read: the event that woke us may be stale by the time we hold the lock.
+        live = client.get(
+            f"{GROUP}/{VERSION}",
+            "Model",
+            body["metadata"]["namespace"],
+            body["metadata"]["name"],
+        )
+        if live is None or live["metadata"].get("deletionTimestamp"):
+            return {}
+        status = reconcile_model(client, live, SETTINGS.render_context())
     return {"phase": status.get("phase")}
 
 
@@ -250,24 +258,6 @@ def follow_inference_service(
 
 
 # -- FeatureViews: registration in Feast, the materialization CronJob, the finalizer ------------
-
-
-@contextlib.contextmanager
-def _retry_on_outage(retry: int) -> Iterator[None]:
-    """An unreachable registry or API server is temporary: retry with backoff."""
-    try:
-        yield
-    except RegistryUnavailableError as e:
-        raise kopf.TemporaryError(f"{e}; retrying", delay=backoff_delay(retry)) from e
-    except ApiException as e:
-        raise kopf.TemporaryError(
-            f"the API server answered {e.status} {e.reason}; retrying", delay=backoff_delay(retry)
-        ) from e
-    except (HTTPError, OSError) as e:
-        raise kopf.TemporaryError(
-            f"the API server is unreachable ({e.__class__.__name__}); retrying",
-            delay=backoff_delay(retry),
-        ) from e
 
 
 def _reconcile_view(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> None:
