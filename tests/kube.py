@@ -51,33 +51,20 @@ def wait_for(
 
 
 class Kube:
-    """A small facade over the DynamicClient for tests."""
+    """A small facade over the operator's own KubeClient, with test-friendly call shapes."""
 
     def __init__(self, api_client: Any) -> None:
-        from kubernetes.dynamic import DynamicClient
+        from rtml.operator.client import KubeClient
 
+        self.client = KubeClient(api_client)
         self.api = api_client
-        self.dyn = DynamicClient(api_client)
+        self.dyn = self.client.dyn
 
     def res(self, api_version: str, kind: str) -> Any:
-        from kubernetes.dynamic.exceptions import ResourceNotFoundError
-
-        try:
-            return self.dyn.resources.get(api_version=api_version, kind=kind)
-        except ResourceNotFoundError:
-            self.dyn.resources.invalidate_cache()
-            return self.dyn.resources.get(api_version=api_version, kind=kind)
+        return self.client._resource(api_version, kind)
 
     def apply(self, obj: dict[str, Any], manager: str = "rtml-tests") -> dict[str, Any]:
-        r = self.res(obj["apiVersion"], obj["kind"])
-        out = r.server_side_apply(
-            body=obj,
-            name=obj["metadata"]["name"],
-            namespace=obj["metadata"].get("namespace"),
-            field_manager=manager,
-            force_conflicts=True,
-        )
-        return dict(out.to_dict())
+        return self.client.apply(obj, field_manager=manager)
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         r = self.res(obj["apiVersion"], obj["kind"])

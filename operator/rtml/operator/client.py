@@ -76,14 +76,14 @@ class KubeClient:
             return self.dyn.resources.get(api_version=api_version, kind=kind)
 
     # -- objects -----------------------------------------------------------------------------
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
         """Server-side apply under the operator's field manager; a no-op when nothing changed."""
         res = self._resource(obj["apiVersion"], obj["kind"])
         out = res.server_side_apply(
             body=obj,
             name=obj["metadata"]["name"],
             namespace=obj["metadata"].get("namespace"),
-            field_manager=FIELD_MANAGER,
+            field_manager=field_manager,
             force_conflicts=True,
         )
         return dict(out.to_dict())
