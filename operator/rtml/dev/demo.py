@@ -33,23 +33,7 @@ def run_demo(examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
     kubectl = [str(bin_dir / "kubectl"), "--kubeconfig", str(plane.kubeconfig)]
     operator: subprocess.Popen[bytes] | None = None
     try:
-        echo(f"[2/5] installing the chart's CRDs ({REPO / 'charts/rtml/crds'})")
-        _kubectl(kubectl, "apply", "--server-side", "-f", str(REPO / "charts/rtml/crds"))
-        if KSERVE_CRD.exists():
-            echo(
-                "      and KServe's InferenceService CRD, so the kserve backend has somewhere to go"
-            )
-            _kubectl(kubectl, "apply", "--server-side", "-f", str(KSERVE_CRD))
-        for attempt in range(10):  # a CRD has no status for a moment after it is created
-            try:
-                _kubectl(
-                    kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"
-                )
-                break
-            except RuntimeError:
-                if attempt == 9:
-                    raise
-                time.sleep(0.5)
+        _install_crds(kubectl, echo)
 
         echo("[3/5] starting the operator (`rtml operator`)")
         log = (workdir / "operator.log").open("wb")
@@ -191,6 +175,34 @@ def run_serving_demo(
             server.wait(20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _install_crds(kubectl: list[str], echo: Callable[[str], None]) -> None:
+    """The chart's CRDs (and KServe's when at hand), waited for until the API serves them."""
+    echo(f"[2/5] installing the chart's CRDs ({REPO / 'charts/rtml/crds'})")
+    _kubectl(kubectl, "apply", "--server-side", "-f", str(REPO / "charts/rtml/crds"))
+    if KSERVE_CRD.exists():
+        echo("      and KServe's InferenceService CRD, so the kserve backend has somewhere to go")
+        _kubectl(kubectl, "apply", "--server-side", "-f", str(KSERVE_CRD))
+    for attempt in range(10):  # a CRD has no status for a moment after it is created
+        try:
+            _kubectl(
+                kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"
+            )
+            break
+        except RuntimeError:
+            if attempt == 9:
+                raise
+            time.sleep(0.5)
+    # Established is not yet served: discovery lags it by a moment. Start the operator
+    # once the kinds are listed, so its first look at the cluster sees them.
+    kinds = ["models.rtml.dev"] + (["inferenceservices.serving.kserve.io"]
+                                   if KSERVE_CRD.exists() else [])  # fmt: skip
+    for _ in range(40):
+        listed = _kubectl(kubectl, "api-resources", "-o", "name")
+        if all(k in listed.split() for k in kinds):
+            break
+        time.sleep(0.25)
 
 
 def _kubectl(base: list[str], *args: str) -> str:

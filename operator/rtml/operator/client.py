@@ -24,6 +24,7 @@ from rtml.operator.render.meta import FIELD_MANAGER, MODEL_LABEL
 
 log = logging.getLogger("rtml.operator.client")
 DISCOVERY_TTL_SECONDS = float(os.environ.get("RTML_DISCOVERY_TTL", "30"))
+NEGATIVE_TTL_SECONDS = min(DISCOVERY_TTL_SECONDS, 2.0)
 
 
 class KubeClient:
@@ -55,7 +56,11 @@ class KubeClient:
         now = time.monotonic()
         with self._lock:
             cached = self._served.get(key)
-            if cached and now - cached[0] < DISCOVERY_TTL_SECONDS:
+            # "Not served" is kept only briefly: a CRD installed a moment ago (KServe, KEDA) is
+            # exactly what the operator should notice soon, and the API server's discovery lags
+            # a CRD becoming Established by a second or two.
+            ttl = DISCOVERY_TTL_SECONDS if cached and cached[1] else NEGATIVE_TTL_SECONDS
+            if cached and now - cached[0] < ttl:
                 return cached[1]
         path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
         try:
