@@ -8,6 +8,8 @@ shows what the operator made of them.
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -117,6 +119,12 @@ def run_serving_demo(
     example = REPO / "examples" / "fraud"
     echo("[1/4] building the fraud model from synthetic transactions (examples/fraud/build.py)")
     subprocess.run([sys.executable, str(example / "build.py")], check=True)
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(
+                f"port {port} is already in use (an earlier `rtml serve`?); stop it first, or the "
+                "demo would measure that server instead of a fresh one"
+            )
     echo(
         f"[2/4] rtml serve examples/fraud/model.yaml --port {port}  (Feast: SQLite on this machine)"
     )
@@ -170,11 +178,12 @@ def run_serving_demo(
             result = asyncio.run(run_bench(url, load_body(example / "request.json"), c, duration_s))
             echo(format_result(result, c))
     finally:
-        server.terminate()
+        # The whole process group: BentoML's arbiter and its worker both go.
+        os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(20)
         except subprocess.TimeoutExpired:
-            server.kill()
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 def _install_crds(kubectl: list[str], echo: Callable[[str], None]) -> None:
