@@ -5,7 +5,8 @@
 
 Prints JSON: ONNX Runtime `session.run` for one row, a Redis HGET round trip from redis-py,
 Feast's online read through the SDK (sync and async), rtml's Redis reader (Feast's codec plus
-one pooled HMGET), and the time to `import feast`. Medians and p99s in microseconds.
+one pipelined HMGET), the same HMGET through redis-py's async client and through
+rtml_runtime.resp, and the time to `import feast`. Medians and p99s in microseconds.
 """
 
 from __future__ import annotations
@@ -127,6 +128,30 @@ def feature_floors(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await reader.close()
 
+    async def redis_py_hmget() -> dict[str, float]:
+        """The same HMGET (key and 28 fields) through redis-py's async client, which
+        rtml_runtime.resp replaced on the hot path."""
+        import redis.asyncio as aioredis
+
+        fields = FeastRedisReader(view, args.redis_url, project="rtml").fields
+        client: Any = aioredis.Redis.from_url(args.redis_url)
+        try:
+            return await timed(lambda: client.hmget(key, fields), args.calls)
+        finally:
+            await client.aclose()
+
+    async def resp_hmget() -> dict[str, float]:
+        from rtml_runtime.resp import RespClient
+
+        fields = FeastRedisReader(view, args.redis_url, project="rtml").fields
+        client = RespClient(args.redis_url)
+        try:
+            return await timed(lambda: client.call(b"HMGET", key, *fields), args.calls)
+        finally:
+            await client.close()
+
+    out["redis_py_async_hmget"] = asyncio.run(redis_py_hmget())
+    out["rtml_resp_hmget"] = asyncio.run(resp_hmget())
     out["rtml_feast_redis_reader"] = asyncio.run(rtml_reader())
     return out
 

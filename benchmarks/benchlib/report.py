@@ -88,7 +88,9 @@ def _floors(floors: dict[str, Any]) -> list[str]:
         "ort_session_run_one_row": "ONNX Runtime `session.run`, one row",
         "ort_feed_and_run_one_row": "… plus building the 30 input arrays",
         "redis_hget_round_trip": "Redis HGET round trip (redis-py, sync)",
-        "rtml_feast_redis_reader": "rtml's Redis reader (Feast codec + one async HMGET)",
+        "redis_py_async_hmget": "HMGET of one Feast row (28 fields), redis-py async client",
+        "rtml_resp_hmget": "the same HMGET, rtml_runtime.resp (hiredis parser)",
+        "rtml_feast_redis_reader": "rtml's Redis reader (Feast codec + one pipelined HMGET)",
         "feast_sdk_get_online_features": "Feast SDK `get_online_features` (sync)",
         "feast_sdk_get_online_features_async": "Feast SDK `get_online_features_async`",
     }
