@@ -20,11 +20,14 @@ import importlib.util
 import struct
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mmh3
+
+_F32 = struct.Struct("<f")
+_F64 = struct.Struct("<d")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class FeastCodec:
     entity_key_cls: Any
     value_cls: Any
     serialize_entity_key: Any
+    _float_tag: int = field(init=False, default=-1)
+    _double_tag: int = field(init=False, default=-1)
+    _int64_tag: int = field(init=False, default=-1)
 
     def redis_key(self, project: str, join_key: str, value: str | int, version: int = 3) -> bytes:
         proto_value = (
@@ -44,7 +50,39 @@ class FeastCodec:
             project.encode("utf-8")
         )
 
+    def __post_init__(self) -> None:
+        fields = self.value_cls.DESCRIPTOR.fields_by_name
+        # The first byte of a serialised Value holding just a float, double or int64: the
+        # field number from Feast's own descriptor, and the protobuf wire type (5 fixed32,
+        # 1 fixed64, 0 varint).
+        object.__setattr__(self, "_float_tag", fields["float_val"].number << 3 | 5)
+        object.__setattr__(self, "_double_tag", fields["double_val"].number << 3 | 1)
+        object.__setattr__(self, "_int64_tag", fields["int64_val"].number << 3 | 0)
+
     def parse_value(self, blob: bytes) -> Any:
+        """A Feast `Value` as a Python value (None for an unset or null value).
+
+        FLOAT, DOUBLE and INT64 features — nearly every model input — are one protobuf field
+        each; they are decoded straight from the wire format (0.2-0.4 µs) instead of through a
+        protobuf message (1.2 µs; 27 of them per fraud read). Anything else, and any blob that
+        is not exactly one such field, goes through Feast's `Value` class.
+        tests/unit/runtime/test_feast_codec.py compares both ways on random and edge values.
+        """
+        size = len(blob)
+        if size == 5 and blob[0] == self._float_tag:
+            return _F32.unpack_from(blob, 1)[0]
+        if size == 9 and blob[0] == self._double_tag:
+            return _F64.unpack_from(blob, 1)[0]
+        if 2 <= size <= 11 and blob[0] == self._int64_tag:
+            value, shift = 0, 0
+            for i in range(1, size):
+                byte = blob[i]
+                value |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    if i == size - 1:
+                        return value - (1 << 64) if value >= 1 << 63 else value
+                    break
         proto = self.value_cls()
         proto.ParseFromString(blob)
         kind = proto.WhichOneof("val")

@@ -49,3 +49,45 @@ def test_timestamp_seconds_decodes_protobuf_timestamps() -> None:
     for seconds in (0, 1, 127, 128, 1_764_000_000, 2**33):
         blob = Timestamp(seconds=seconds, nanos=5).SerializeToString()
         assert _timestamp_seconds(blob) == seconds
+
+
+def test_the_wire_fast_path_decodes_exactly_what_feasts_value_class_does() -> None:
+    import math
+    import random
+
+    from rtml_runtime.feast_codec import codec
+
+    c = codec()
+    value = c.value_cls
+    rng = random.Random(7)  # noqa: S311 - test values, not secrets
+    floats = [0.0, -0.0, 1.5, -2.25, 3.4e38, 1e-45, math.inf, -math.inf]
+    ints = [0, 1, -1, 127, 128, 300, 2**31, -(2**31), 2**63 - 1, -(2**63)]
+    cases = (
+        [value(float_val=x) for x in floats + [rng.uniform(-1e6, 1e6) for _ in range(300)]]
+        + [value(double_val=x) for x in floats + [rng.uniform(-1e12, 1e12) for _ in range(300)]]
+        + [
+            value(int64_val=x)
+            for x in ints + [rng.randint(-(2**63), 2**63 - 1) for _ in range(300)]
+        ]
+        + [
+            value(int32_val=-5),
+            value(bool_val=True),
+            value(string_val="x"),
+            value(),
+            value(null_val=0),
+        ]
+    )
+    for case in cases:
+        blob = case.SerializeToString()
+        kind = case.WhichOneof("val")
+        expected = None if kind in (None, "null_val") else getattr(case, kind)
+        got = c.parse_value(blob)
+        assert got == expected, (case, blob, got)
+        assert type(got) is type(expected), (case, blob, got)
+    nan = c.parse_value(value(float_val=math.nan).SerializeToString())
+    assert math.isnan(nan)
+    # Not exactly one field (trailing bytes, a truncated varint): the protobuf path decides.
+    two_fields = value(float_val=1.0).SerializeToString() + value(float_val=2.0).SerializeToString()
+    proto = value()
+    proto.ParseFromString(two_fields)
+    assert c.parse_value(two_fields) == proto.float_val == 2.0
