@@ -11,11 +11,14 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.runtime_proc import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +112,7 @@ def install_crd_file(kube: Kube, path: Path) -> list[str]:
             kube.apply(doc, manager="rtml-tests-crds")
             names.append(doc["metadata"]["name"])
     for name in names:
-        wait_for(lambda n=name: _established(kube, n), 60, what=f"CRD {name} to be established")
+        wait_for(partial(_established, kube, name), 60, what=f"CRD {name} to be established")
     return names
 
 
@@ -247,16 +250,28 @@ def operator(
     kserve_crd: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
+    """The operator with a Redis online store and a SQLite SQL registry.
+
+    Its redis-server is its own: test_runtime.py SIGSTOPs the session `redis_server`, which
+    would stall the operator's registrations. The registry stays a SQLite file because a test
+    makes it unreachable by renaming its folder.
+    """
     LOGS.mkdir(exist_ok=True)
     feast = tmp_path_factory.mktemp("operator-feast")
     (feast / "registry").mkdir()  # SQLite creates the file, not its folder
+    redis = RedisServer(tmp_path_factory.mktemp("operator-redis"))
+    redis.start()
     env = {
-        "RTML_FEAST_STORE": "sqlite",
+        "RTML_FEAST_STORE": "redis",
+        "RTML_FEAST_REDIS_URL": redis.url,
         "RTML_FEAST_PATH": str(feast / "store"),
         "RTML_FEAST_REGISTRY": f"sqlite:///{feast / 'registry' / 'registry.db'}",
     }
     op = OperatorProcess(Path(control_plane.kubeconfig), LOGS / "operator.log", env)
     op.log_path.write_bytes(b"")
-    op.start()
-    yield op
-    op.stop()
+    try:
+        op.start()
+        yield op
+    finally:
+        op.stop()
+        redis.stop()

@@ -1,8 +1,10 @@
-"""FeatureViews against a real API server, a real operator process and a real Feast registry.
+"""FeatureViews against a real API server, a real operator process, a real Feast registry
+and a real Redis online store.
 
-The operator fixture runs with a SQLite registry and online store in a temp folder
-(`RTML_FEAST_*` in tests/kube.py); these tests read that registry back through Feast's SDK.
-The registry serves every namespace, so each test names its view after its namespace.
+The operator fixture (tests/kube.py) runs with a SQL registry in a SQLite file and its own
+redis-server as the online store (`RTML_FEAST_*`); these tests read both back through Feast's
+SDK, and the runtime reads the materialised rows from that Redis. The registry serves every
+namespace, so each test names its view after its namespace.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
+import redis
 import yaml
 from feast import FeatureStore
 from feast.errors import FeatureViewNotFoundException
@@ -26,7 +30,7 @@ from rtml.features.translate import feast_dtype, feast_name_for
 from tests.kube import Kube, OperatorProcess, wait_for
 from tests.runtime_proc import REPO, RuntimeProcess, write_manifest
 
-pytestmark = [pytest.mark.apiserver, pytest.mark.feast]
+pytestmark = [pytest.mark.apiserver, pytest.mark.feast, pytest.mark.redis]
 FV = ("rtml.dev/v1alpha1", "FeatureView")
 CRONJOB = ("batch/v1", "CronJob")
 REQUEST = json.loads((REPO / "examples/fraud/request.json").read_text())
@@ -45,9 +49,13 @@ def named(doc: dict[str, Any], name: str, ns: str) -> dict[str, Any]:
 
 
 def profile(op: OperatorProcess) -> StoreProfile:
+    """The operator's Feast profile, as its settings build it from the same environment."""
     env = op.env
     return StoreProfile(
-        kind="sqlite", path=Path(env["RTML_FEAST_PATH"]), registry=env["RTML_FEAST_REGISTRY"]
+        kind="redis",
+        path=Path(env["RTML_FEAST_PATH"]),
+        redis_url=env["RTML_FEAST_REDIS_URL"],
+        registry=env["RTML_FEAST_REGISTRY"],
     )
 
 
@@ -129,7 +137,8 @@ def test_apply_change_delete_round_trip_through_the_registry(
     )
     wait_for(
         lambda: (
-            kube.get(*CRONJOB, f"{name}-materialize", namespace)["spec"]["schedule"] == "5 * * * *"
+            (kube.get(*CRONJOB, f"{name}-materialize", namespace) or {})["spec"]["schedule"]
+            == "5 * * * *"
         ),
         30,
         what="the CronJob to follow the schedule",
@@ -215,21 +224,48 @@ def test_deletion_during_a_registry_outage_releases_the_finalizer_with_an_event(
     assert registered(store, name) is not None  # left behind, as the Event says
 
 
+def rows_in_redis(redis_url: str, name: str) -> int:
+    """Entities holding Feast view `name` in Redis: Feast's layout, one hash per entity key with
+    a `_ts:VIEW` field per view (the same layout the runtime's Redis reader reads)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(count=1000))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hexists(key, f"_ts:{feast_name_for(name)}")
+        return sum(bool(found) for found in pipe.execute())
+    finally:
+        client.close()
+
+
+def latest_row_of_a_card_with_history(build: Path) -> dict[str, Any]:
+    """The newest row of a card that also has an older snapshot (materialisation must skip it)."""
+    table = pd.read_parquet(build / "features.parquet")
+    card = table["card_id"][table["card_id"].duplicated()].iloc[0]
+    rows = table[table["card_id"] == card].sort_values("event_timestamp")
+    return dict(rows.iloc[-1])
+
+
 def test_the_cronjob_command_materializes_rows_the_runtime_serves(
     kube: Kube,
     operator: OperatorProcess,
     namespace: str,
     fraud_build: Path,
+    store: FeatureStore,
     tmp_path: Path,
 ) -> None:
     name = f"served-{namespace}"
-    kube.create(named(fraud_view(fraud_build), name, namespace))
+    redis_url = operator.env["RTML_FEAST_REDIS_URL"]
+    doc = named(fraud_view(fraud_build), name, namespace)
+    kube.create(doc)
     wait_registered(kube, name, namespace)
     cronjob = wait_for(lambda: kube.get(*CRONJOB, f"{name}-materialize", namespace), 30)
     (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     command = container["command"]
     assert command[:2] == ["rtml", "materialize"]
     env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("RTML_")}
+    assert (env["RTML_FEAST_STORE"], env["RTML_FEAST_REDIS_URL"]) == ("redis", redis_url)
+    assert rows_in_redis(redis_url, name) == 0
     ran = subprocess.run(
         [sys.executable, "-m", "rtml.cli", *command[1:]],
         env={
@@ -254,6 +290,17 @@ def test_the_cronjob_command_materializes_rows_the_runtime_serves(
     assert fv["status"]["lastMaterialization"].startswith(end[:16])
     assert condition(fv, "Materialized")["status"] == "True"
 
+    # The rows are in the operator's Redis: one per card, the newest snapshot of each.
+    cards = pd.read_parquet(fraud_build / "features.parquet", columns=["card_id"])["card_id"]
+    assert rows_in_redis(redis_url, name) == cards.nunique()
+    row = latest_row_of_a_card_with_history(fraud_build)
+    names = [f["name"] for f in doc["spec"]["features"]]
+    online = store.get_online_features(
+        features=[f"{feast_name_for(name)}:{n}" for n in names],
+        entity_rows=[{"card_id": row["card_id"]}],
+    ).to_dict()
+    assert {n: online[n][0] for n in names} == pytest.approx({n: row[n] for n in names})
+
     manifest = write_manifest(fraud_build, tmp_path / "served")
     docs = list(yaml.safe_load_all(manifest.read_text()))
     for d in docs:
@@ -262,16 +309,11 @@ def test_the_cronjob_command_materializes_rows_the_runtime_serves(
         else:
             d["spec"]["features"]["featureViewRef"] = name
     manifest.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    runtime = RuntimeProcess(
-        manifest,
-        None,
-        server="uvicorn",
-        extra_args=["--store-path", env["RTML_FEAST_PATH"], "--no-register"],
-    )
+    runtime = RuntimeProcess(manifest, redis_url, server="uvicorn", extra_args=["--no-register"])
     runtime.start()
     try:
         status, body, _ = runtime.post("/predict", REQUEST)
         assert status == 200, body
-        assert body["degraded"] is False  # the row came from the operator's online store
+        assert body["degraded"] is False  # the card's row came from the operator's Redis
     finally:
         runtime.stop()

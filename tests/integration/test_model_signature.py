@@ -1,18 +1,96 @@
-"""FeaturesResolved on a real API server: a mismatch blocks the rollout; a fixed view unblocks."""
+"""FeaturesResolved on a real API server: a mismatch blocks the rollout; fixing it unblocks it.
+
+Each case starts a Model whose ONNX inputs do not fit its features, checks the condition names
+what is wrong and that nothing was rolled out, then makes the one edit that fixes it (to the
+view, or to the Model where the fault is the Model's) and waits for FeaturesResolved=True and
+the Deployment. The model is tests/unit/runtime/onnx_fixtures.py's sum of inputs a, b and
+amount; the view, named after the namespace (one Feast registry serves every namespace),
+holds a and b; amount comes with the request.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from tests.kube import Kube, OperatorProcess, wait_for
 from tests.unit.runtime.onnx_fixtures import write_sum_model
 
-pytestmark = pytest.mark.apiserver
+pytestmark = [pytest.mark.apiserver, pytest.mark.feast, pytest.mark.redis]
 MODEL = ("rtml.dev/v1alpha1", "Model")
 VIEW = ("rtml.dev/v1alpha1", "FeatureView")
+DEPLOYMENT = ("apps/v1", "Deployment")
+FITS = [{"name": "a", "dtype": "FLOAT"}, {"name": "b", "dtype": "FLOAT"}]
+PUSH = {"type": "push"}
+# Relative paths have no folder to be relative to in a cluster: Feast refuses the view.
+UNREGISTRABLE = {"type": "file", "path": "file://data/cards.parquet"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """A Model that does not fit its features, and the edit that makes it fit."""
+
+    reason: str
+    names: str  # what the message must name; {view} is the view's name
+    features: list[dict[str, Any]] | None = None  # the view's features; None: no view at first
+    source: dict[str, Any] | None = None  # the view's source, default PUSH
+    artifact: Literal["fits", "wide"] = "fits"  # wide: input a is [N, 3]
+    request_features: tuple[str, ...] = ("amount",)
+    fix_view: dict[str, Any] | None = None  # a merge patch of the view's spec
+    fix_model: dict[str, Any] | None = None  # a merge patch of the Model's spec
+    create_view: bool = False  # the fix is creating the view
+
+
+CASES = {
+    "missing-feature": Case(
+        "SignatureMismatch",
+        "ONNX input 'b'",
+        features=FITS[:1],
+        fix_view={"features": FITS},
+    ),
+    "wrong-dtype": Case(
+        "SignatureMismatch",
+        "ONNX input 'a' is float, but FeatureView '{view}' feature 'a' is STRING",
+        features=[{"name": "a", "dtype": "STRING"}, FITS[1]],
+        fix_view={"features": FITS},
+    ),
+    "wrong-shape": Case(
+        "SignatureMismatch",
+        "ONNX input 'a' takes 3 columns per row",
+        features=FITS,
+        artifact="wide",
+        fix_model={"artifact": "fits"},
+    ),
+    "extra-request-feature": Case(
+        "SignatureMismatch",
+        "request feature 'channel' (spec.features.requestFeatures) is not an input",
+        features=FITS,
+        request_features=("amount", "channel"),
+        fix_model={"features": {"requestFeatures": ["amount"]}},
+    ),
+    "request-feature-also-in-the-view": Case(
+        "SignatureMismatch",
+        "feature 'amount' is both in spec.features.requestFeatures and a feature of "
+        "FeatureView '{view}'",
+        features=[*FITS, {"name": "amount", "dtype": "FLOAT"}],
+        fix_view={"features": FITS},
+    ),
+    "missing-view": Case(
+        "FeatureViewNotFound",
+        "FeatureView '{view}' (spec.features.featureViewRef) does not exist",
+        create_view=True,
+    ),
+    "view-not-ready": Case(
+        "FeatureViewNotReady",
+        "FeatureView '{view}' is not Ready: Feast refused the view: spec.source.path",
+        features=FITS,
+        source=UNREGISTRABLE,
+        fix_view={"source": {"path": "file:///data/cards.parquet"}},
+    ),
+}
 
 
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
@@ -22,36 +100,92 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     return {}
 
 
-def view(ns: str, a_dtype: str) -> dict[str, Any]:
-    return {"apiVersion": "rtml.dev/v1alpha1", "kind": "FeatureView",
-            "metadata": {"name": "cards", "namespace": ns},
-            "spec": {"entity": {"name": "card", "joinKey": "card_id"},
-                     "features": [{"name": "a", "dtype": a_dtype}, {"name": "b", "dtype": "FLOAT"}],
-                     "source": {"type": "push"}}}  # fmt: skip
+def feature_view(
+    ns: str, name: str, features: list[dict[str, Any]], source: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "rtml.dev/v1alpha1",
+        "kind": "FeatureView",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "entity": {"name": "card", "joinKey": "card_id"},
+            "features": features,
+            "source": {"timestampField": "event_timestamp", **(source or PUSH)},
+        },
+    }
 
 
-def test_mismatch_blocks_rollout_until_the_view_is_fixed(
-    kube: Kube, operator: OperatorProcess, namespace: str, tmp_path: Path
+def model(ns: str, uri: str, view: str, request_features: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "apiVersion": "rtml.dev/v1alpha1",
+        "kind": "Model",
+        "metadata": {"name": "sig", "namespace": ns},
+        "spec": {
+            "version": "v1",
+            "artifact": {"uri": uri},
+            "features": {"featureViewRef": view, "requestFeatures": list(request_features)},
+        },
+    }
+
+
+def features_resolved(kube: Kube, ns: str, status: str) -> dict[str, Any]:
+    return dict(
+        wait_for(
+            lambda: (
+                (m := kube.get(*MODEL, "sig", ns))
+                and condition(m, "FeaturesResolved").get("status") == status
+                and m
+            ),
+            30,
+            what=f"FeaturesResolved={status}",
+        )
+    )
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_a_model_that_does_not_fit_is_held_until_it_is_fixed(
+    case: Case, kube: Kube, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
-    onnx_path = write_sum_model(tmp_path / "m.onnx", ["a", "b", "amount"])
-    kube.create(view(namespace, "STRING"))
-    features = {"featureViewRef": "cards", "requestFeatures": ["amount"]}
-    kube.create({"apiVersion": "rtml.dev/v1alpha1", "kind": "Model",
-                 "metadata": {"name": "sig", "namespace": namespace},
-                 "spec": {"version": "v1", "artifact": {"uri": f"file://{onnx_path}"},
-                          "features": features}})  # fmt: skip
-    m = wait_for(lambda: (o := kube.get(*MODEL, "sig", namespace))
-                 and condition(o, "FeaturesResolved").get("status") == "False" and o,
-                 30, what="FeaturesResolved=False")  # fmt: skip
-    resolved = condition(m, "FeaturesResolved")
-    assert resolved["reason"] == "SignatureMismatch"
-    assert "'a'" in resolved["message"]
-    assert condition(m, "Ready")["status"] == "False"
-    assert kube.get("apps/v1", "Deployment", "sig", namespace) is None  # nothing rolled out
+    inputs = ["a", "b", "amount"]
+    uris = {
+        "fits": write_sum_model(tmp_path / "fits.onnx", inputs).as_uri(),
+        "wide": write_sum_model(tmp_path / "wide.onnx", inputs, widths={"a": 3}).as_uri(),
+    }
+    view = f"cards-{namespace}"
+    if case.features is not None:
+        kube.create(feature_view(namespace, view, case.features, case.source))
+        # Check against the view's verdict, not a view no reconciler has judged yet.
+        wait_for(
+            lambda: condition(kube.get(*VIEW, view, namespace), "Ready"),
+            60,
+            what="the FeatureView's Ready condition",
+        )
+    kube.create(model(namespace, uris[case.artifact], view, case.request_features))
 
-    kube.patch(*VIEW, "cards", namespace, {"spec": {"features": [
-        {"name": "a", "dtype": "FLOAT"}, {"name": "b", "dtype": "FLOAT"}]}})  # fmt: skip
-    wait_for(lambda: kube.get("apps/v1", "Deployment", "sig", namespace), 30,
-             what="the rollout to proceed once the view fits")  # fmt: skip
-    wait_for(lambda: condition(kube.get(*MODEL, "sig", namespace), "FeaturesResolved").get(
-        "status") in ("True", "Unknown"), 30, what="FeaturesResolved to leave False")  # fmt: skip
+    m = features_resolved(kube, namespace, "False")
+    resolved = condition(m, "FeaturesResolved")
+    assert resolved["reason"] == case.reason
+    assert case.names.format(view=view) in resolved["message"]
+    for held in (condition(m, "RolledOut"), condition(m, "Ready")):
+        assert (held["status"], held["reason"]) == ("False", case.reason)
+    assert kube.get(*DEPLOYMENT, "sig", namespace) is None  # nothing rolled out
+    assert kube.get("v1", "ConfigMap", "sig-rtml-config", namespace) is None
+
+    if case.create_view:
+        kube.create(feature_view(namespace, view, FITS, PUSH))
+    if case.fix_view is not None:
+        kube.patch(*VIEW, view, namespace, {"spec": case.fix_view})
+    if case.fix_model is not None:
+        fix = dict(case.fix_model)
+        if "artifact" in fix:
+            fix["artifact"] = {"uri": uris[fix["artifact"]]}
+        kube.patch(*MODEL, "sig", namespace, {"spec": fix})
+
+    wait_for(
+        lambda: kube.get(*DEPLOYMENT, "sig", namespace),
+        30,
+        what="the rollout to proceed once the Model fits",
+    )
+    resolved = condition(features_resolved(kube, namespace, "True"), "FeaturesResolved")
+    assert resolved["reason"] == "SignatureMatches"
+    assert f"FeatureView '{view}'" in resolved["message"]
