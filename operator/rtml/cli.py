@@ -239,7 +239,9 @@ def demo(examples: Path | None, keep: bool, part: str, duration: float) -> None:
     """Run the demo: the operator on a local control plane, then one machine serving the
     fraud model with Feast features, ending with its latency table."""
     from rtml.dev.demo import REPO, run_demo, run_serving_demo
+    from rtml.dev.process import exit_cleanly_on_sigterm
 
+    exit_cleanly_on_sigterm()
     try:
         if part in ("all", "cluster"):
             click.echo("== part 1: the operator on a local Kubernetes control plane ==")

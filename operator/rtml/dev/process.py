@@ -152,3 +152,19 @@ def _reap(process: Managed) -> None:
     if process.popen is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.popen.wait(timeout=0)
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit, so `finally` blocks stop what this process started.
+
+    Python's default SIGTERM action ends the process at once: a `timeout`, a CI runner or a
+    plain `kill` would leave the demo's etcd, kube-apiserver and operator running.
+    """
+
+    def _exit(signum: int, _frame: object) -> None:
+        # A second SIGTERM (`timeout` forwards one, `pkill` sends another) must not cut the
+        # clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
