@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any
@@ -86,6 +87,12 @@ def build_app(config: RuntimeConfig, register: bool = False) -> RuntimeApp:
             runtime.not_ready_reason = f"the feature store is not usable: {e}"
             log.exception("feature store setup failed")
             return
+        # Everything imported and loaded so far (BentoML, ONNX Runtime, the model, Feast's
+        # protobufs: a few hundred thousand objects) lives as long as the process. Frozen, the
+        # garbage collector stops re-scanning it: the first seconds of traffic had 30 ms
+        # gen-2 pauses (c=1 p99 29.6 ms over 5 s from a cold start, 0.70 ms frozen).
+        gc.collect()
+        gc.freeze()
         log.info(
             "started",
             extra={"seconds": round(time.perf_counter() - started, 3), "ready": runtime.ready},
