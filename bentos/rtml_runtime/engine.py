@@ -229,11 +229,9 @@ class Runtime:
 
     def _row(self, values: dict[str, Any], model: OnnxModel | None = None) -> np.ndarray:
         columns = model.feature_names if model is not None else self.columns
-        row = np.empty((1, len(columns)), dtype=np.float32)
-        for i, name in enumerate(columns):
-            v = values.get(name)
-            row[0, i] = np.nan if v is None else float(v)
-        return row
+        get = values.get
+        # One list, one conversion: assigning 30 numpy elements one by one cost twice as much.
+        return np.array([[math.nan if (v := get(n)) is None else v for n in columns]], np.float32)
 
     def _score(self, model: OnnxModel, rows: np.ndarray) -> np.ndarray | None:
         if not self.model_breaker.allow():

@@ -121,7 +121,7 @@ class OnnxModel:
             if self._wide:
                 self._row_views[0][:] = row
             else:
-                for view, value in zip(self._row_views, row, strict=True):
+                for view, value in zip(self._row_views, row.tolist(), strict=True):
                     view[0] = value
             self.session.run_with_iobinding(self._binding)
             out = self._binding.get_outputs()[0].numpy()
