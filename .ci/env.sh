@@ -17,9 +17,12 @@ command -v go >/dev/null || {
   exit 1
 }
 
-# Debian packages: Redis (the Feast online store in tests) and wrk (the benchmarks' load generator).
+# Debian packages: Redis (the Feast online store in tests), PostgreSQL (the Feast SQL registry
+# in tests, as in a cluster; Debian keeps its binaries off PATH) and wrk (the benchmarks' load
+# generator).
 missing=()
 for pkg in redis-server wrk; do command -v "$pkg" >/dev/null || missing+=("$pkg"); done
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
   say "installing ${missing[*]} from Debian's packages"
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"

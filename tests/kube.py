@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.postgres import PostgresServer
 from tests.runtime_proc import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -248,24 +249,23 @@ def operator(
     control_plane: Any,
     rtml_crds: list[str],
     kserve_crd: str,
+    postgres_server: PostgresServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    """The operator with a Redis online store and a SQLite SQL registry.
+    """The operator configured as in a cluster: a PostgreSQL SQL registry, a Redis online store.
 
     Its redis-server is its own: test_runtime.py SIGSTOPs the session `redis_server`, which
-    would stall the operator's registrations. The registry stays a SQLite file because a test
-    makes it unreachable by renaming its folder.
+    would stall the operator's registrations.
     """
     LOGS.mkdir(exist_ok=True)
     feast = tmp_path_factory.mktemp("operator-feast")
-    (feast / "registry").mkdir()  # SQLite creates the file, not its folder
     redis = RedisServer(tmp_path_factory.mktemp("operator-redis"))
     redis.start()
     env = {
         "RTML_FEAST_STORE": "redis",
         "RTML_FEAST_REDIS_URL": redis.url,
         "RTML_FEAST_PATH": str(feast / "store"),
-        "RTML_FEAST_REGISTRY": f"sqlite:///{feast / 'registry' / 'registry.db'}",
+        "RTML_FEAST_REGISTRY": postgres_server.url("feast"),
     }
     op = OperatorProcess(Path(control_plane.kubeconfig), LOGS / "operator.log", env)
     op.log_path.write_bytes(b"")

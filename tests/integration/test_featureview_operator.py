@@ -1,10 +1,10 @@
 """FeatureViews against a real API server, a real operator process, a real Feast registry
 and a real Redis online store.
 
-The operator fixture (tests/kube.py) runs with a SQL registry in a SQLite file and its own
-redis-server as the online store (`RTML_FEAST_*`); these tests read both back through Feast's
-SDK, and the runtime reads the materialised rows from that Redis. The registry serves every
-namespace, so each test names its view after its namespace.
+The operator fixture (tests/kube.py) runs as in a cluster: Feast's SQL registry in a real
+PostgreSQL and its own redis-server as the online store (`RTML_FEAST_*`); these tests read both
+back through Feast's SDK, and the runtime reads the materialised rows from that Redis. The
+registry serves every namespace, so each test names its view after its namespace.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from feast.errors import FeatureViewNotFoundException
 from rtml.features.store import StoreProfile, make_store
 from rtml.features.translate import feast_dtype, feast_name_for
 from tests.kube import Kube, OperatorProcess, wait_for
+from tests.postgres import PostgresServer
 from tests.runtime_proc import REPO, RuntimeProcess, write_manifest
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.feast, pytest.mark.redis]
@@ -57,10 +58,6 @@ def profile(op: OperatorProcess) -> StoreProfile:
         redis_url=env["RTML_FEAST_REDIS_URL"],
         registry=env["RTML_FEAST_REGISTRY"],
     )
-
-
-def registry_dir(op: OperatorProcess) -> Path:
-    return Path(op.env["RTML_FEAST_REGISTRY"].removeprefix("sqlite:///")).parent
 
 
 @pytest.fixture
@@ -192,26 +189,27 @@ def test_the_materialize_now_annotation_runs_one_materialization(
 
 
 @contextmanager
-def registry_unreachable(op: OperatorProcess) -> Iterator[None]:
-    """The registry's folder replaced by a file: SQLite cannot open the database."""
-    folder = registry_dir(op)
-    aside = folder.with_name(folder.name + ".away")
-    folder.rename(aside)
-    folder.write_text("not a folder")
+def registry_unreachable(postgres: PostgresServer) -> Iterator[None]:
+    """The registry's PostgreSQL shut down (connections closed, new ones refused), then back."""
+    postgres.stop()
     try:
         yield
     finally:
-        folder.unlink()
-        aside.rename(folder)
+        postgres.start()
 
 
 def test_deletion_during_a_registry_outage_releases_the_finalizer_with_an_event(
-    kube: Kube, operator: OperatorProcess, namespace: str, fraud_build: Path, store: FeatureStore
+    kube: Kube,
+    operator: OperatorProcess,
+    postgres_server: PostgresServer,
+    namespace: str,
+    fraud_build: Path,
+    store: FeatureStore,
 ) -> None:
     name = f"outage-{namespace}"
     kube.create(named(fraud_view(fraud_build), name, namespace))
     fv = wait_registered(kube, name, namespace)
-    with registry_unreachable(operator):
+    with registry_unreachable(postgres_server):
         kube.delete(*FV, name, namespace)
         wait_for(lambda: kube.get(*FV, name, namespace) is None, 60, what="the finalizer to go")
     events = kube.res("v1", "Event").get(
