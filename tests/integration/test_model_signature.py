@@ -189,3 +189,24 @@ def test_a_model_that_does_not_fit_is_held_until_it_is_fixed(
     resolved = condition(features_resolved(kube, namespace, "True"), "FeaturesResolved")
     assert resolved["reason"] == "SignatureMatches"
     assert f"FeatureView '{view}'" in resolved["message"]
+
+
+def test_a_model_applied_with_its_view_waits_for_the_views_verdict(
+    kube: Kube, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    """Applied together (kubectl apply -f dir/, a Helm release, a Git sync), the Model must not
+    roll out before its view has been judged: this view turns out unregistrable."""
+    uri = write_sum_model(tmp_path / "fits.onnx", ["a", "b", "amount"]).as_uri()
+    view = f"cards-{namespace}"
+    kube.create(model(namespace, uri, view, ("amount",)))
+    kube.create(feature_view(namespace, view, FITS, UNREGISTRABLE))
+    m = features_resolved(kube, namespace, "False")
+    assert condition(m, "FeaturesResolved")["reason"] == "FeatureViewNotReady"
+    assert kube.get(*DEPLOYMENT, "sig", namespace) is None
+    assert kube.get("v1", "ConfigMap", "sig-rtml-config", namespace) is None
+
+    # Fixed, the view turns Ready and its event re-judges the Model: the rollout proceeds.
+    kube.patch(*VIEW, view, namespace, {"spec": {"source": {"path": "file:///data/c.parquet"}}})
+    wait_for(lambda: kube.get(*DEPLOYMENT, "sig", namespace), 30, what="the rollout")
+    resolved = condition(features_resolved(kube, namespace, "True"), "FeaturesResolved")
+    assert resolved["reason"] == "SignatureMatches"

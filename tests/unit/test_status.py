@@ -8,7 +8,12 @@ import pytest
 
 from rtml.operator.conditions import Cond, get_condition, merge_conditions
 from rtml.operator.render import RenderContext
-from rtml.operator.status import Observed, compute_model_status, invalid_spec_status
+from rtml.operator.status import (
+    Observed,
+    compute_model_status,
+    holds_rollout,
+    invalid_spec_status,
+)
 from tests.unit.helpers import model
 
 pytestmark = pytest.mark.unit
@@ -181,3 +186,30 @@ def test_invalid_spec_status_is_stalled() -> None:
     assert s["phase"] == "Failed"
     assert cond(s, "Stalled")["status"] == "True"
     assert cond(s, "Ready")["reason"] == "InvalidSpec"
+
+
+def test_a_view_not_judged_yet_holds_the_rollout_as_pending_not_failed() -> None:
+    m = model(features={"featureViewRef": "txns"})
+    waiting = Cond("FeaturesResolved", "Unknown", "FeatureViewNotReady", "view 'txns' not Ready")
+    s = compute_model_status(m, Observed(deployment=None, features=waiting), None, CTX, NOW)
+    assert s["phase"] == "Pending"
+    rolled = cond(s, "RolledOut")
+    assert (rolled["status"], rolled["reason"]) == ("Unknown", "FeatureViewNotReady")
+    assert "not rolled out yet" in rolled["message"]
+    assert cond(s, "Stalled")["status"] == "False"
+    assert cond(s, "Reconciling")["status"] == "True"
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "held"),
+    [
+        ("True", "SignatureMatches", False),
+        ("False", "SignatureMismatch", True),
+        ("False", "FeatureViewNotFound", True),
+        ("Unknown", "FeatureViewNotReady", True),
+        ("Unknown", "ArtifactUnreachable", False),  # the runtime checks at start-up
+        ("Unknown", "ArtifactTooLarge", False),
+    ],
+)
+def test_what_holds_a_rollout(status: str, reason: str, held: bool) -> None:
+    assert holds_rollout(Cond("FeaturesResolved", status, reason, "...")) is held

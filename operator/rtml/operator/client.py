@@ -35,6 +35,7 @@ class KubeClient:
         self.dyn = DynamicClient(api_client)
         self._served: dict[str, tuple[float, bool]] = {}
         self._lock = threading.Lock()
+        self._discovery_lock = threading.Lock()
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str | None = None) -> KubeClient:
@@ -73,12 +74,17 @@ class KubeClient:
         return served
 
     def _resource(self, api_version: str, kind: str) -> Any:
-        try:
-            return self.dyn.resources.get(api_version=api_version, kind=kind)
-        except ResourceNotFoundError:
-            # A CRD installed after start-up: refresh the discovery cache once.
-            self.dyn.resources.invalidate_cache()
-            return self.dyn.resources.get(api_version=api_version, kind=kind)
+        # The DynamicClient's discovery cache is not thread-safe (kubernetes-client/python
+        # #2037), and Kopf runs sync handlers in threads: a lookup racing `invalidate_cache`
+        # raised KeyError('resources') in a Model's and a FeatureView's handler at once. Lookups
+        # are serialised; the requests made with the resource they return are not.
+        with self._discovery_lock:
+            try:
+                return self.dyn.resources.get(api_version=api_version, kind=kind)
+            except ResourceNotFoundError:
+                # A CRD installed after start-up: refresh the discovery cache once.
+                self.dyn.resources.invalidate_cache()
+                return self.dyn.resources.get(api_version=api_version, kind=kind)
 
     # -- objects -----------------------------------------------------------------------------
     def apply(self, obj: dict[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
@@ -99,6 +105,14 @@ class KubeClient:
             return dict(res.get(name=name, namespace=namespace).to_dict())
         except (NotFoundError, ResourceNotFoundError):
             return None
+
+    def list_in(self, api_version: str, kind: str, namespace: str) -> list[dict[str, Any]]:
+        """Every object of a kind in a namespace (none when the API does not serve the kind)."""
+        try:
+            res = self._resource(api_version, kind)
+        except ResourceNotFoundError:
+            return []
+        return [dict(i.to_dict()) for i in res.get(namespace=namespace).items]
 
     def list_owned(
         self, api_version: str, kind: str, namespace: str, model_name: str

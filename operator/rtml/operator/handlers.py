@@ -308,6 +308,37 @@ def resync_feature_view(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         _materialize_requested(body, memo)
 
 
+@kopf.on.event(*FEATUREVIEWS, id="featureview-dependents")
+def feature_view_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+    """A view created, changed, deleted or turning Ready re-judges the Models that read it at
+    once: FeaturesResolved holds a Model's rollout until its view is Ready, and waiting for
+    the Model's next resync (60 s by default) would hold it that much longer."""
+    if type is None:
+        return  # the initial listing: the Models' resume handlers already cover it
+    client: KubeClient = memo["client"]
+    meta = body["metadata"]
+    try:
+        with _retry_on_outage(0):
+            models = client.list_in(f"{GROUP}/{VERSION}", "Model", meta["namespace"])
+    except kopf.TemporaryError as e:
+        log.warning(
+            "could not list the Models of a FeatureView; their resync will catch up",
+            extra={"featureview": meta["name"], "error": str(e)},
+        )
+        return
+    for model in models:
+        ref = ((model.get("spec") or {}).get("features") or {}).get("featureViewRef")
+        if ref != meta["name"] or model["metadata"].get("deletionTimestamp"):
+            continue
+        try:
+            _reconcile(model, memo, retry=0)
+        except kopf.TemporaryError as e:
+            log.warning(
+                "FeatureView-triggered reconcile failed; the resync will retry",
+                extra={"model": model["metadata"]["name"], "error": str(e)},
+            )
+
+
 def _materialization_requested(body: kopf.Body, **_: Any) -> bool:
     return materialization_requested(body) is not None
 

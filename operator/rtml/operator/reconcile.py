@@ -27,6 +27,7 @@ from rtml.operator.signature import SignatureCache, check_model_signature
 from rtml.operator.status import (
     Observed,
     compute_model_status,
+    holds_rollout,
     invalid_spec_status,
     status_changed,
 )
@@ -97,8 +98,9 @@ def reconcile_model(
     ctx = _context(client, base_ctx)
     feature_view = _feature_view(client, model)
     features = check_model_signature(model, feature_view, SIGNATURES)
-    # A failed check applies and prunes nothing, so the pods already running keep serving.
-    held = features.status == "False"
+    # A failed (or not yet possible) check applies and prunes nothing, so the pods already
+    # running keep serving.
+    held = holds_rollout(features)
     kserve_installed = True
     problem: Cond | None = None
     if model.spec.backend == "kserve" and not client.serves(*KSERVE):

@@ -155,6 +155,16 @@ def feature_view_not_found(ref: str) -> Cond:
     )
 
 
+def holds_rollout(features: Cond) -> bool:
+    """Whether FeaturesResolved keeps the spec from rolling out (API.md: the view must exist,
+    be Ready, and cover every input). A view nobody has judged yet holds it too: applied
+    together, a Model would otherwise roll out before its view turns out unusable. An
+    artifact the operator cannot read does not: the runtime runs the same check at start-up."""
+    return features.status == "False" or (
+        features.status == "Unknown" and features.reason == "FeatureViewNotReady"
+    )
+
+
 def _features_condition(model: Model, obs: Observed) -> Cond:
     if obs.features is not None:
         return obs.features
@@ -199,6 +209,15 @@ def compute_model_status(
             rolled_out=Cond("RolledOut", "False", features.reason, held),
             ready=Cond("Ready", "False", features.reason, held),
             phase="Failed",
+        )
+    elif holds_rollout(features):
+        # Not judged yet (the view has not reported Ready): wait, without calling it a failure.
+        held = f"spec not rolled out yet, the running pods keep serving: {features.message}"
+        r = replace(
+            r,
+            rolled_out=Cond("RolledOut", "Unknown", features.reason, held),
+            ready=Cond("Ready", "False", features.reason, held),
+            phase="Pending",
         )
     ready = r.ready
     phase = r.phase
