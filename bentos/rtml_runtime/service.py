@@ -10,8 +10,9 @@ parts of BentoML that measured as most of its per-request cost on this path
 - metrics off: BentoML's own Prometheus middleware; the runtime exports its own (API.md names);
 - access log off: one log line per request at thousands per second;
 - monitoring off: the data-capture hook;
-- traffic timeout = the Model's own deadline (+1 s): BentoML's 60 s default keeps a timer, a
-  future and a context alive per request for a minute.
+- traffic timeout = the Model's own deadline (+1 s), kept by rtml's `SweptTimeout` instead of
+  BentoML's `TimeoutMiddleware`, which leaves a timer, a future and a context alive per
+  request for the whole timeout (traffic.py says what that cost).
 """
 
 from __future__ import annotations
@@ -21,9 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml._internal.server.http import traffic as bentoml_traffic
 
 from rtml_runtime.bootstrap import build_app
 from rtml_runtime.config import load_config
+from rtml_runtime.traffic import SweptTimeout
+
+# BentoML builds its middleware stack after importing this module and looks the class up in
+# this module attribute then (bentoml/_internal/server/base_app.py, `middlewares`).
+bentoml_traffic.TimeoutMiddleware = SweptTimeout  # type: ignore[misc,assignment]
 
 CONFIG = load_config(Path(os.environ["RTML_CONFIG"]) if os.environ.get("RTML_CONFIG") else None)
 APP = build_app(CONFIG, register=os.environ.get("RTML_REGISTER") == "1")
