@@ -133,6 +133,16 @@ def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> dict[str
     return {"phase": status.get("phase")}
 
 
+@contextlib.contextmanager
+def _next_time(message: str, **extra: str) -> Iterator[None]:
+    """For handlers without retries of their own (events, timers, work done on another
+    object's behalf): a temporary failure is logged, and the next event or resync tries again."""
+    try:
+        yield
+    except kopf.TemporaryError as e:
+        log.warning(message, extra={**extra, "error": str(e)})
+
+
 RETRIES = SETTINGS.handler_retries
 TIMEOUT = SETTINGS.handler_timeout_seconds
 
@@ -181,13 +191,8 @@ def _on_child(body: Mapping[str, Any], memo: kopf.Memo, event_type: str | None) 
     if model is None or model["metadata"].get("deletionTimestamp"):
         return
     log.debug("child changed", extra={"kind": body.get("kind"), "event": event_type, "model": name})
-    try:
+    with _next_time("child-triggered reconcile failed; the resync will retry", model=name):
         _reconcile(model, memo, retry=0)
-    except kopf.TemporaryError as e:
-        log.warning(
-            "child-triggered reconcile failed; the resync will retry",
-            extra={"model": name, "error": str(e)},
-        )
 
 
 CHILD_LABELS = {MODEL_LABEL: kopf.PRESENT}
@@ -297,13 +302,10 @@ def register_feature_view(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any
 )
 def resync_feature_view(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Picks up what the CronJob's runs recorded in the registry (lastMaterialization)."""
-    try:
+    with _next_time(
+        "FeatureView resync failed; the next one will retry", featureview=body["metadata"]["name"]
+    ):
         _reconcile_view(body, memo, retry=0)
-    except kopf.TemporaryError as e:
-        log.warning(
-            "FeatureView resync failed; the next one will retry",
-            extra={"featureview": body["metadata"]["name"], "error": str(e)},
-        )
     if materialization_requested(body) is not None:
         _materialize_requested(body, memo)
 
@@ -317,26 +319,20 @@ def feature_view_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_
         return  # the initial listing: the Models' resume handlers already cover it
     client: KubeClient = memo["client"]
     meta = body["metadata"]
-    try:
-        with _retry_on_outage(0):
-            models = client.list_in(f"{GROUP}/{VERSION}", "Model", meta["namespace"])
-    except kopf.TemporaryError as e:
-        log.warning(
-            "could not list the Models of a FeatureView; their resync will catch up",
-            extra={"featureview": meta["name"], "error": str(e)},
-        )
-        return
+    models: list[dict[str, Any]] = []
+    with (
+        _next_time("could not list a FeatureView's Models; their resync will catch up",
+                   featureview=meta["name"]),
+        _retry_on_outage(0),
+    ):  # fmt: skip
+        models = client.list_in(f"{GROUP}/{VERSION}", "Model", meta["namespace"])
     for model in models:
         ref = ((model.get("spec") or {}).get("features") or {}).get("featureViewRef")
         if ref != meta["name"] or model["metadata"].get("deletionTimestamp"):
             continue
-        try:
+        name = model["metadata"]["name"]
+        with _next_time("view-triggered reconcile failed; the resync will retry", model=name):
             _reconcile(model, memo, retry=0)
-        except kopf.TemporaryError as e:
-            log.warning(
-                "FeatureView-triggered reconcile failed; the resync will retry",
-                extra={"model": model["metadata"]["name"], "error": str(e)},
-            )
 
 
 def _materialization_requested(body: kopf.Body, **_: Any) -> bool:
@@ -355,17 +351,16 @@ def materialize_on_request(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 def _materialize_requested(body: Mapping[str, Any], memo: kopf.Memo) -> None:
     client: KubeClient = memo["client"]
     meta = body["metadata"]
-    try:
-        with _locks[meta["uid"]], _retry_on_outage(0):
-            live = client.get(f"{GROUP}/{VERSION}", "FeatureView", meta["namespace"], meta["name"])
-            if live is None or live["metadata"].get("deletionTimestamp"):
-                return
-            materialize_now(client, live, SETTINGS.store_profile())
-    except kopf.TemporaryError as e:
-        log.warning(
-            "requested materialization failed; the next resync will retry",
-            extra={"featureview": meta["name"], "error": str(e)},
-        )
+    with (
+        _next_time("requested materialization failed; the next resync will retry",
+                   featureview=meta["name"]),
+        _locks[meta["uid"]],
+        _retry_on_outage(0),
+    ):  # fmt: skip
+        live = client.get(f"{GROUP}/{VERSION}", "FeatureView", meta["namespace"], meta["name"])
+        if live is None or live["metadata"].get("deletionTimestamp"):
+            return
+        materialize_now(client, live, SETTINGS.store_profile())
 
 
 @kopf.on.delete(
