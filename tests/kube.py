@@ -18,21 +18,14 @@ from typing import Any
 import pytest
 import yaml
 
+from rtml.dev.thirdparty import thirdparty_crds_dir
 from tests.postgres import PostgresServer
 from tests.runtime_proc import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _thirdparty_dir() -> Path:
-    """Upstream CRDs (KServe, KEDA, ...) are data beside the checkout, never vendored into it."""
-    explicit = os.environ.get("RTML_THIRDPARTY_CRDS")
-    candidates = [Path(explicit)] if explicit else []
-    candidates += [REPO.parent / "shared" / "thirdparty-crds", Path("/work/shared/thirdparty-crds")]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
-
-
-THIRDPARTY = _thirdparty_dir()
+THIRDPARTY = thirdparty_crds_dir()
 KSERVE_CRD = "kserve.serving.kserve.io_inferenceservices.yaml"
 LOGS = REPO / ".test-logs"
 

@@ -18,12 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rtml.dev.cluster import LocalControlPlane
+from rtml.dev.thirdparty import thirdparty_crds_dir
 from rtml.dev.tools import ensure_tools
 
 REPO = Path(__file__).resolve().parents[3]
-KSERVE_CRD = (
-    REPO.parent / "shared" / "thirdparty-crds" / "kserve.serving.kserve.io_inferenceservices.yaml"
-)
+KSERVE_CRD = thirdparty_crds_dir() / "kserve.serving.kserve.io_inferenceservices.yaml"
 
 
 def run_demo(examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
@@ -72,6 +71,18 @@ def run_demo(examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
         echo("[5/5] what the operator made of them\n")
         echo("$ kubectl get rmodel -o wide")
         echo(_kubectl(kubectl, "get", "rmodel", "-o", "wide"))
+        echo("$ kubectl get rmodel -o jsonpath='<name>: <Ready reason>: <Ready message>'")
+        echo(
+            _kubectl(
+                kubectl,
+                "get",
+                "rmodel",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}: "
+                '{.status.conditions[?(@.type=="Ready")].reason}: '
+                '{.status.conditions[?(@.type=="Ready")].message}{"\\n"}{end}',
+            )
+        )
         echo(
             "$ kubectl get configmap,deployment,service,pdb,hpa,inferenceservice -l rtml.dev/model"
         )
@@ -193,6 +204,11 @@ def _install_crds(kubectl: list[str], echo: Callable[[str], None]) -> None:
     if KSERVE_CRD.exists():
         echo("      and KServe's InferenceService CRD, so the kserve backend has somewhere to go")
         _kubectl(kubectl, "apply", "--server-side", "-f", str(KSERVE_CRD))
+    else:
+        echo(
+            f"      KServe's CRD is not at {KSERVE_CRD} (set RTML_THIRDPARTY_CRDS to its folder):"
+            " the kserve Model will say KServeNotInstalled, as it would in such a cluster"
+        )
     for attempt in range(10):  # a CRD has no status for a moment after it is created
         try:
             _kubectl(
