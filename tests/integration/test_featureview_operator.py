@@ -315,3 +315,20 @@ def test_the_cronjob_command_materializes_rows_the_runtime_serves(
         assert body["degraded"] is False  # the card's row came from the operator's Redis
     finally:
         runtime.stop()
+
+
+def test_a_long_view_name_gets_its_cronjob(
+    kube: Kube, operator: OperatorProcess, namespace: str, fraud_build: Path
+) -> None:
+    """Names past 40 characters made `<name>-materialize` longer than a CronJob may be (52)."""
+    from rtml.api.featureview import FeatureView
+    from rtml.operator.render.cronjob import cronjob_name
+
+    name = f"card-transactions-aggregated-over-thirty-days-{namespace}"
+    doc = named(fraud_view(fraud_build), name, namespace)
+    kube.create(doc)
+    wait_registered(kube, name, namespace)
+    expected = cronjob_name(FeatureView.model_validate(doc))
+    assert len(expected) <= 52 < len(f"{name}-materialize")
+    cronjob = wait_for(lambda: kube.get(*CRONJOB, expected, namespace), 30, what="the CronJob")
+    assert cronjob["spec"]["schedule"] == "*/15 * * * *"

@@ -124,3 +124,31 @@ def test_an_outage_keeps_the_last_verdict_and_generation() -> None:
     assert status["featureNames"] == ["a"]
     ready = get_condition(status["conditions"], "Ready") or {}
     assert ready["lastTransitionTime"] == "2026-11-27T12:00:00Z"
+
+
+def test_a_long_view_name_still_makes_a_valid_distinct_cronjob_name() -> None:
+    from rtml.operator.render.cronjob import CRONJOB_NAME_MAX, cronjob_name
+
+    def named(name: str) -> FeatureView:
+        return view().model_copy(
+            update={"metadata": view().metadata.model_copy(update={"name": name})}
+        )
+
+    assert cronjob_name(named("card-features")) == "card-features-materialize"
+    exact = "v" * (CRONJOB_NAME_MAX - len("-materialize"))
+    assert cronjob_name(named(exact)) == f"{exact}-materialize"
+    long_a = "transactions-by-card-and-merchant-over-thirty-days-a"
+    long_b = "transactions-by-card-and-merchant-over-thirty-days-b"
+    names = {cronjob_name(named(n)) for n in (long_a, long_b, "x" * 253)}
+    assert len(names) == 3
+    for name in names:
+        assert len(name) <= CRONJOB_NAME_MAX
+        assert name.endswith("-materialize")
+        assert name[0].isalnum()
+        assert "--" not in name.replace("-materialize", "")
+    job = render_materialization_cronjob(named(long_a), CTX, STORE_ENV)
+    assert job["metadata"]["name"] == cronjob_name(named(long_a))
+    longest = render_materialization_cronjob(named("x" * 253), CTX, STORE_ENV)
+    pod_labels = longest["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    for labels in (longest["metadata"]["labels"], pod_labels):
+        assert all(len(v) <= 63 for v in labels.values()), labels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,8 +20,27 @@ MATERIALIZE_RESOURCES = {
 }
 
 
+# Kubernetes caps a CronJob's name at 52 characters: its Jobs get an 11-character suffix
+# within the 63 a Job's pods may carry in a label.
+CRONJOB_NAME_MAX = 52
+_SUFFIX = "-materialize"
+
+
+LABEL_VALUE_MAX = 63
+
+
+def _fit(name: str, room: int) -> str:
+    """`name` if it fits in `room` characters, else a cut of it plus 8 hex digits of its
+    sha256, so two long names sharing a prefix still come out different."""
+    if len(name) <= room:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: room - len(digest) - 1].rstrip('-._')}-{digest}"
+
+
 def cronjob_name(view: FeatureView) -> str:
-    return f"{view.metadata.name}-materialize"
+    """`<view>-materialize`, the view's part shortened when the whole would be too long."""
+    return _fit(view.metadata.name, CRONJOB_NAME_MAX - len(_SUFFIX)) + _SUFFIX
 
 
 def feature_view_owner(view: FeatureView) -> dict[str, Any]:
@@ -57,10 +77,10 @@ def render_materialization_cronjob(
         volumes.append({"name": "feast", "emptyDir": {"sizeLimit": "1Gi"}})
     labels = {
         "app.kubernetes.io/name": "rtml-materialize",
-        "app.kubernetes.io/instance": view.metadata.name,
+        "app.kubernetes.io/instance": _fit(view.metadata.name, LABEL_VALUE_MAX),
         "app.kubernetes.io/part-of": "rtml",
         **MANAGED_BY,
-        FEATURE_VIEW_LABEL: view.metadata.name,
+        FEATURE_VIEW_LABEL: _fit(view.metadata.name, LABEL_VALUE_MAX),
     }
     pod = {
         "metadata": {"labels": labels},
