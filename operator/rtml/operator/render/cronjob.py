@@ -6,11 +6,10 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from rtml import API_VERSION
 from rtml.api.featureview import FeatureView
 from rtml.operator.render.container import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from rtml.operator.render.context import RenderContext
-from rtml.operator.render.meta import MANAGED_BY
+from rtml.operator.render.meta import MANAGED_BY, owner_reference
 
 FEATURE_VIEW_LABEL = "rtml.dev/featureview"
 STORE_PATH_ENV = "RTML_FEAST_PATH"
@@ -41,18 +40,6 @@ def _fit(name: str, room: int) -> str:
 def cronjob_name(view: FeatureView) -> str:
     """`<view>-materialize`, the view's part shortened when the whole would be too long."""
     return _fit(view.metadata.name, CRONJOB_NAME_MAX - len(_SUFFIX)) + _SUFFIX
-
-
-def feature_view_owner(view: FeatureView) -> dict[str, Any]:
-    """Makes the garbage collector delete the CronJob with its FeatureView."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "FeatureView",
-        "name": view.metadata.name,
-        "uid": view.metadata.uid or "",
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def materialize_command(view: FeatureView) -> list[str]:
@@ -110,7 +97,7 @@ def render_materialization_cronjob(
             "name": cronjob_name(view),
             "namespace": view.metadata.namespace,
             "labels": labels,
-            "ownerReferences": [feature_view_owner(view)],
+            "ownerReferences": [owner_reference(view)],
         },
         "spec": {
             "schedule": schedule.schedule,

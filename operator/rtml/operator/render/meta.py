@@ -1,10 +1,12 @@
-"""Names, labels and owner references shared by every child of a Model."""
+"""Names, labels and owner references shared by every child of a Model (and the owner
+reference of a FeatureView's CronJob)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rtml import API_VERSION
+from rtml.api.featureview import FeatureView
 from rtml.api.model import Model
 
 FIELD_MANAGER = "rtml-operator"
@@ -35,13 +37,14 @@ def labels(model: Model) -> dict[str, str]:
     }
 
 
-def owner_reference(model: Model) -> dict[str, Any]:
-    """Makes the garbage collector delete the child with its Model."""
+def owner_reference(owner: Model | FeatureView) -> dict[str, Any]:
+    """Makes the garbage collector delete a child (a Model's objects, a FeatureView's CronJob)
+    with the rtml resource that owns it."""
     return {
         "apiVersion": API_VERSION,
-        "kind": "Model",
-        "name": model.metadata.name,
-        "uid": model.metadata.uid or "",
+        "kind": "Model" if isinstance(owner, Model) else "FeatureView",
+        "name": owner.metadata.name,
+        "uid": owner.metadata.uid or "",
         "controller": True,
         "blockOwnerDeletion": True,
     }
