@@ -7,18 +7,35 @@ access to the API server (the view is found in the registry by name).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    from rtml.features.store import StoreProfile
+
+NAMESPACE_OPTION = click.option(
+    "--namespace",
+    "-n",
+    default=None,
+    help="The FeatureView's namespace; refuses a view another namespace registered.",
+)
 
 
-def store_options(fn: F) -> F:
-    """The Feast profile options, each also read from the operator's environment variable."""
+def store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The Feast profile options, each also read from the operator's environment variable;
+    the command receives them as one `store: StoreProfile`."""
+
+    @functools.wraps(fn)
+    def with_store(
+        *args: Any, profile: str, store_path: Path, redis_url: str, registry: str | None, **kw: Any
+    ) -> Any:
+        return fn(*args, store=_profile(profile, store_path, redis_url, registry), **kw)
+
     options = [
         click.option(
             "--profile",
@@ -51,12 +68,13 @@ def store_options(fn: F) -> F:
             "default: SQLite in --store-path].",
         ),
     ]
+    command: Callable[..., Any] = with_store
     for option in reversed(options):
-        fn = option(fn)
-    return fn
+        command = option(command)
+    return command
 
 
-def _profile(profile: str, store_path: Path, redis_url: str, registry: str | None) -> Any:
+def _profile(profile: str, store_path: Path, redis_url: str, registry: str | None) -> StoreProfile:
     from pydantic import ValidationError
 
     from rtml.features.store import StoreProfile
@@ -122,21 +140,9 @@ def feast_view_names(view_or_manifest: str) -> list[str]:
 
 @click.command()
 @click.argument("view_or_manifest")
-@click.option(
-    "--namespace",
-    "-n",
-    default=None,
-    help="The FeatureView's namespace; refuses a view another namespace registered.",
-)
+@NAMESPACE_OPTION
 @store_options
-def materialize(
-    view_or_manifest: str,
-    namespace: str | None,
-    profile: str,
-    store_path: Path,
-    redis_url: str,
-    registry: str | None,
-) -> None:
+def materialize(view_or_manifest: str, namespace: str | None, store: StoreProfile) -> None:
     """Load new rows of a registered FeatureView into the online store, then print the end time.
 
     VIEW_OR_MANIFEST is a FeatureView's name (as the operator registered it) or a YAML file (or
@@ -146,13 +152,10 @@ def materialize(
     from rtml.features.store import materialize as run_materialization
 
     names = feast_view_names(view_or_manifest)
-    with (
-        feast_errors(),
-        open_store(_profile(profile, store_path, redis_url, registry)) as store,
-    ):
+    with feast_errors(), open_store(store) as feast_store:
         for name in names:
-            check_namespace(store, name, namespace)
-        end = run_materialization(store, names)
+            check_namespace(feast_store, name, namespace)
+        end = run_materialization(feast_store, names)
     click.echo(end.isoformat())
 
 
@@ -165,22 +168,9 @@ def materialize(
     required=True,
     help='JSON {"rows": [{join key, timestamp, every feature}, ...]}, as POST /push/{view}.',
 )
-@click.option(
-    "--namespace",
-    "-n",
-    default=None,
-    help="The FeatureView's namespace; refuses a view another namespace registered.",
-)
+@NAMESPACE_OPTION
 @store_options
-def push(
-    view: str,
-    rows_file: Path,
-    namespace: str | None,
-    profile: str,
-    store_path: Path,
-    redis_url: str,
-    registry: str | None,
-) -> None:
+def push(view: str, rows_file: Path, namespace: str | None, store: StoreProfile) -> None:
     """Write feature rows of a push FeatureView VIEW straight into the online store.
 
     The view is read back from the registry, and each row is checked against it (the same
@@ -197,17 +187,14 @@ def push(
     except ValueError as e:
         raise click.ClickException(f"{rows_file} is not valid JSON: {e}") from e
     name = feast_name_for(view)
-    with (
-        feast_errors(),
-        open_store(_profile(profile, store_path, redis_url, registry)) as store,
-    ):
-        check_namespace(store, name, namespace)
-        resource = view_from_registry(store, name)
+    with feast_errors(), open_store(store) as feast_store:
+        check_namespace(feast_store, name, namespace)
+        resource = view_from_registry(feast_store, name)
         try:
             frame = rows_frame(resource, payload)
         except PushError as e:
             raise click.ClickException(f"{rows_file}: {e.message}") from e
-        written = push_rows(store, resource, frame)
+        written = push_rows(feast_store, resource, frame)
     click.echo(f"pushed {written} row(s) to {view}")
 
 
