@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from rtml.dev.redis import answers_ping, redis_server_argv
+
 REPO = Path(__file__).resolve().parents[1]
 LOGS = REPO / ".test-logs"
 
@@ -46,32 +48,12 @@ class RedisServer:
         if binary is None:
             pytest.fail("redis-server is not installed; `.ci/test` installs it (apt redis-server)")
         self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
+            redis_server_argv(binary, self.port, self.workdir),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        pytest.fail("redis-server did not answer PING within 10 s")
+        if not answers_ping(self.port, 10, alive=lambda: self.proc.poll() is None):
+            pytest.fail("redis-server did not answer PING within 10 s")
 
     def pause(self) -> None:
         """SIGSTOP: the nastiest outage, where connections hang instead of being refused."""

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from benchlib.procs import LOAD_CPU, Server, free_port
+from rtml.dev.redis import answers_ping, redis_server_argv
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fraud"
@@ -127,37 +128,15 @@ def start_redis(root: Path, log: Callable[[str], None]) -> tuple[Server, str]:
     port = free_port()
     server = Server(
         name="redis",
-        argv=[
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(root),
-        ],
+        argv=redis_server_argv("redis-server", port, root),
         env={},
         cwd=root,
         log_path=root / "redis.log",
         cpu=LOAD_CPU,
     )
     server.start()
-    deadline = time.monotonic() + 10
-    import redis
-
-    client = redis.Redis(port=port)
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or not server.alive():
-                raise RuntimeError(f"redis-server did not start:\n{server.log_tail()}") from None
-            time.sleep(0.05)
+    if not answers_ping(port, 10, alive=server.alive):
+        raise RuntimeError(f"redis-server did not start:\n{server.log_tail()}")
     log(f"redis-server on 127.0.0.1:{port} (CPU {LOAD_CPU})")
     return server, f"redis://127.0.0.1:{port}/0"
 
