@@ -73,20 +73,35 @@ class FeastCodec:
             return _F32.unpack_from(blob, 1)[0]
         if size == 9 and blob[0] == self._double_tag:
             return _F64.unpack_from(blob, 1)[0]
-        if 2 <= size <= 11 and blob[0] == self._int64_tag:
-            value, shift = 0, 0
-            for i in range(1, size):
-                byte = blob[i]
-                value |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    if i == size - 1:
-                        return value - (1 << 64) if value >= 1 << 63 else value
-                    break
+        if size >= 2 and blob[0] == self._int64_tag:
+            value, end = _varint(blob, 1)
+            if end == size:
+                return value - (1 << 64) if value >= 1 << 63 else value
         proto = self.value_cls()
         proto.ParseFromString(blob)
         kind = proto.WhichOneof("val")
         return None if kind is None or kind == "null_val" else getattr(proto, kind)
+
+
+def _varint(blob: bytes, start: int) -> tuple[int, int]:
+    """The protobuf varint at `start`: (value, index after it), or (0, -1) when it runs off the
+    end of `blob` or past the 10 bytes a 64-bit varint may take."""
+    value = shift = 0
+    for i in range(start, min(len(blob), start + 10)):
+        byte = blob[i]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, i + 1
+    return 0, -1
+
+
+def timestamp_seconds(blob: bytes) -> int:
+    """`seconds` of a serialised google.protobuf.Timestamp (field 1, a varint; 0 when absent),
+    as Feast stores a row's event time, without protobuf classes."""
+    if not blob or blob[0] != 0x08:
+        return 0
+    return _varint(blob, 1)[0]
 
 
 def field_name(view: str, feature: str) -> bytes:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from rtml.api.common import parse_duration
 from rtml.api.featureview import FeatureView
+from rtml_runtime.feast_codec import codec, field_name, timestamp_seconds
 
 FeatureValues = dict[str, Any]
 
@@ -75,8 +76,6 @@ class _FeastLayout:
     """What both direct readers share: Feast's codec and the view's entity key and TTL."""
 
     def __init__(self, view: FeatureView, project: str, key_version: int) -> None:
-        from rtml_runtime.feast_codec import codec
-
         self.codec = codec()
         self.view = view
         self.project = project
@@ -101,7 +100,6 @@ class FeastRedisReader(_FeastLayout):
     def __init__(
         self, view: FeatureView, redis_url: str, project: str, key_version: int = 3
     ) -> None:
-        from rtml_runtime.feast_codec import field_name
         from rtml_runtime.resp import RespClient
 
         super().__init__(view, project, key_version)
@@ -122,26 +120,13 @@ class FeastRedisReader(_FeastLayout):
         *values, ts_raw = raw
         if ts_raw is None:
             return None
-        if self.ttl_s > 0 and time.time() - _timestamp_seconds(ts_raw) > self.ttl_s:
+        if self.ttl_s > 0 and time.time() - timestamp_seconds(ts_raw) > self.ttl_s:
             return None  # older than the view's TTL: Feast would not serve it either
         parse = self.codec.parse_value
         return {n: None if b is None else parse(b) for n, b in zip(self.names, values, strict=True)}
 
     async def close(self) -> None:
         await self.client.close()
-
-
-def _timestamp_seconds(blob: bytes) -> int:
-    """`seconds` of a google.protobuf.Timestamp (field 1, varint), without protobuf classes."""
-    if not blob or blob[0] != 0x08:
-        return 0
-    value, shift = 0, 0
-    for byte in blob[1:11]:
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
-    return value
 
 
 class FeastSqliteReader(_FeastLayout):

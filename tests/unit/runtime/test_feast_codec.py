@@ -44,11 +44,11 @@ def test_isolated_codec_matches_feast_and_leaves_the_sdk_importable() -> None:
 def test_timestamp_seconds_decodes_protobuf_timestamps() -> None:
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from rtml_runtime.features import _timestamp_seconds
+    from rtml_runtime.feast_codec import timestamp_seconds
 
     for seconds in (0, 1, 127, 128, 1_764_000_000, 2**33):
         blob = Timestamp(seconds=seconds, nanos=5).SerializeToString()
-        assert _timestamp_seconds(blob) == seconds
+        assert timestamp_seconds(blob) == seconds
 
 
 def test_the_wire_fast_path_decodes_exactly_what_feasts_value_class_does() -> None:
