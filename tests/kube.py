@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from rtml.dev.thirdparty import thirdparty_crds_dir
+from rtml.operator.conditions import get_condition
 from tests.postgres import PostgresServer
-from tests.runtime_proc import RedisServer
+from tests.runtime_proc import RedisServer, rtml_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,6 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 THIRDPARTY = thirdparty_crds_dir()
 KSERVE_CRD = "kserve.serving.kserve.io_inferenceservices.yaml"
 LOGS = REPO / ".test-logs"
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    """An rtml resource's status condition of `type_` ({} when the resource or it is absent)."""
+    return dict(get_condition(((obj or {}).get("status") or {}).get("conditions"), type_) or {})
 
 
 def wait_for(
@@ -185,15 +191,13 @@ class OperatorProcess:
         return f"http://127.0.0.1:{self.port}/healthz"
 
     def start(self) -> None:
-        env = {
-            **os.environ,
-            "RTML_RESYNC_SECONDS": "3",
-            "RTML_DISCOVERY_TTL": "1",
-            "RTML_KSERVE_POLL_SECONDS": "1",
-            "RTML_RUNTIME_IMAGE": "registry.local/rtml-runtime:test",
-            "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "bentos")]),
+        env = rtml_env(
+            RTML_RESYNC_SECONDS="3",
+            RTML_DISCOVERY_TTL="1",
+            RTML_KSERVE_POLL_SECONDS="1",
+            RTML_RUNTIME_IMAGE="registry.local/rtml-runtime:test",
             **self.env,
-        }
+        )
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [

@@ -25,6 +25,25 @@ REPO = Path(__file__).resolve().parents[1]
 LOGS = REPO / ".test-logs"
 
 
+def rtml_env(**extra: str) -> dict[str, str]:
+    """This environment with the checkout's packages first on PYTHONPATH, for a child process
+    (`rtml`, the operator, the runtime, the feast CLI loading feature_repo/), plus `extra`."""
+    path = [str(REPO / "operator"), str(REPO / "bentos"), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), **extra}
+
+
+def run_rtml(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`rtml ARGS` from this checkout, output captured, at most 5 minutes."""
+    return subprocess.run(
+        [sys.executable, "-m", "rtml.cli", *args],
+        env=rtml_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -152,13 +171,7 @@ class RuntimeProcess:
         if self.redis_url:
             argv += ["--profile", "redis", "--redis-url", self.redis_url]
         argv += self.extra_args
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                [str(REPO / "operator"), str(REPO / "bentos"), os.environ.get("PYTHONPATH", "")]
-            ),
-            **self.env,
-        }
+        env = rtml_env(**self.env)
         self.proc = subprocess.Popen(
             argv,
             stdout=self.log_path.open("wb"),

@@ -4,8 +4,8 @@ of feature_repo/ (the plain CLI path)."""
 
 from __future__ import annotations
 
-import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,6 +33,7 @@ from rtml.features.translate import (
     feast_dtype,
     feature_defaults,
 )
+from tests.runtime_proc import rtml_env
 
 pytestmark = pytest.mark.feast
 REPO = Path(__file__).resolve().parents[2]
@@ -155,11 +156,9 @@ def test_feast_cli_applies_and_materialises_feature_repo(
     for name in ("feature_store.yaml", "fraud.py"):
         shutil.copy(REPO / "feature_repo" / name, repo / name)
     feast_cli = Path(sys.executable).with_name("feast")
-    env = {
-        **os.environ,
-        "RTML_FRAUD_EXAMPLE": str(example),
-        "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), os.environ.get("PYTHONPATH", "")]),
-    }
+    # fraud.py finds the rtml package relative to its own folder when not installed: point it
+    # at the checkout through PYTHONPATH instead, as a user with `pip install -e .` would have.
+    env = rtml_env(RTML_FRAUD_EXAMPLE=str(example))
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
     for args in (["apply"], ["materialize-incremental", now]):
         done = subprocess.run(
@@ -172,6 +171,11 @@ def test_feast_cli_applies_and_materialises_feature_repo(
             check=False,
         )
         assert done.returncode == 0, f"feast {args[0]} failed:\n{done.stdout}\n{done.stderr}"
+    with sqlite3.connect(repo / "data" / "online.db") as db:
+        (entities,) = db.execute(
+            "SELECT COUNT(DISTINCT entity_key) FROM rtml_card_features"
+        ).fetchone()
+    assert entities == 5000
     # The registry's relative SQLite URL is relative to the working directory, as in the CLI.
     monkeypatch.chdir(repo)
     cli_store = FeatureStore(repo_path=str(repo))

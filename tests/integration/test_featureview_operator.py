@@ -10,9 +10,6 @@ registry serves every namespace, so each test names its view after its namespace
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,9 +24,9 @@ from feast.errors import FeatureViewNotFoundException
 
 from rtml.features.store import StoreProfile, make_store
 from rtml.features.translate import feast_dtype, feast_name_for
-from tests.kube import Kube, OperatorProcess, wait_for
+from tests.kube import Kube, OperatorProcess, condition, wait_for
 from tests.postgres import PostgresServer
-from tests.runtime_proc import REPO, RuntimeProcess, write_manifest
+from tests.runtime_proc import REPO, RuntimeProcess, run_rtml, write_manifest
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.feast, pytest.mark.redis]
 FV = ("rtml.dev/v1alpha1", "FeatureView")
@@ -70,13 +67,6 @@ def registered(store: FeatureStore, name: str) -> Any:
         return store.get_feature_view(feast_name_for(name), allow_registry_cache=False)
     except FeatureViewNotFoundException:
         return None
-
-
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return dict(c)
-    return {}
 
 
 def wait_registered(kube: Kube, name: str, ns: str) -> dict[str, Any]:
@@ -264,18 +254,7 @@ def test_the_cronjob_command_materializes_rows_the_runtime_serves(
     env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("RTML_")}
     assert (env["RTML_FEAST_STORE"], env["RTML_FEAST_REDIS_URL"]) == ("redis", redis_url)
     assert rows_in_redis(redis_url, name) == 0
-    ran = subprocess.run(
-        [sys.executable, "-m", "rtml.cli", *command[1:]],
-        env={
-            **os.environ,
-            **env,
-            "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "bentos")]),
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    ran = run_rtml(*command[1:], env=env)
     assert ran.returncode == 0, ran.stderr
     end = ran.stdout.strip().splitlines()[-1]
     fv = wait_for(

@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from tests.kube import KSERVE_CRD, THIRDPARTY, Kube, OperatorProcess, install_crd_file, wait_for
+from tests.kube import (
+    KSERVE_CRD,
+    THIRDPARTY,
+    Kube,
+    OperatorProcess,
+    condition,
+    install_crd_file,
+    wait_for,
+)
 
 pytestmark = pytest.mark.apiserver
 DIGEST = "c" * 64
@@ -42,13 +50,6 @@ def children(kube: Kube, name: str, ns: str) -> dict[str, dict[str, Any] | None]
     return {
         kind: kube.get(av, kind, pattern.format(name), ns) for av, kind, pattern in BENTOML_CHILDREN
     }
-
-
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return dict(c)
-    return {}
 
 
 def versions(kube: Kube, name: str, ns: str) -> dict[str, str]:

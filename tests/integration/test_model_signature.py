@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import pytest
 
-from tests.kube import Kube, OperatorProcess, wait_for
+from tests.kube import Kube, OperatorProcess, condition, wait_for
 from tests.unit.runtime.onnx_fixtures import write_sum_model
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.feast, pytest.mark.redis]
@@ -91,13 +91,6 @@ CASES = {
         fix_view={"source": {"path": "file:///data/cards.parquet"}},
     ),
 }
-
-
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return dict(c)
-    return {}
 
 
 def feature_view(

@@ -7,9 +7,6 @@ The runtime runs as a real process on Feast's Redis online store, with its L1 ca
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.runtime_proc import REPO, RedisServer, RuntimeProcess, write_manifest
+from tests.runtime_proc import REPO, RedisServer, RuntimeProcess, run_rtml, write_manifest
 
 pytestmark = [pytest.mark.runtime, pytest.mark.redis, pytest.mark.feast]
 REQUEST = json.loads((REPO / "examples/fraud/request.json").read_text())
@@ -102,31 +99,8 @@ def test_rtml_push_writes_rows_the_runtime_serves(
     rows = tmp_path / "rows.json"
     rows.write_text(json.dumps({"rows": [row(push_manifest, "card_from_cli")]}))
     store = push_manifest.parent / ".rtml" / "feature_store"
-    ran = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rtml.cli",
-            "push",
-            VIEW,
-            "--file",
-            str(rows),
-            "--profile",
-            "redis",
-            "--redis-url",
-            redis_server.url,
-            "--store-path",
-            str(store),
-        ],
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "bentos")]),
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    ran = run_rtml("push", VIEW, "--file", str(rows), "--profile", "redis",
+                   "--redis-url", redis_server.url, "--store-path", str(store))  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert "pushed 1 row(s)" in ran.stdout
     assert predict(runtime, "card_from_cli")["degraded"] is False
