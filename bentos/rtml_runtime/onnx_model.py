@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ class OnnxModel:
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Scores for each row of an [n, k] float32 matrix."""
         if rows.shape[0] == 1:
-            return self._predict_one(rows[0])
+            return np.array([self.predict_one(rows[0].tolist())])
         feed: dict[str, np.ndarray]
         if len(self._feed_types) == 1:
             name, dtype = self._feed_types[0]
@@ -116,23 +117,24 @@ class OnnxModel:
         (out,) = self.session.run([self.output_name], feed)
         return _scores(out)
 
-    def _predict_one(self, row: np.ndarray) -> np.ndarray:
+    def predict_one(self, row: Sequence[float]) -> float:
+        """The score of one row, its values in `feature_names` order (NaN for a missing one)."""
         with self._lock:
             if self._wide:
                 self._row_views[0][:] = row
             else:
-                for view, value in zip(self._row_views, row.tolist(), strict=True):
+                for view, value in zip(self._row_views, row, strict=True):
                     view[0] = value
             self.session.run_with_iobinding(self._binding)
             out = self._binding.get_outputs()[0].numpy()
-        return _scores(out)
+        return float(_scores(out)[0])
 
     def warmup(self, requests: int, rng_seed: int = 0) -> None:
         """Synthetic predictions so the first real request pays no lazy initialisation."""
         rng = np.random.default_rng(rng_seed)
         width = len(self.feature_names)
         for _ in range(requests):
-            self.predict(rng.random((1, width), dtype=np.float32))
+            self.predict_one(rng.random(width, dtype=np.float32).tolist())
 
 
 def _scores(out: Any) -> np.ndarray:
