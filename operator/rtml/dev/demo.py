@@ -7,8 +7,6 @@ shows what the operator made of them.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rtml.dev.cluster import LocalControlPlane
+from rtml.dev.process import Managed, spawn, stop
 from rtml.dev.thirdparty import thirdparty_crds_dir
 from rtml.dev.tools import ensure_tools
 
@@ -32,28 +31,19 @@ def run_demo(examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
     echo(f"[1/5] starting etcd, kube-apiserver and kube-controller-manager in {workdir}")
     plane.start()
     kubectl = [str(bin_dir / "kubectl"), "--kubeconfig", str(plane.kubeconfig)]
-    operator: subprocess.Popen[bytes] | None = None
+    operator: Managed | None = None
     try:
         _install_crds(kubectl, echo)
 
         echo("[3/5] starting the operator (`rtml operator`)")
-        log = (workdir / "operator.log").open("wb")
-        operator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rtml.cli",
-                "operator",
-                "--kubeconfig",
-                str(plane.kubeconfig),
-                "--liveness",
-                "",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "RTML_RESYNC_SECONDS": "5"},
-        )
+        operator = spawn(
+            "rtml operator",
+            [sys.executable, "-m", "rtml.cli", "operator", "--kubeconfig", str(plane.kubeconfig),
+             "--liveness", ""],
+            workdir / "operator.log",
+            cwd=REPO,
+            env={"RTML_RESYNC_SECONDS": "5"},
+        )  # fmt: skip
         echo(f"[4/5] applying {examples}")
         echo(_kubectl(kubectl, "apply", "-f", str(examples)))
         for _ in range(60):
@@ -109,11 +99,11 @@ def run_demo(examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
         )
         if keep:
             echo(f"\nLeft running. export KUBECONFIG={plane.kubeconfig}; stop with Ctrl-C.")
-            operator.wait()
+            assert operator.popen is not None
+            operator.popen.wait()
     finally:
-        if operator is not None and operator.poll() is None:
-            operator.terminate()
-            operator.wait(15)
+        if operator is not None:
+            stop(operator)
         plane.stop()
 
 
@@ -140,7 +130,8 @@ def run_serving_demo(
         f"[2/4] rtml serve examples/fraud/model.yaml --port {port}  (Feast: SQLite on this machine)"
     )
     log_path = example / "build" / "serve.log"
-    server = subprocess.Popen(
+    server = spawn(
+        "rtml serve",
         [
             sys.executable,
             "-m",
@@ -150,15 +141,14 @@ def run_serving_demo(
             "--port",
             str(port),
         ],
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        log_path,
+        cwd=REPO,
     )
     try:
         started = time.monotonic()
         while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"rtml serve exited with {server.returncode}; see {log_path}")
+            if not server.running():
+                raise RuntimeError(f"rtml serve {server.exit_description()}; see {log_path}")
             try:
                 with urllib.request.urlopen(
                     f"http://127.0.0.1:{port}/v2/health/ready", timeout=1
@@ -189,12 +179,7 @@ def run_serving_demo(
             result = asyncio.run(run_bench(url, load_body(example / "request.json"), c, duration_s))
             echo(format_result(result, c))
     finally:
-        # The whole process group: BentoML's arbiter and its worker both go.
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop(server, grace=20)  # the whole process group: BentoML's arbiter and its worker
 
 
 def _install_crds(kubectl: list[str], echo: Callable[[str], None]) -> None:

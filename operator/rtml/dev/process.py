@@ -49,8 +49,11 @@ def free_port() -> int:
         return port
 
 
-def spawn(name: str, argv: list[str], log_file: Path, cwd: Path) -> Managed:
-    """Start ``argv`` detached in a new session, stdout and stderr appended to ``log_file``."""
+def spawn(
+    name: str, argv: list[str], log_file: Path, cwd: Path, env: dict[str, str] | None = None
+) -> Managed:
+    """Start ``argv`` detached in a new session, stdout and stderr appended to ``log_file``;
+    ``env`` is added to this process's environment."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
         out.write(f"--- rtml: starting {' '.join(argv)}\n".encode())
@@ -61,6 +64,7 @@ def spawn(name: str, argv: list[str], log_file: Path, cwd: Path) -> Managed:
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=cwd,
+            env={**os.environ, **env} if env else None,
             start_new_session=True,
         )
     log.info("started %s (pid %d), log in %s", name, popen.pid, log_file)
