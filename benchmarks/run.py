@@ -24,7 +24,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(REPO / "operator"), str(REPO / "bentos")]
+sys.path[:0] = [str(REPO / "operator"), str(REPO / "bentos"), str(REPO)]  # REPO: tests.redis_server
 
 from benchlib.configs import BY_KEY, CONFIGS, PYTHONPATH, ServerConfig  # noqa: E402
 from benchlib.fixture import (  # noqa: E402

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from rtml.dev.thirdparty import thirdparty_crds_dir
+from rtml.dev.thirdparty import ENV as THIRDPARTY_ENV
+from rtml.dev.thirdparty import KSERVE_CRD, thirdparty_crds_dir
 from rtml.operator.conditions import get_condition
 from tests.postgres import PostgresServer
 from tests.runtime_proc import RedisServer, rtml_env
@@ -26,9 +27,18 @@ from tests.runtime_proc import RedisServer, rtml_env
 REPO = Path(__file__).resolve().parents[1]
 
 
-THIRDPARTY = thirdparty_crds_dir()
-KSERVE_CRD = "kserve.serving.kserve.io_inferenceservices.yaml"
 LOGS = REPO / ".test-logs"
+
+
+def thirdparty_crd(file: str) -> Path:
+    """An upstream CRD from `$RTML_THIRDPARTY_CRDS` (.ci/env.sh sets it); fails when absent."""
+    folder = thirdparty_crds_dir()
+    if folder is None or not (folder / file).is_file():
+        pytest.fail(
+            f"{file} is not in ${THIRDPARTY_ENV} ({folder}); set it to the folder of the "
+            "upstream CRDs (.ci/env.sh finds ../shared/thirdparty-crds)"
+        )
+    return folder / file
 
 
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
@@ -138,14 +148,14 @@ def rtml_crds(kube: Kube) -> list[str]:
 @pytest.fixture(scope="session")
 def kserve_crd(kube: Kube) -> str:
     """KServe's real InferenceService CRD (~2 MB, applied server-side)."""
-    (name,) = install_crd_file(kube, THIRDPARTY / KSERVE_CRD)
+    (name,) = install_crd_file(kube, thirdparty_crd(KSERVE_CRD))
     return name
 
 
 @pytest.fixture(scope="session")
 def keda_crd(kube: Kube) -> str:
     """KEDA's real ScaledObject CRD."""
-    (name,) = install_crd_file(kube, THIRDPARTY / "keda.scaledobjects.yaml")
+    (name,) = install_crd_file(kube, thirdparty_crd("keda.scaledobjects.yaml"))
     return name
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rtml.dev.redis import answers_ping, redis_server_argv
+from tests.redis_server import answers_ping, redis_server_argv
 
 REPO = Path(__file__).resolve().parents[1]
 LOGS = REPO / ".test-logs"

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tests.redis_server import answers_ping, redis_server_argv
 
 from benchlib.procs import LOAD_CPU, Server, free_port
-from rtml.dev.redis import answers_ping, redis_server_argv
+from rtml.contract import FEAST_PROJECT
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fraud"
 ENTITY_PLACEHOLDER = "__ENTITY__"
-FEAST_PROJECT = "rtml"  # the project rtml registers its views under (rtml_runtime.bootstrap)
 DEFAULT_REQUEST = {"amount": 42.5, "merchant_risk": 0.2, "hour_of_day": 14}
 
 
@@ -144,13 +144,14 @@ def start_redis(root: Path, log: Callable[[str], None]) -> tuple[Server, str]:
 def register_features(fixture: Fixture, redis_url: str, log: Callable[[str], None]) -> None:
     """Register the view and materialise it into Redis with rtml's own Feast code, then write a
     feature_store.yaml for the anchors, which read the same registry with the plain Feast SDK."""
-    from rtml.features.store import StoreProfile, apply_views, make_store, materialize
+    from rtml.contract import FeastProfile
+    from rtml.features.store import apply_views, make_store, materialize
     from rtml_runtime.config import load_manifest
 
     config = load_manifest(fixture.manifest)
     assert config.feature_view is not None
     started = time.monotonic()
-    profile = StoreProfile(kind="redis", path=fixture.store_path, redis_url=redis_url)
+    profile = FeastProfile(kind="redis", path=fixture.store_path, redis_url=redis_url)
     # Feast prints materialisation progress to stdout: keep it out of the progress lines.
     with (fixture.root / "materialize.log").open("w") as quiet, contextlib.redirect_stdout(quiet):
         store = make_store(profile, project=FEAST_PROJECT)
@@ -183,7 +184,7 @@ def feature_store_yaml(profile: Any) -> dict[str, Any]:
         },
         "online_store": {
             "type": "redis",
-            "connection_string": redis_connection_string(profile.redis_url),
+            "connection_string": redis_connection_string(profile),
         },
         "offline_store": {"type": "file"},
         "entity_key_serialization_version": ENTITY_KEY_SERIALIZATION_VERSION,

@@ -6,8 +6,9 @@ import asyncio
 import gc
 import logging
 import time
-from typing import Any
 
+from rtml.contract import FEAST_ENTITY_KEY_VERSION, FEAST_PROJECT
+from rtml.features.store import apply_views, make_store, materialize
 from rtml_runtime.app import RuntimeApp
 from rtml_runtime.config import RuntimeConfig
 from rtml_runtime.engine import Runtime
@@ -19,7 +20,6 @@ from rtml_runtime.features import (
 )
 
 log = logging.getLogger("rtml.runtime")
-FEAST_PROJECT = "rtml"
 
 
 def register_features(config: RuntimeConfig) -> None:
@@ -28,19 +28,9 @@ def register_features(config: RuntimeConfig) -> None:
     view = config.feature_view
     if view is None:
         return
-    from rtml.features.store import apply_views, make_store, materialize
-
-    store = make_store(_profile(config), project=FEAST_PROJECT)
+    store = make_store(config.store, project=FEAST_PROJECT)
     apply_views(store, [view], base_dir=config.base_dir)
     materialize(store, [view])
-
-
-def _profile(config: RuntimeConfig) -> Any:
-    from rtml.features.store import StoreProfile
-
-    return StoreProfile(
-        kind=config.store.kind, path=config.store.path, redis_url=config.store.redis_url
-    )
 
 
 def make_reader(config: RuntimeConfig, register: bool = False) -> FeatureReader | None:
@@ -57,18 +47,16 @@ def make_reader(config: RuntimeConfig, register: bool = False) -> FeatureReader 
     if config.store.kind == "redis":
         return FeastRedisReader(
             view,
-            config.store.redis_url,
+            config.store.redis_url_with_password,
             project=FEAST_PROJECT,
-            key_version=config.store.key_version,
+            key_version=FEAST_ENTITY_KEY_VERSION,
         )
     db = config.store.path / "online.db"
     if db.exists():
         return FeastSqliteReader(
-            view, db, project=FEAST_PROJECT, key_version=config.store.key_version
+            view, db, project=FEAST_PROJECT, key_version=FEAST_ENTITY_KEY_VERSION
         )
-    from rtml.features.store import make_store
-
-    return FeastSdkReader(make_store(_profile(config), project=FEAST_PROJECT), view)
+    return FeastSdkReader(make_store(config.store, project=FEAST_PROJECT), view)
 
 
 def build_app(config: RuntimeConfig, register: bool = False) -> RuntimeApp:

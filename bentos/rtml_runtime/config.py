@@ -8,21 +8,18 @@ spec) in a pod, or a Model manifest (with its FeatureView in the same file or fo
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from rtml.api.featureview import FeatureView
 from rtml.api.model import Model
+from rtml.contract import FeastProfile, RuntimeSettings
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20
-DEFAULT_MAX_BATCH_ROWS = 256
-DEFAULT_CACHE_ENTRIES = 100_000
-DEFAULT_CACHE_TTL_S = 1.0
+_DEFAULTS = RuntimeSettings.model_construct()  # the documented defaults, no environment read
 
 
 class ConfigError(Exception):
@@ -30,26 +27,17 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
-class StoreSettings:
-    """Where Feast's registry and online store are (operator-wide settings in a cluster)."""
-
-    kind: Literal["sqlite", "redis"] = "sqlite"
-    path: Path = Path("feature_store")
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    key_version: int = 3  # Feast's entity_key_serialization_version, as the registry uses
-
-
-@dataclass(frozen=True)
 class RuntimeConfig:
     model: Model
     feature_view: FeatureView | None
     base_dir: Path
-    store: StoreSettings = field(default_factory=StoreSettings)
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
-    cache_entries: int = DEFAULT_CACHE_ENTRIES
-    cache_ttl_s: float = DEFAULT_CACHE_TTL_S
-    artifact_dir: Path = Path("/var/lib/rtml")
+    store: FeastProfile = field(default_factory=FeastProfile.model_construct)
+    max_body_bytes: int = _DEFAULTS.max_body_bytes
+    max_batch_rows: int = _DEFAULTS.max_batch_rows
+    cache_entries: int = _DEFAULTS.cache_entries
+    cache_ttl_s: float = _DEFAULTS.cache_ttl_seconds
+    artifact_dir: Path = _DEFAULTS.artifact_dir
+    pvc_root: Path = _DEFAULTS.pvc_root
 
     @property
     def name(self) -> str:
@@ -83,26 +71,17 @@ def _describe(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
 
 
-def _env_overrides() -> dict[str, Any]:
-    env = os.environ
-    out: dict[str, Any] = {}
-    if "RTML_STORE" in env or "RTML_STORE_PATH" in env or "RTML_REDIS_URL" in env:
-        out["store"] = StoreSettings(
-            kind="redis" if env.get("RTML_STORE", "sqlite") == "redis" else "sqlite",
-            path=Path(env.get("RTML_STORE_PATH", "feature_store")),
-            redis_url=env.get("RTML_REDIS_URL", StoreSettings.redis_url),
-        )
-    for key, name, cast in (
-        ("max_body_bytes", "RTML_MAX_BODY_BYTES", int),
-        ("max_batch_rows", "RTML_MAX_BATCH_ROWS", int),
-        ("cache_entries", "RTML_CACHE_ENTRIES", int),
-        ("cache_ttl_s", "RTML_CACHE_TTL_SECONDS", float),
-    ):
-        if name in env:
-            out[key] = cast(env[name])
-    if "RTML_ARTIFACT_DIR" in env:
-        out["artifact_dir"] = Path(env["RTML_ARTIFACT_DIR"])
-    return out
+def from_settings(settings: RuntimeSettings, store: FeastProfile) -> dict[str, Any]:
+    """RuntimeConfig's fields that come from the process's settings rather than the Model."""
+    return {
+        "store": store,
+        "max_body_bytes": settings.max_body_bytes,
+        "max_batch_rows": settings.max_batch_rows,
+        "cache_entries": settings.cache_entries,
+        "cache_ttl_s": settings.cache_ttl_seconds,
+        "artifact_dir": settings.artifact_dir,
+        "pvc_root": settings.pvc_root,
+    }
 
 
 def load_manifest(path: Path, model_name: str | None = None, **overrides: Any) -> RuntimeConfig:
@@ -123,9 +102,7 @@ def load_manifest(path: Path, model_name: str | None = None, **overrides: Any) -
         raise ConfigError(f"the Model in {path} is invalid: {_describe(e)}") from e
     view = _find_view(model, [d for d in docs if d.get("kind") == "FeatureView"], str(path))
     base = path if path.is_dir() else path.parent
-    return RuntimeConfig(
-        model=model, feature_view=view, base_dir=base.resolve(), **{**_env_overrides(), **overrides}
-    )
+    return RuntimeConfig(model=model, feature_view=view, base_dir=base.resolve(), **overrides)
 
 
 def _find_view(model: Model, docs: list[dict[str, Any]], where: str) -> FeatureView | None:
@@ -168,15 +145,15 @@ def load_resolved(path: Path, **overrides: Any) -> RuntimeConfig:
         model=model,
         feature_view=view,
         base_dir=path.parent.resolve(),
-        **{**_env_overrides(), **overrides},
+        **overrides,
     )
 
 
-def load_config(path: Path | None = None, **overrides: Any) -> RuntimeConfig:
-    """From PATH or `RTML_CONFIG`: JSON is the operator's resolved config, YAML a manifest."""
-    raw = path or (Path(os.environ["RTML_CONFIG"]) if os.environ.get("RTML_CONFIG") else None)
-    if raw is None:
+def load_config(settings: RuntimeSettings, store: FeastProfile) -> RuntimeConfig:
+    """From `settings.config`: JSON is the operator's resolved config, YAML a manifest."""
+    if settings.config is None:
         raise ConfigError("no configuration: pass a Model manifest or set RTML_CONFIG")
-    if raw.suffix == ".json":
-        return load_resolved(raw, **overrides)
-    return load_manifest(raw, os.environ.get("RTML_MODEL"), **overrides)
+    overrides = from_settings(settings, store)
+    if settings.config.suffix == ".json":
+        return load_resolved(settings.config, **overrides)
+    return load_manifest(settings.config, settings.model, **overrides)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from rtml.api.signature import check_signature, describe
-from rtml_runtime.artifacts import ArtifactError, fetch_artifact
+from rtml.artifacts import ArtifactError, fetch_artifact
 from rtml_runtime.breaker import CircuitBreaker, State
 from rtml_runtime.cache import TTLCache
 from rtml_runtime.clock import SYSTEM_CLOCK, Clock
@@ -105,12 +105,13 @@ class Runtime:
         """Fetch, verify, load, check the signature and warm up. Raises on any failure."""
         art = self.spec.artifact
         cache_dir = self.config.artifact_dir
-        path = fetch_artifact(art.uri, art.sha256, self.config.base_dir, cache_dir)
+        pvc = self.config.pvc_root
+        path = fetch_artifact(art.uri, art.sha256, self.config.base_dir, cache_dir, pvc_root=pvc)
         self.model = OnnxModel(path)
         if self.spec.fallback.mode == "model" and self.spec.fallback.artifact is not None:
             b = self.spec.fallback.artifact
             self.backup = OnnxModel(
-                fetch_artifact(b.uri, b.sha256, self.config.base_dir, cache_dir)
+                fetch_artifact(b.uri, b.sha256, self.config.base_dir, cache_dir, pvc_root=pvc)
             )
         self.columns = self.model.feature_names
         self._check_signature(self.model, "spec.artifact")

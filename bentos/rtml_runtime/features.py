@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from rtml.api.common import parse_duration
 from rtml.api.featureview import FeatureView
+from rtml.features.translate import feast_name
 from rtml_runtime.feast_codec import codec, field_name, timestamp_seconds
 
 FeatureValues = dict[str, Any]
@@ -38,8 +39,6 @@ class FeatureReader(Protocol):
 
 def feast_view_name(view: FeatureView) -> str:
     """The name the view is registered under in Feast (one rule, in rtml.features)."""
-    from rtml.features.translate import feast_name
-
     return feast_name(view)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from rtml.api.signature import InputSpec
+from rtml.onnx_inputs import DECLARED_FEATURES
 
 _NUMPY = {
     "tensor(float)": np.float32,
@@ -24,8 +25,6 @@ _NUMPY = {
     "tensor(int32)": np.int32,
     "tensor(bool)": np.bool_,
 }
-DECLARED_FEATURES = "rtml.features"  # metadata: the column names of a single wide input
-MAX_SIGNATURE_BYTES = 64 << 20
 
 
 class ModelError(Exception):
@@ -36,8 +35,7 @@ class OnnxModel:
     """Scores rows: an [n, k] float matrix whose columns follow `feature_names`."""
 
     def __init__(self, path: Path, threads: int = 1) -> None:
-        # Imported here so that `onnx_inputs` (used by the operator) needs no ONNX Runtime.
-        import onnxruntime as ort
+        import onnxruntime as ort  # ~0.5 s: loaded with the model, off the import path
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -143,53 +141,3 @@ def _scores(out: Any) -> np.ndarray:
     if scores.ndim == 2:
         scores = scores[:, -1]
     return scores.reshape(-1)
-
-
-def _input_spec(value_info: Any) -> InputSpec:
-    """A graph input as ONNX Runtime would describe it: `tensor(float)`, dims or names."""
-    from onnx import TensorProto
-
-    kind = value_info.type.WhichOneof("value")
-    if kind != "tensor_type":
-        return InputSpec(value_info.name, str(kind), ())
-    tensor = value_info.type.tensor_type
-    dtype = f"tensor({TensorProto.DataType.Name(tensor.elem_type).lower()})"
-    shape = tuple(
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
-    )
-    return InputSpec(value_info.name, dtype, shape)
-
-
-def onnx_inputs(
-    path: Path, max_bytes: int = MAX_SIGNATURE_BYTES
-) -> tuple[list[InputSpec], list[str] | None]:
-    """The graph's inputs and its `rtml.features` metadata, without loading it for inference.
-
-    Reads the protobuf only (no external tensor data, no session): what the operator and
-    `rtml validate` need to run the signature check. Files over `max_bytes` are refused.
-    """
-    import onnx
-
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ModelError(
-            f"{path} is {size} bytes, over the {max_bytes}-byte limit for reading an ONNX signature"
-        )
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise ModelError(f"{path} is not a readable ONNX model: {e}") from e
-    # Before IR version 4, initializers were listed as inputs too; they are not fed.
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [_input_spec(i) for i in model.graph.input if i.name not in initializers]
-    meta = {p.key: p.value for p in model.metadata_props}
-    declared = None
-    if DECLARED_FEATURES in meta:
-        try:
-            names = json.loads(meta[DECLARED_FEATURES])
-        except json.JSONDecodeError as e:
-            raise ModelError(f"{path}: metadata {DECLARED_FEATURES!r} is not JSON: {e}") from e
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ModelError(f"{path}: metadata {DECLARED_FEATURES!r} must be a list of names")
-        declared = names
-    return inputs, declared

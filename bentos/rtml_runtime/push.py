@@ -3,22 +3,23 @@
 A stream processor keeps a `source.type: push` view fresh by pushing rows here; they go straight
 into the online store the runtime reads. The Feast SDK (and its FeatureStore) is loaded on the
 first push only, off the event loop: a runtime that is never pushed to never pays for it.
-The registry is the profile's (`RTML_FEAST_REGISTRY` when set, as the operator's).
+The registry is the runtime's Feast profile's (`RTML_FEAST_REGISTRY`, as the operator's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from typing import Any
 
+from rtml.contract import FEAST_PROJECT
+from rtml.features.push import PushError, rows_frame
+from rtml.features.store import make_store, push_rows
 from rtml_runtime.config import RuntimeConfig
 from rtml_runtime.errors import RequestError, bad_input
 
 log = logging.getLogger("rtml.runtime.push")
-FEAST_PROJECT = "rtml"
 
 
 class FeaturePusher:
@@ -32,22 +33,10 @@ class FeaturePusher:
     def _feature_store(self) -> Any:
         with self._lock:
             if self._store is None:
-                from rtml.features.store import StoreProfile, make_store
-
-                store = self.config.store
-                profile = StoreProfile(
-                    kind=store.kind,
-                    path=store.path,
-                    redis_url=store.redis_url,
-                    registry=os.environ.get("RTML_FEAST_REGISTRY") or None,
-                )
-                self._store = make_store(profile, project=FEAST_PROJECT)
+                self._store = make_store(self.config.store, project=FEAST_PROJECT)
             return self._store
 
     def _push_sync(self, payload: Any) -> int:
-        from rtml.features.push import PushError, rows_frame
-        from rtml.features.store import push_rows
-
         view = self.config.feature_view
         assert view is not None  # checked by push()
         try:

@@ -17,13 +17,12 @@ parts of BentoML that measured as most of its per-request cost on this path
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import bentoml
 from bentoml._internal.server.http import traffic as bentoml_traffic
 
+from rtml.contract import FeastProfile, RuntimeSettings, load_settings
 from rtml_runtime.bootstrap import build_app
 from rtml_runtime.config import load_config
 from rtml_runtime.traffic import SweptTimeout
@@ -32,8 +31,11 @@ from rtml_runtime.traffic import SweptTimeout
 # this module attribute then (bentoml/_internal/server/base_app.py, `middlewares`).
 bentoml_traffic.TimeoutMiddleware = SweptTimeout  # type: ignore[misc,assignment]
 
-CONFIG = load_config(Path(os.environ["RTML_CONFIG"]) if os.environ.get("RTML_CONFIG") else None)
-APP = build_app(CONFIG, register=os.environ.get("RTML_REGISTER") == "1")
+# BentoML imports this module to find the service: the settings are read once, here (`rtml
+# serve` has already checked them, so an error names its variable before BentoML starts).
+SETTINGS = load_settings(RuntimeSettings)
+CONFIG = load_config(SETTINGS, load_settings(FeastProfile))
+APP = build_app(CONFIG, register=SETTINGS.register_features)
 TIMEOUT_S = CONFIG.model.spec.slo.timeout_ms / 1000 + 1
 # Excluded paths skip BentoML's OpenTelemetry middleware outright (sample_rate 0 alone still
 # builds a non-recording span and its context per request: ~20% of the request's CPU, py-spy).

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
+from rtml.contract import FeastProfile, RuntimeSettings, load_settings
 from rtml.logs import configure_logging
 from rtml_runtime.bootstrap import build_app
 from rtml_runtime.config import load_config
 
 configure_logging()
-app = build_app(load_config(), register=os.environ.get("RTML_REGISTER") == "1")
+SETTINGS = load_settings(RuntimeSettings)
+app = build_app(
+    load_config(SETTINGS, load_settings(FeastProfile)), register=SETTINGS.register_features
+)

@@ -12,6 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from rtml.features.cli import add_feature_commands
+from rtml_runtime.cli import bench, serve
 
 if TYPE_CHECKING:
     from rtml.api import FeatureView, Model
@@ -94,9 +95,9 @@ def render(manifest: Path, namespace: str | None, keda: bool, image: str | None)
     MANIFEST is a YAML file (or a folder of them); kinds other than Model are ignored.
     """
     from rtml.api.model import Model
+    from rtml.contract import DEFAULT_RUNTIME_IMAGE
     from rtml.operator.errors import describe_validation_error
     from rtml.operator.render import RenderContext, render_model_children
-    from rtml.operator.render.context import DEFAULT_RUNTIME_IMAGE
 
     ctx = RenderContext(runtime_image=image or DEFAULT_RUNTIME_IMAGE, keda_installed=keda)
     out: list[dict[str, Any]] = []
@@ -155,8 +156,8 @@ def _check_local_signature(model: Model, views: dict[str, FeatureView], base_dir
     manifest, are skipped (the operator and the runtime check those).
     """
     from rtml.api.signature import check_signature
-    from rtml_runtime.artifacts import ArtifactError, fetch_artifact, local_path
-    from rtml_runtime.onnx_model import ModelError, onnx_inputs
+    from rtml.artifacts import ArtifactError, fetch_artifact, local_path
+    from rtml.onnx_inputs import OnnxSignatureError, onnx_inputs
 
     name = model.metadata.name
     binding = model.spec.features
@@ -172,7 +173,7 @@ def _check_local_signature(model: Model, views: dict[str, FeatureView], base_dir
     try:
         path = fetch_artifact(art.uri, art.sha256, base_dir, base_dir)  # local: nothing cached
         inputs, declared = onnx_inputs(path)
-    except (ArtifactError, ModelError) as e:
+    except (ArtifactError, OnnxSignatureError) as e:
         click.echo(f"Model {name}: {e}", err=True)
         return 1
     requested = list(binding.request_features) if binding is not None else []
@@ -215,10 +216,17 @@ def operator(kubeconfig: str | None, liveness: str, namespaces: tuple[str, ...])
 
 @main.command()
 @click.option(
+    "--checkout",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path(),
+    show_default=True,
+    help="The rtml checkout whose chart CRDs and examples the demo uses.",
+)
+@click.option(
     "--examples",
     type=click.Path(exists=True, path_type=Path),
     default=None,
-    help="Manifests to apply [default: examples/models in this checkout].",
+    help="Manifests to apply [default: CHECKOUT/examples/models].",
 )
 @click.option("--keep", is_flag=True, help="Leave the control plane and operator running.")
 @click.option(
@@ -235,185 +243,29 @@ def operator(kubeconfig: str | None, liveness: str, namespaces: tuple[str, ...])
     type=click.FloatRange(1),
     help="Seconds of load for each benchmark step.",
 )
-def demo(examples: Path | None, keep: bool, part: str, duration: float) -> None:
+def demo(checkout: Path, examples: Path | None, keep: bool, part: str, duration: float) -> None:
     """Run the demo: the operator on a local control plane, then one machine serving the
     fraud model with Feast features, ending with its latency table."""
-    from rtml.dev.demo import REPO, run_demo, run_serving_demo
+    from rtml.dev.demo import run_demo, run_serving_demo
     from rtml.dev.process import exit_cleanly_on_sigterm
 
+    repo = checkout.resolve()
+    if not (repo / "examples" / "fraud").is_dir():
+        raise click.ClickException(
+            f"{repo} is not an rtml checkout (no examples/fraud); run the demo from one, "
+            "or pass --checkout"
+        )
     exit_cleanly_on_sigterm()
     try:
         if part in ("all", "cluster"):
             click.echo("== part 1: the operator on a local Kubernetes control plane ==")
-            run_demo(
-                examples or REPO / "examples" / "models", keep and part == "cluster", click.echo
-            )
+            models = examples or repo / "examples" / "models"
+            run_demo(repo, models, keep and part == "cluster", click.echo)
         if part in ("all", "serve"):
             click.echo("\n== part 2: one machine, no cluster: rtml serve + rtml bench ==")
-            run_serving_demo(click.echo, duration_s=duration)
+            run_serving_demo(repo, click.echo, duration_s=duration)
     except (RuntimeError, subprocess.CalledProcessError) as e:
         raise click.ClickException(str(e)) from e
-
-
-@main.command()
-@click.argument("manifest", type=click.Path(exists=True, path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=3000, show_default=True, type=int, help="Port to listen on.")
-@click.option(
-    "--model", "model_name", default=None, help="The Model to serve when MANIFEST holds several."
-)
-@click.option(
-    "--profile",
-    type=click.Choice(["sqlite", "redis"]),
-    default="sqlite",
-    show_default=True,
-    help="Feast online store: SQLite on this machine, or Redis.",
-)
-@click.option(
-    "--store-path",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder for the Feast registry (and SQLite online store) "
-    "[default: .rtml/feature_store beside MANIFEST].",
-)
-@click.option(
-    "--redis-url",
-    default="redis://127.0.0.1:6379/0",
-    show_default=True,
-    help="Redis for --profile redis.",
-)
-@click.option(
-    "--register/--no-register",
-    default=True,
-    show_default=True,
-    help="Apply the FeatureView to the Feast registry and materialise it first "
-    "(in a cluster the operator does this; skip it when already done).",
-)
-@click.option(
-    "--server",
-    type=click.Choice(["bentoml", "uvicorn"]),
-    default="bentoml",
-    show_default=True,
-    help="Host the runtime in BentoML, or in plain uvicorn.",
-)
-def serve(
-    manifest: Path,
-    host: str,
-    port: int,
-    model_name: str | None,
-    profile: str,
-    store_path: Path | None,
-    redis_url: str,
-    register: bool,
-    server: str,
-) -> None:
-    """Serve the Model in MANIFEST on this machine, no cluster needed.
-
-    The FeatureView it references is read from the same file or folder, registered in a local
-    Feast registry and materialised into the online store before the first request.
-    """
-    import os
-
-    base = manifest if manifest.is_dir() else manifest.parent
-    store = (store_path or base / ".rtml" / "feature_store").resolve()
-    env = {
-        **os.environ,
-        "RTML_CONFIG": str(manifest.resolve()),
-        "RTML_STORE": profile,
-        "RTML_STORE_PATH": str(store),
-        "RTML_REDIS_URL": redis_url,
-        "RTML_ARTIFACT_DIR": str(base.resolve() / ".rtml" / "artifacts"),
-    }
-    if model_name:
-        env["RTML_MODEL"] = model_name
-    from rtml_runtime.bootstrap import register_features
-    from rtml_runtime.config import ConfigError, load_manifest
-
-    try:
-        config = load_manifest(
-            manifest, model_name, store=_store_settings(profile, store, redis_url)
-        )
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from e
-    if config.feature_view is not None and register:
-        click.echo(
-            f"registering FeatureView {config.feature_view.metadata.name} in Feast "
-            f"({profile}) and materialising it...",
-            err=True,
-        )
-        register_features(config)
-    if server == "uvicorn":
-        argv = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "rtml_runtime.uvicorn_app:app",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-    else:
-        argv = [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "rtml_runtime.service:RtmlRuntime",
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ]
-    click.echo(
-        f"serving {manifest} on http://{host}:{port} ({server}, {profile} features)", err=True
-    )
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Replace this process with the server: no parent left holding the Feast SDK in memory
-    # (it was imported only to register), and signals reach the server directly.
-    os.execvpe(argv[0], argv, env)  # noqa: S606 - our own interpreter and module
-
-
-def _store_settings(profile: str, path: Path, redis_url: str) -> Any:
-    from rtml_runtime.config import StoreSettings
-
-    return StoreSettings(
-        kind="redis" if profile == "redis" else "sqlite", path=path, redis_url=redis_url
-    )
-
-
-@main.command()
-@click.option(
-    "--url", default="http://127.0.0.1:3000/predict", show_default=True, help="Endpoint to drive."
-)
-@click.option(
-    "--body",
-    "body_path",
-    type=click.Path(exists=True, path_type=Path),
-    required=True,
-    help="JSON request body to send (e.g. examples/fraud/request.json).",
-)
-@click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1, 1024))
-@click.option(
-    "--duration",
-    "-d",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(0.5),
-    help="Seconds of load.",
-)
-def bench(url: str, body_path: Path, concurrency: int, duration: float) -> None:
-    """Drive a running runtime with a closed loop; print p50/p99/p99.9, throughput, errors."""
-    import asyncio
-
-    from rtml_runtime.bench import format_result, load_body, run_bench
-
-    result = asyncio.run(run_bench(url, load_body(body_path), concurrency, duration))
-    click.echo(format_result(result, concurrency))
 
 
 def _add_dev() -> None:
@@ -426,6 +278,8 @@ def _add_dev() -> None:
 
 _add_dev()
 add_feature_commands(main)
+main.add_command(serve)
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()

@@ -20,9 +20,9 @@ from feast import FeatureStore, FileSource, ValueType
 from feast.types import String
 
 from rtml.api.featureview import FeatureView
+from rtml.contract import FeastProfile
 from rtml.features.store import (
     FeatureStoreError,
-    StoreProfile,
     apply_views,
     make_store,
     materialize,
@@ -64,7 +64,7 @@ def view(example: Path) -> FeatureView:
 def store(
     example: Path, view: FeatureView, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FeatureStore]:
-    store = make_store(StoreProfile(path=tmp_path_factory.mktemp("feast")))
+    store = make_store(FeastProfile(path=tmp_path_factory.mktemp("feast")))
     # Relative `file://build/features.parquet` resolves against the manifest's folder.
     assert apply_views(store, [view], base_dir=example) == [VIEW]
     materialize(store, [view])

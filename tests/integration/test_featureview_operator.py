@@ -22,7 +22,8 @@ import yaml
 from feast import FeatureStore
 from feast.errors import FeatureViewNotFoundException
 
-from rtml.features.store import StoreProfile, make_store
+from rtml.contract import FeastProfile
+from rtml.features.store import make_store
 from rtml.features.translate import feast_dtype, feast_name_for
 from tests.kube import Kube, OperatorProcess, condition, wait_for
 from tests.postgres import PostgresServer
@@ -46,10 +47,10 @@ def named(doc: dict[str, Any], name: str, ns: str) -> dict[str, Any]:
     return {**doc, "metadata": {"name": name, "namespace": ns}}
 
 
-def profile(op: OperatorProcess) -> StoreProfile:
+def profile(op: OperatorProcess) -> FeastProfile:
     """The operator's Feast profile, as its settings build it from the same environment."""
     env = op.env
-    return StoreProfile(
+    return FeastProfile(
         kind="redis",
         path=Path(env["RTML_FEAST_PATH"]),
         redis_url=env["RTML_FEAST_REDIS_URL"],

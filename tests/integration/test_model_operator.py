@@ -9,11 +9,11 @@ import pytest
 
 from tests.kube import (
     KSERVE_CRD,
-    THIRDPARTY,
     Kube,
     OperatorProcess,
     condition,
     install_crd_file,
+    thirdparty_crd,
     wait_for,
 )
 
@@ -368,7 +368,7 @@ def test_kserve_backend_without_kserve_crd_says_so(
         assert operator.proc is not None
         assert operator.proc.poll() is None, "the operator must survive KServe being uninstalled"
     finally:
-        install_crd_file(kube, THIRDPARTY / KSERVE_CRD)
+        install_crd_file(kube, thirdparty_crd(KSERVE_CRD))
     # Once KServe arrives the same Model converges without being touched.
     wait_for(
         lambda: kube.get(*ISVC, "nokserve", namespace),

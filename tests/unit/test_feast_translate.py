@@ -15,7 +15,8 @@ from feast.types import Bool, Float32, Float64, Int32, Int64, PrimitiveFeastType
 from pydantic import ValidationError
 
 from rtml.api.featureview import FeatureView
-from rtml.features.store import StoreProfile, redis_connection_string, repo_config
+from rtml.contract import FeastProfile
+from rtml.features.store import redis_connection_string, repo_config
 from rtml.features.translate import (
     DEFAULTS_TAG,
     NAME_TAG,
@@ -227,7 +228,20 @@ def test_the_fraud_example_translates() -> None:
     ],
 )
 def test_redis_urls_become_feast_connection_strings(url: str, expected: str) -> None:
-    assert redis_connection_string(url) == expected
+    assert redis_connection_string(FeastProfile(kind="redis", redis_url=url)) == expected
+
+
+def test_the_password_from_its_own_variable_joins_the_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a pod the password comes from a Secret as RTML_FEAST_REDIS_PASSWORD, not in the URL."""
+    monkeypatch.setenv("RTML_FEAST_STORE", "redis")
+    monkeypatch.setenv("RTML_FEAST_REDIS_URL", "redis://cache:6380/2")
+    monkeypatch.setenv("RTML_FEAST_REDIS_PASSWORD", "p@ss word")
+    profile = FeastProfile()
+    assert profile.redis_url_with_password == "redis://:p%40ss%20word@cache:6380/2"
+    assert redis_connection_string(profile) == "cache:6380,db=2,password=p@ss word"
+    assert "p@ss" not in repr(profile)
 
 
 @pytest.mark.parametrize(
@@ -241,17 +255,19 @@ def test_redis_urls_become_feast_connection_strings(url: str, expected: str) -> 
 )
 def test_bad_redis_urls_are_refused_by_the_profile(url: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
-        StoreProfile(kind="redis", redis_url=url)
+        FeastProfile(kind="redis", redis_url=url)
 
 
 def test_bad_redis_url_errors_hide_the_password() -> None:
     with pytest.raises(ValueError, match=r"\*\*\*") as e:
-        redis_connection_string("redis://:topsecret@cache/zero")
+        redis_connection_string(
+            FeastProfile.model_construct(redis_url="redis://:topsecret@cache/zero")
+        )
     assert "topsecret" not in str(e.value)
 
 
 def test_sqlite_profile_repo_config(tmp_path: Path) -> None:
-    config = repo_config(StoreProfile(path=tmp_path), project="proj")
+    config = repo_config(FeastProfile(path=tmp_path), project="proj")
     assert config.project == "proj"
     assert config.registry.registry_type == "sql"
     assert config.registry.path == f"sqlite:///{tmp_path}/registry.db"
@@ -264,7 +280,7 @@ def test_sqlite_profile_repo_config(tmp_path: Path) -> None:
 
 
 def test_redis_profile_repo_config_with_an_explicit_registry(tmp_path: Path) -> None:
-    profile = StoreProfile(
+    profile = FeastProfile(
         kind="redis",
         path=tmp_path,
         redis_url="redis://10.0.0.5:6379/3",

@@ -8,17 +8,22 @@ from typing import Any
 import pytest
 
 from rtml.api.featureview import FeatureView
+from rtml.contract import FeastProfile, FeastSecretRef
 from rtml.operator.conditions import Cond, get_condition
 from rtml.operator.featureview_status import RegistryFacts, compute_feature_view_status
 from rtml.operator.render.container import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.cronjob import render_materialization_cronjob
-from rtml.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
-CTX = RenderContext(runtime_image="registry.local/rtml:test")
+CTX = RenderContext(
+    runtime_image="registry.local/rtml:test",
+    feast=FeastProfile.model_construct(
+        kind="redis", registry="postgresql://u:pw@r/db", path="/var/lib/rtml/feast"
+    ),
+    feast_secret=FeastSecretRef(name="feast-credentials"),
+)
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-STORE_ENV = OperatorSettings(feast_store="redis", feast_registry="postgresql://r/db").store_env()
 
 
 def view(**materialization: Any) -> FeatureView:
@@ -47,7 +52,7 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
     ],
 )
 def test_cronjob_follows_the_spec(spec: dict[str, Any], schedule: str, suspend: bool) -> None:
-    cj = render_materialization_cronjob(view(**spec), CTX, STORE_ENV)
+    cj = render_materialization_cronjob(view(**spec), CTX)
     assert (cj["apiVersion"], cj["kind"]) == ("batch/v1", "CronJob")
     assert cj["spec"]["schedule"] == schedule
     assert cj["spec"]["suspend"] is suspend
@@ -55,7 +60,7 @@ def test_cronjob_follows_the_spec(spec: dict[str, Any], schedule: str, suspend: 
 
 
 def test_cronjob_runs_materialize_with_the_store_env_under_restricted() -> None:
-    cj = render_materialization_cronjob(view(), CTX, STORE_ENV)
+    cj = render_materialization_cronjob(view(), CTX)
     (ref,) = cj["metadata"]["ownerReferences"]
     assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
         "FeatureView",
@@ -67,9 +72,14 @@ def test_cronjob_runs_materialize_with_the_store_env_under_restricted() -> None:
     (container,) = pod["containers"]
     assert container["image"] == "registry.local/rtml:test"
     assert container["command"] == ["rtml", "materialize", "card-features", "--namespace", "ml"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["RTML_FEAST_STORE"] == "redis"
-    assert env["RTML_FEAST_REGISTRY"] == "postgresql://r/db"
+    # The registry URL is a credential: a reference to the Secret, never the value.
+    (registry,) = [e for e in container["env"] if e["name"] == "RTML_FEAST_REGISTRY"]
+    assert registry == {
+        "name": "RTML_FEAST_REGISTRY",
+        "valueFrom": {"secretKeyRef": {"name": "feast-credentials", "key": "registry"}},
+    }
     assert container["securityContext"] == CONTAINER_SECURITY_CONTEXT
     assert pod["securityContext"] == POD_SECURITY_CONTEXT
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
@@ -146,9 +156,9 @@ def test_a_long_view_name_still_makes_a_valid_distinct_cronjob_name() -> None:
         assert name.endswith("-materialize")
         assert name[0].isalnum()
         assert "--" not in name.replace("-materialize", "")
-    job = render_materialization_cronjob(named(long_a), CTX, STORE_ENV)
+    job = render_materialization_cronjob(named(long_a), CTX)
     assert job["metadata"]["name"] == cronjob_name(named(long_a))
-    longest = render_materialization_cronjob(named("x" * 253), CTX, STORE_ENV)
+    longest = render_materialization_cronjob(named("x" * 253), CTX)
     pod_labels = longest["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
     for labels in (longest["metadata"]["labels"], pod_labels):
         assert all(len(v) <= 63 for v in labels.values()), labels

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 from rtml.api.model import Model
 from rtml.operator.signature import SignatureCache, check_model_signature
-from rtml_runtime.onnx_model import ModelError, onnx_inputs
+from rtml.onnx_inputs import OnnxSignatureError, onnx_inputs
 from tests.unit.runtime.onnx_fixtures import write_sum_model
 
 pytestmark = pytest.mark.unit
@@ -205,5 +205,5 @@ def test_onnx_inputs_reads_the_graph_inputs_and_declared_columns(tmp_path: Path)
         ("features", "tensor(int64)", ("batch", 3))
     ]
     assert declared == ["a", "b", "c"]
-    with pytest.raises(ModelError, match="over the 16-byte limit"):
+    with pytest.raises(OnnxSignatureError, match="over the 16-byte limit"):
         onnx_inputs(path, max_bytes=16)

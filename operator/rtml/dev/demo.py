@@ -1,30 +1,40 @@
 """`rtml demo`: the README's demo on one machine.
 
 Brings up the local control plane, installs the chart's CRDs (and KServe's, when the shared
-third-party CRDs are beside the checkout), runs the operator, applies the example Models and
+third-party CRDs are in $RTML_THIRDPARTY_CRDS), runs the operator, applies the example Models and
 shows what the operator made of them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from rtml.dev.cluster import LocalControlPlane
 from rtml.dev.process import Managed, spawn, stop
+from rtml.dev.thirdparty import ENV as THIRDPARTY_ENV
+from rtml.dev.thirdparty import KSERVE_CRD as KSERVE_CRD_FILE
 from rtml.dev.thirdparty import thirdparty_crds_dir
 from rtml.dev.tools import ensure_tools
-
-REPO = Path(__file__).resolve().parents[3]
-KSERVE_CRD = thirdparty_crds_dir() / "kserve.serving.kserve.io_inferenceservices.yaml"
+from rtml_runtime.bench import format_result, load_body, run_bench
 
 
-def run_demo(examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
+def kserve_crd() -> Path | None:
+    folder = thirdparty_crds_dir()
+    crd = folder / KSERVE_CRD_FILE if folder is not None else None
+    return crd if crd is not None and crd.exists() else None
+
+
+def run_demo(repo: Path, examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
+    """`repo`: the checkout (its charts/rtml/crds and examples)."""
     bin_dir = ensure_tools(progress=echo)
     workdir = Path(tempfile.mkdtemp(prefix="rtml-demo-"))
     plane = LocalControlPlane(workdir, bin_dir)
@@ -33,7 +43,7 @@ def run_demo(examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
     kubectl = [str(bin_dir / "kubectl"), "--kubeconfig", str(plane.kubeconfig)]
     operator: Managed | None = None
     try:
-        _install_crds(kubectl, echo)
+        _install_crds(repo, kubectl, echo)
 
         echo("[3/5] starting the operator (`rtml operator`)")
         operator = spawn(
@@ -41,7 +51,7 @@ def run_demo(examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
             [sys.executable, "-m", "rtml.cli", "operator", "--kubeconfig", str(plane.kubeconfig),
              "--liveness", ""],
             workdir / "operator.log",
-            cwd=REPO,
+            cwd=repo,
             env={"RTML_RESYNC_SECONDS": "5"},
         )  # fmt: skip
         echo(f"[4/5] applying {examples}")
@@ -79,7 +89,7 @@ def run_demo(examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
         echo(
             _kubectl(kubectl, "get", "configmap,deployment,service,pdb,hpa", "-l", "rtml.dev/model")
         )
-        if KSERVE_CRD.exists():
+        if kserve_crd() is not None:
             echo(_kubectl(kubectl, "get", "inferenceservice", "-l", "rtml.dev/model"))
         echo("$ kubectl get rmodel fraud -o jsonpath='{.status.conditions}'")
         echo(
@@ -108,16 +118,10 @@ def run_demo(examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
 
 
 def run_serving_demo(
-    echo: Callable[[str], None], port: int = 3000, duration_s: float = 10.0
+    repo: Path, echo: Callable[[str], None], port: int = 3000, duration_s: float = 10.0
 ) -> None:
     """The one-machine path: build the fraud example, serve it, send a request, benchmark it."""
-    import asyncio
-    import json
-    import urllib.request
-
-    from rtml_runtime.bench import format_result, load_body, run_bench
-
-    example = REPO / "examples" / "fraud"
+    example = repo / "examples" / "fraud"
     echo("[1/4] building the fraud model from synthetic transactions (examples/fraud/build.py)")
     subprocess.run([sys.executable, str(example / "build.py")], check=True)
     with socket.socket() as probe:
@@ -142,7 +146,7 @@ def run_serving_demo(
             str(port),
         ],
         log_path,
-        cwd=REPO,
+        cwd=repo,
     )
     try:
         started = time.monotonic()
@@ -182,17 +186,18 @@ def run_serving_demo(
         stop(server, grace=20)  # the whole process group: BentoML's arbiter and its worker
 
 
-def _install_crds(kubectl: list[str], echo: Callable[[str], None]) -> None:
+def _install_crds(repo: Path, kubectl: list[str], echo: Callable[[str], None]) -> None:
     """The chart's CRDs (and KServe's when at hand), waited for until the API serves them."""
-    echo(f"[2/5] installing the chart's CRDs ({REPO / 'charts/rtml/crds'})")
-    _kubectl(kubectl, "apply", "--server-side", "-f", str(REPO / "charts/rtml/crds"))
-    if KSERVE_CRD.exists():
+    echo(f"[2/5] installing the chart's CRDs ({repo / 'charts/rtml/crds'})")
+    _kubectl(kubectl, "apply", "--server-side", "-f", str(repo / "charts/rtml/crds"))
+    kserve = kserve_crd()
+    if kserve is not None:
         echo("      and KServe's InferenceService CRD, so the kserve backend has somewhere to go")
-        _kubectl(kubectl, "apply", "--server-side", "-f", str(KSERVE_CRD))
+        _kubectl(kubectl, "apply", "--server-side", "-f", str(kserve))
     else:
         echo(
-            f"      KServe's CRD is not at {KSERVE_CRD} (set RTML_THIRDPARTY_CRDS to its folder):"
-            " the kserve Model will say KServeNotInstalled, as it would in such a cluster"
+            f"      KServe's CRD ({KSERVE_CRD_FILE}) is not in ${THIRDPARTY_ENV}: the kserve "
+            "Model will say KServeNotInstalled, as it would in such a cluster"
         )
     for attempt in range(10):  # a CRD has no status for a moment after it is created
         try:
@@ -207,7 +212,7 @@ def _install_crds(kubectl: list[str], echo: Callable[[str], None]) -> None:
     # Established is not yet served: discovery lags it by a moment. Start the operator
     # once the kinds are listed, so its first look at the cluster sees them.
     kinds = ["models.rtml.dev"] + (["inferenceservices.serving.kserve.io"]
-                                   if KSERVE_CRD.exists() else [])  # fmt: skip
+                                   if kserve is not None else [])  # fmt: skip
     for _ in range(40):
         listed = _kubectl(kubectl, "api-resources", "-o", "name")
         if all(k in listed.split() for k in kinds):

@@ -1,19 +1,21 @@
-"""Where the upstream CRDs (KServe, KEDA, ...) are: data beside the checkout, never vendored."""
+"""Where the upstream CRDs (KServe, KEDA, ...) are: data beside the checkout, never vendored.
+
+The folder is an argument (`--thirdparty-crds`) or `$RTML_THIRDPARTY_CRDS`; the shipped
+package knows no path of any machine (.ci/env.sh finds the folder for CI and the demo).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
 ENV = "RTML_THIRDPARTY_CRDS"
+KSERVE_CRD = "kserve.serving.kserve.io_inferenceservices.yaml"
 
 
-def thirdparty_crds_dir() -> Path:
-    """`$RTML_THIRDPARTY_CRDS`, else `../shared/thirdparty-crds` beside the checkout, else the
-    workspace's `/work/shared/thirdparty-crds` (a clone elsewhere, as CI makes). The first
-    candidate is returned when none exists, so a message can name where it looked."""
-    explicit = os.environ.get(ENV)
-    candidates = [Path(explicit)] if explicit else []
-    candidates += [REPO.parent / "shared" / "thirdparty-crds", Path("/work/shared/thirdparty-crds")]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
+def thirdparty_crds_dir(explicit: Path | None = None) -> Path | None:
+    """`explicit`, else `$RTML_THIRDPARTY_CRDS`; None when neither is given."""
+    if explicit is not None:
+        return explicit
+    value = os.environ.get(ENV)
+    return Path(value) if value else None

@@ -11,12 +11,20 @@ import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-if TYPE_CHECKING:
-    from rtml.features.store import StoreProfile
+from rtml.contract import (
+    ENV_FEAST_PATH,
+    ENV_FEAST_REDIS_PASSWORD,
+    ENV_FEAST_REDIS_URL,
+    ENV_FEAST_REGISTRY,
+    ENV_FEAST_STORE,
+    FeastProfile,
+    SettingsError,
+    load_settings,
+)
 
 NAMESPACE_OPTION = click.option(
     "--namespace",
@@ -27,69 +35,60 @@ NAMESPACE_OPTION = click.option(
 
 
 def store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The Feast profile options, each also read from the operator's environment variable;
-    the command receives them as one `store: StoreProfile`."""
+    """The Feast profile options; the command receives them as one `store: FeastProfile`.
+
+    An option not given comes from the profile's environment (`RTML_FEAST_*`, what the
+    operator's CronJob sets, the Redis password and registry URL from a Secret), then from the
+    profile's defaults: one reading of the environment, in rtml.contract.
+    """
 
     @functools.wraps(fn)
     def with_store(
-        *args: Any, profile: str, store_path: Path, redis_url: str, registry: str | None, **kw: Any
+        *args: Any,
+        profile: str | None,
+        store_path: Path | None,
+        redis_url: str | None,
+        registry: str | None,
+        **kw: Any,
     ) -> Any:
-        return fn(*args, store=_profile(profile, store_path, redis_url, registry), **kw)
+        given = {"kind": profile, "path": store_path, "redis_url": redis_url, "registry": registry}
+        try:
+            store = load_settings(FeastProfile, **{k: v for k, v in given.items() if v})
+        except SettingsError as e:
+            raise click.ClickException(str(e)) from e
+        return fn(*args, store=store, **kw)
 
     options = [
         click.option(
             "--profile",
             type=click.Choice(["sqlite", "redis"]),
-            default="sqlite",
-            show_default=True,
-            envvar="RTML_FEAST_STORE",
-            help="Feast online store [env RTML_FEAST_STORE].",
+            default=None,
+            help=f"Feast online store [default: ${ENV_FEAST_STORE}, else sqlite].",
         ),
         click.option(
             "--store-path",
             type=click.Path(file_okay=False, path_type=Path),
-            default=Path("feature_store"),
-            show_default=True,
-            envvar="RTML_FEAST_PATH",
-            help="Folder of the SQLite registry and online store [env RTML_FEAST_PATH].",
+            default=None,
+            help="Folder of the SQLite registry and online store "
+            f"[default: ${ENV_FEAST_PATH}, else feature_store].",
         ),
         click.option(
             "--redis-url",
-            default="redis://127.0.0.1:6379/0",
-            show_default=True,
-            envvar="RTML_FEAST_REDIS_URL",
-            help="Redis for --profile redis [env RTML_FEAST_REDIS_URL].",
+            default=None,
+            help=f"Redis for --profile redis [default: ${ENV_FEAST_REDIS_URL}, else "
+            f"redis://127.0.0.1:6379/0; its password may come from ${ENV_FEAST_REDIS_PASSWORD}].",
         ),
         click.option(
             "--registry",
             default=None,
-            envvar="RTML_FEAST_REGISTRY",
-            help="SQLAlchemy URL of the registry [env RTML_FEAST_REGISTRY; "
-            "default: SQLite in --store-path].",
+            help=f"SQLAlchemy URL of the registry [default: ${ENV_FEAST_REGISTRY}, "
+            "else SQLite in --store-path].",
         ),
     ]
     command: Callable[..., Any] = with_store
     for option in reversed(options):
         command = option(command)
     return command
-
-
-def _profile(profile: str, store_path: Path, redis_url: str, registry: str | None) -> StoreProfile:
-    from pydantic import ValidationError
-
-    from rtml.features.store import StoreProfile
-
-    try:
-        return StoreProfile(
-            kind="redis" if profile == "redis" else "sqlite",
-            path=store_path,
-            redis_url=redis_url,
-            registry=registry or None,
-        )
-    except ValidationError as e:
-        raise click.ClickException(
-            "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        ) from e
 
 
 @contextmanager
@@ -142,7 +141,7 @@ def feast_view_names(view_or_manifest: str) -> list[str]:
 @click.argument("view_or_manifest")
 @NAMESPACE_OPTION
 @store_options
-def materialize(view_or_manifest: str, namespace: str | None, store: StoreProfile) -> None:
+def materialize(view_or_manifest: str, namespace: str | None, store: FeastProfile) -> None:
     """Load new rows of a registered FeatureView into the online store, then print the end time.
 
     VIEW_OR_MANIFEST is a FeatureView's name (as the operator registered it) or a YAML file (or
@@ -170,7 +169,7 @@ def materialize(view_or_manifest: str, namespace: str | None, store: StoreProfil
 )
 @NAMESPACE_OPTION
 @store_options
-def push(view: str, rows_file: Path, namespace: str | None, store: StoreProfile) -> None:
+def push(view: str, rows_file: Path, namespace: str | None, store: FeastProfile) -> None:
     """Write feature rows of a push FeatureView VIEW straight into the online store.
 
     The view is read back from the registry, and each row is checked against it (the same

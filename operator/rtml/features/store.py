@@ -15,11 +15,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import TYPE_CHECKING, Any
 
 from rtml.api.featureview import FeatureView
+from rtml.contract import (
+    FEAST_ENTITY_KEY_VERSION,
+    FEAST_PROJECT,
+    FeastProfile,
+    parse_redis_url,
+    redacted,
+)
 from rtml.features.translate import (
     NAME_TAG,
     NAMESPACE_TAG,
@@ -36,9 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rtml.features")
 
-# Feast 0.67's default and the only version it does not warn about; the runtime's Redis reader
-# builds its keys with the same version (rtml_runtime.config.StoreSettings.key_version).
-ENTITY_KEY_SERIALIZATION_VERSION = 3
 # Feast starts a view's first incremental run at `now - ttl`; rtml starts it here instead, so the
 # first run loads the latest row of every entity whatever its age (Feast's reads apply the TTL).
 FIRST_MATERIALIZATION_START = datetime(1970, 1, 1, tzinfo=UTC)
@@ -71,52 +73,11 @@ def is_unreachable(error: BaseException) -> bool:
     return isinstance(error, RedisConnectionError | RedisTimeoutError)
 
 
-class StoreProfile(BaseModel):
-    """Where Feast keeps its registry and online features."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["sqlite", "redis"] = Field(default="sqlite", description="the online store")
-    path: Path = Field(
-        default=Path("feature_store"),
-        description="folder of the SQLite registry and online store (and Feast's repo_path)",
-    )
-    redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0", description="the Redis online store (kind redis)"
-    )
-    registry: str | None = Field(
-        default=None,
-        description="SQLAlchemy URL of the SQL registry; default a SQLite file in `path`",
-    )
-    registry_cache_ttl_seconds: int = Field(
-        default=60, ge=0, description="how long a reader trusts its copy of the registry"
-    )
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url_parses(cls, value: str) -> str:
-        redis_connection_string(value)
-        return value
-
-    @property
-    def registry_url(self) -> str:
-        return self.registry or f"sqlite:///{self.path.absolute() / 'registry.db'}"
-
-
-def redis_connection_string(url: str) -> str:
-    """Feast's `host:port,db=N,...` form of a `redis://` or `rediss://` URL."""
-    parts = urllib.parse.urlsplit(url)
-    example = "such as redis://127.0.0.1:6379/0"
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ValueError(f"redis_url {_redacted(url)!r} is not a Redis URL {example}")
-    try:
-        port = parts.port or 6379
-    except ValueError as e:
-        raise ValueError(f"redis_url {_redacted(url)!r} has an invalid port: {e}") from e
-    db = parts.path.lstrip("/") or "0"
-    if not db.isdigit():
-        raise ValueError(f"redis_url {_redacted(url)!r} names database {db!r}, not a number")
-    params = [f"{parts.hostname}:{port}", f"db={db}"]
+def redis_connection_string(profile: FeastProfile) -> str:
+    """Feast's `host:port,db=N,...` form of the profile's Redis URL (and password)."""
+    url = profile.redis_url_with_password
+    parts = parse_redis_url(url)
+    params = [f"{parts.hostname}:{parts.port or 6379}", f"db={parts.path.lstrip('/') or '0'}"]
     if parts.username:
         params.append(f"username={urllib.parse.unquote(parts.username)}")
     if parts.password:
@@ -125,18 +86,13 @@ def redis_connection_string(url: str) -> str:
         params.append("ssl=true")
     if any("," in p for p in params[2:]):
         # Feast splits its connection string on commas and has no escape for them.
-        raise ValueError(f"redis_url {_redacted(url)!r}: Feast cannot take a comma in credentials")
+        raise FeatureStoreError(
+            f"Redis {redacted(url)!r}: Feast cannot take a comma in credentials"
+        )
     return ",".join(params)
 
 
-def _redacted(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if not parts.password:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
-
-
-def repo_config(profile: StoreProfile, project: str = "rtml") -> feast.RepoConfig:
+def repo_config(profile: FeastProfile, project: str = FEAST_PROJECT) -> feast.RepoConfig:
     """The Feast RepoConfig a profile stands for (what feature_store.yaml would say)."""
     from feast import RepoConfig
 
@@ -144,7 +100,7 @@ def repo_config(profile: StoreProfile, project: str = "rtml") -> feast.RepoConfi
     online: dict[str, Any] = (
         {"type": "sqlite", "path": str(root / "online.db")}
         if profile.kind == "sqlite"
-        else {"type": "redis", "connection_string": redis_connection_string(profile.redis_url)}
+        else {"type": "redis", "connection_string": redis_connection_string(profile)}
     )
     return RepoConfig(
         project=project,
@@ -157,33 +113,23 @@ def repo_config(profile: StoreProfile, project: str = "rtml") -> feast.RepoConfi
         },
         online_store=online,
         offline_store={"type": "file"},
-        entity_key_serialization_version=ENTITY_KEY_SERIALIZATION_VERSION,
+        entity_key_serialization_version=FEAST_ENTITY_KEY_VERSION,
         repo_path=root,
     )
 
 
-def make_store(profile: StoreProfile, project: str = "rtml") -> feast.FeatureStore:
+def make_store(profile: FeastProfile, project: str = FEAST_PROJECT) -> feast.FeatureStore:
     """A FeatureStore for the profile; creates its folder (SQLite files live there)."""
     from feast import FeatureStore
 
     profile.path.mkdir(parents=True, exist_ok=True)
     config = repo_config(profile, project)
-    online = (
-        f"sqlite {profile.path.absolute() / 'online.db'}"
-        if profile.kind == "sqlite"
-        else f"redis {_redacted(profile.redis_url)}"
-    )
-    log.info(
-        "Feast project %s: registry %s, online store %s",
-        project,
-        _redacted(profile.registry_url),
-        online,
-    )
+    log.info("Feast project %s: %s", project, profile.described())
     return FeatureStore(config=config)
 
 
 @contextmanager
-def open_store(profile: StoreProfile, project: str = "rtml") -> Iterator[feast.FeatureStore]:
+def open_store(profile: FeastProfile, project: str = FEAST_PROJECT) -> Iterator[feast.FeatureStore]:
     """A FeatureStore for one unit of work, its registry connections closed afterwards.
 
     A long-lived process (the operator) opens one per reconcile: no pooled connection outlives

@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from rtml import API_VERSION
 from rtml.api.featureview import FeatureView
+from rtml.contract import FeastProfile
 from rtml.features.store import (
     FeatureStoreError,
-    StoreProfile,
     apply_views,
     is_unreachable,
     materialize,
@@ -86,7 +86,7 @@ def _facts(registered: feast.FeatureView | None) -> RegistryFacts:
 
 
 def _sync_registry(
-    view: FeatureView, body: Mapping[str, Any], profile: StoreProfile
+    view: FeatureView, body: Mapping[str, Any], profile: FeastProfile
 ) -> RegistryFacts:
     """Register the view if need be and read back what the registry holds."""
     try:
@@ -117,10 +117,8 @@ def _words(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
 
 
-def _apply_cronjob(
-    client: KubeClient, view: FeatureView, ctx: RenderContext, store_env: Mapping[str, str]
-) -> Cond | None:
-    cronjob = render_materialization_cronjob(view, ctx, store_env)
+def _apply_cronjob(client: KubeClient, view: FeatureView, ctx: RenderContext) -> Cond | None:
+    cronjob = render_materialization_cronjob(view, ctx)
     try:
         client.apply(cronjob)
     except ApiException as e:
@@ -139,9 +137,8 @@ def _apply_cronjob(
 def reconcile_feature_view(
     client: KubeClient,
     body: dict[str, Any],
-    profile: StoreProfile,
+    profile: FeastProfile,
     ctx: RenderContext,
-    store_env: Mapping[str, str],
 ) -> dict[str, Any]:
     """Bring one FeatureView's registration and CronJob to their desired state.
 
@@ -161,7 +158,7 @@ def reconcile_feature_view(
     except RegistryUnavailableError as e:
         _write_status(client, body, previous, RegistryFacts(unreachable=str(e)), now)
         raise
-    problem = _apply_cronjob(client, view, ctx, store_env)
+    problem = _apply_cronjob(client, view, ctx)
     if problem is not None:
         facts = replace(facts, problem=problem)
     log.info(
@@ -181,7 +178,7 @@ def materialization_requested(body: Mapping[str, Any]) -> str | None:
 
 
 def materialize_now(
-    client: KubeClient, body: dict[str, Any], profile: StoreProfile
+    client: KubeClient, body: dict[str, Any], profile: FeastProfile
 ) -> datetime | None:
     """Run one materialization when the `rtml.dev/materialize-now` annotation has a new value.
 
@@ -199,7 +196,7 @@ def materialize_now(
 
 
 def _materialize(
-    client: KubeClient, body: dict[str, Any], profile: StoreProfile
+    client: KubeClient, body: dict[str, Any], profile: FeastProfile
 ) -> datetime | None:
     involved = {**body, "kind": KIND, "apiVersion": API_VERSION}
     try:
@@ -225,7 +222,7 @@ def _materialize(
 
 
 def unregister_feature_view(
-    client: KubeClient, body: dict[str, Any], profile: StoreProfile, attempt: int, attempts: int
+    client: KubeClient, body: dict[str, Any], profile: FeastProfile, attempt: int, attempts: int
 ) -> bool:
     """Remove the deleted FeatureView from the registry; True once the finalizer may go.
 

@@ -34,7 +34,7 @@ from rtml.operator.render.meta import MODEL_LABEL
 from rtml.operator.settings import OperatorSettings
 
 log = logging.getLogger("rtml.operator")
-SETTINGS = OperatorSettings.from_env()
+SETTINGS = OperatorSettings.load()  # once per process; run_operator reports a bad value
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _heartbeat = {"executor": time.monotonic()}
 
@@ -272,9 +272,7 @@ def _reconcile_view(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> Non
         live = client.get(f"{GROUP}/{VERSION}", "FeatureView", meta["namespace"], meta["name"])
         if live is None or live["metadata"].get("deletionTimestamp"):
             return
-        reconcile_feature_view(
-            client, live, SETTINGS.store_profile(), SETTINGS.render_context(), SETTINGS.store_env()
-        )
+        reconcile_feature_view(client, live, SETTINGS.store_profile(), SETTINGS.render_context())
 
 
 FEATUREVIEWS = (GROUP, VERSION, "featureviews")

@@ -7,6 +7,7 @@ import os
 
 import kopf
 
+from rtml.contract import SettingsError
 from rtml.logs import configure_logging
 
 
@@ -17,7 +18,11 @@ def run_operator(
     if kubeconfig:
         # Kopf's own login reads the standard kubeconfig location from the environment.
         os.environ["KUBECONFIG"] = kubeconfig
-    from rtml.operator import handlers  # noqa: F401  (registers the handlers)
+    try:
+        # Importing the handlers registers them and reads the settings (SettingsError).
+        from rtml.operator import handlers  # noqa: F401
+    except SettingsError as e:
+        raise SystemExit(f"rtml operator: cannot start: {e}") from e
 
     logging.getLogger("rtml.operator").info(
         "starting operator", extra={"namespaces": list(namespaces) or "all"}

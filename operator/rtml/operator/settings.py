@@ -1,83 +1,85 @@
-"""Operator-wide settings, from the environment (the Helm chart sets them)."""
+"""Operator-wide settings, from the environment (the Helm chart sets them): `RTML_*`, and the
+Feast profile `RTML_FEAST_*` (rtml.contract). A bad value stops the operator at start-up with
+the variable named; credentials the operator would have to write into pods in clear stop it too.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from rtml.features.store import StoreProfile
-from rtml.operator.render.context import (
-    DEFAULT_PROMETHEUS_URL,
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rtml.contract import (
     DEFAULT_RUNTIME_IMAGE,
-    RenderContext,
+    FeastProfile,
+    FeastSecretRef,
+    credentials_problem,
+    load_settings,
 )
+from rtml.operator.render.context import DEFAULT_PROMETHEUS_URL, RenderContext
 
 
-@dataclass(frozen=True)
-class OperatorSettings:
+def _feast_from_environment() -> FeastProfile:
+    return load_settings(FeastProfile)
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RTML_", frozen=True, populate_by_name=True)
+
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     prometheus_url: str = DEFAULT_PROMETHEUS_URL
-    resync_seconds: float = 60.0
-    handler_timeout_seconds: float = 120.0
-    handler_retries: int = 20
-    max_workers: int = 4
-    watch_server_timeout: int = 300
-    watch_inactivity_timeout: float = 70.0
-    heartbeat_stale_seconds: float = 90.0
-    kserve_poll_seconds: float = 5.0
-    # The operator-wide Feast profile (Helm values): the online store, its folder (SQLite files,
-    # Feast's repo_path), Redis, and the SQL registry (PostgreSQL in a cluster; default SQLite).
-    feast_store: Literal["sqlite", "redis"] = "sqlite"
-    feast_path: str = "/var/lib/rtml/feast"
-    feast_redis_url: str = "redis://127.0.0.1:6379/0"
-    feast_registry: str | None = None
+    resync_seconds: float = Field(default=60.0, gt=0)
+    handler_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        validation_alias=AliasChoices("RTML_HANDLER_TIMEOUT", "handler_timeout_seconds"),
+    )
+    handler_retries: int = Field(default=20, ge=0)
+    max_workers: int = Field(default=4, gt=0)
+    watch_server_timeout: int = Field(default=300, gt=0)
+    watch_inactivity_timeout: float = Field(default=70.0, gt=0)
+    heartbeat_stale_seconds: float = Field(default=90.0, gt=0)
+    kserve_poll_seconds: float = Field(default=5.0, gt=0)
+    # The operator-wide Feast profile (Helm values `feast.*`), read with its own prefix.
+    feast: FeastProfile = Field(default_factory=_feast_from_environment, exclude=True)
+    # The Secret (chart value `feast.existingSecret`) pods read the Feast credentials from; it
+    # must exist in every namespace whose Models or FeatureViews read features.
+    feast_secret: str | None = None
+    feast_secret_redis_password_key: str = "redis-password"  # noqa: S105 - a key's name
+    feast_secret_registry_key: str = "registry"  # noqa: S105 - a key's name
     # Attempts at removing a deleted FeatureView from the registry before the finalizer is
     # released anyway (with a Warning Event): a deletion must not hang on an outage.
-    feast_delete_attempts: int = 3
+    feast_delete_attempts: int = Field(default=3, gt=0)
+
+    @model_validator(mode="after")
+    def _credentials_reach_pods_only_as_secrets(self) -> OperatorSettings:
+        problem = credentials_problem(self.feast, self.feast_secret_ref())
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @classmethod
-    def from_env(cls) -> OperatorSettings:
-        env = os.environ
-        d = cls()
-        return cls(
-            runtime_image=env.get("RTML_RUNTIME_IMAGE", d.runtime_image),
-            prometheus_url=env.get("RTML_PROMETHEUS_URL", d.prometheus_url),
-            resync_seconds=float(env.get("RTML_RESYNC_SECONDS", d.resync_seconds)),
-            handler_timeout_seconds=float(
-                env.get("RTML_HANDLER_TIMEOUT", d.handler_timeout_seconds)
-            ),
-            handler_retries=int(env.get("RTML_HANDLER_RETRIES", d.handler_retries)),
-            max_workers=int(env.get("RTML_MAX_WORKERS", d.max_workers)),
-            kserve_poll_seconds=float(env.get("RTML_KSERVE_POLL_SECONDS", d.kserve_poll_seconds)),
-            feast_store="redis" if env.get("RTML_FEAST_STORE") == "redis" else "sqlite",
-            feast_path=env.get("RTML_FEAST_PATH", d.feast_path),
-            feast_redis_url=env.get("RTML_FEAST_REDIS_URL", d.feast_redis_url),
-            feast_registry=env.get("RTML_FEAST_REGISTRY") or None,
-            feast_delete_attempts=int(
-                env.get("RTML_FEAST_DELETE_ATTEMPTS", d.feast_delete_attempts)
-            ),
+    def load(cls, **values: Any) -> OperatorSettings:
+        """From the environment (`values` win); raises SettingsError naming the variable."""
+        return load_settings(cls, **values)
+
+    def feast_secret_ref(self) -> FeastSecretRef | None:
+        if not self.feast_secret:
+            return None
+        return FeastSecretRef(
+            name=self.feast_secret,
+            redis_password_key=self.feast_secret_redis_password_key,
+            registry_key=self.feast_secret_registry_key,
         )
 
-    def store_profile(self) -> StoreProfile:
-        return StoreProfile(
-            kind=self.feast_store,
-            path=Path(self.feast_path),
-            redis_url=self.feast_redis_url,
-            registry=self.feast_registry,
-        )
-
-    def store_env(self) -> dict[str, str]:
-        """The profile as the environment `rtml materialize` reads (the CronJob's env)."""
-        env = {
-            "RTML_FEAST_STORE": self.feast_store,
-            "RTML_FEAST_PATH": self.feast_path,
-            "RTML_FEAST_REDIS_URL": self.feast_redis_url,
-        }
-        if self.feast_registry:
-            env["RTML_FEAST_REGISTRY"] = self.feast_registry
-        return env
+    def store_profile(self) -> FeastProfile:
+        return self.feast
 
     def render_context(self) -> RenderContext:
-        return RenderContext(runtime_image=self.runtime_image, prometheus_url=self.prometheus_url)
+        return RenderContext(
+            runtime_image=self.runtime_image,
+            prometheus_url=self.prometheus_url,
+            feast=self.feast,
+            feast_secret=self.feast_secret_ref(),
+        )

@@ -8,13 +8,11 @@ size-capped and verified, and results are kept by sha256 so each artifact is rea
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
 import threading
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +23,23 @@ from rtml.api.common import ArtifactRef
 from rtml.api.featureview import FeatureView
 from rtml.api.model import Model
 from rtml.api.signature import InputSpec, check_signature, describe
+from rtml.artifacts import (
+    ArtifactError,
+    ArtifactTooLarge,
+    DigestMismatch,
+    download,
+    sha256_of,
+    verify,
+)
+from rtml.onnx_inputs import OnnxSignatureError, onnx_inputs
 from rtml.operator.conditions import Cond, Status, get_condition
 from rtml.operator.errors import describe_validation_error
 from rtml.operator.status import feature_view_not_found
 
 log = logging.getLogger("rtml.operator.signature")
 MAX_BYTES = 64 << 20
-CHUNK = 1 << 20
 RUNTIME_ENFORCES = "the runtime enforces the same check at start-up"
+RUNTIME_REFUSES = "the runtime would refuse to serve it"
 Signature = tuple[list[InputSpec], list[str] | None]
 
 
@@ -76,29 +83,20 @@ class SignatureCache:
         found = self.parsed(digest)
         if found is not None:
             return found
-        from rtml_runtime.onnx_model import ModelError, onnx_inputs
-
         try:
             signature = onnx_inputs(path, self.max_bytes)
-        except ModelError as e:
+        except OnnxSignatureError as e:
             raise ArtifactUnreadableError(str(e)) from e
         with self._lock:
             self._parsed[digest] = signature
         return signature
 
 
-def _sha256(path: Path) -> str:
-    from rtml_runtime.artifacts import sha256_of
-
-    return sha256_of(path)
-
-
 def _verify(uri: str, actual: str, expected: str | None) -> None:
-    if expected is not None and actual != expected:
-        raise DigestMismatchError(
-            f"artifact {uri} has sha256 {actual}, but spec.artifact.sha256 is {expected}; "
-            "the runtime would refuse to serve it"
-        )
+    try:
+        verify(uri, actual, expected)
+    except DigestMismatch as e:
+        raise DigestMismatchError(str(e).replace("refusing to serve it", RUNTIME_REFUSES)) from e
 
 
 def _local(uri: str, raw: str, expected: str | None, cache: SignatureCache) -> Signature:
@@ -114,38 +112,9 @@ def _local(uri: str, raw: str, expected: str | None, cache: SignatureCache) -> S
         raise ArtifactTooLargeError(
             f"{uri} is {size} bytes, over the operator's {cache.max_bytes}-byte limit"
         )
-    digest = _sha256(path)
+    digest = sha256_of(path)
     _verify(uri, digest, expected)
     return cache.parse(digest, path)
-
-
-def _download(uri: str, expected: str | None, cache: SignatureCache) -> tuple[Path, str]:
-    """A capped download into the cache folder, kept as DIGEST.onnx only once verified."""
-    cache.directory.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    size = 0
-    fd, tmp_name = tempfile.mkstemp(dir=cache.directory, suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with (
-            os.fdopen(fd, "wb") as out,
-            urllib.request.urlopen(uri, timeout=cache.timeout_s) as response,  # noqa: S310
-        ):
-            while chunk := response.read(CHUNK):
-                size += len(chunk)
-                if size > cache.max_bytes:
-                    raise ArtifactTooLargeError(
-                        f"{uri} is over the operator's {cache.max_bytes}-byte limit"
-                    )
-                digest.update(chunk)
-                out.write(chunk)
-        _verify(uri, digest.hexdigest(), expected)
-        target = cache.directory / f"{digest.hexdigest()}.onnx"
-        tmp.replace(target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target, digest.hexdigest()
 
 
 def _remote(uri: str, expected: str | None, cache: SignatureCache) -> Signature:
@@ -154,14 +123,18 @@ def _remote(uri: str, expected: str | None, cache: SignatureCache) -> Signature:
         if found is not None:
             return found
         kept = cache.directory / f"{expected}.onnx"
-        if kept.is_file() and _sha256(kept) == expected:
+        if kept.is_file() and sha256_of(kept) == expected:
             return cache.parse(expected, kept)
     try:
-        path, digest = _download(uri, expected, cache)
-    except (ArtifactUnreachableError, DigestMismatchError):
-        raise
-    except Exception as e:
-        raise ArtifactUnreachableError(f"could not download {uri}: {e}") from e
+        path, digest = download(
+            uri, expected, cache.directory, max_bytes=cache.max_bytes, timeout_s=cache.timeout_s
+        )
+    except ArtifactTooLarge as e:
+        raise ArtifactTooLargeError(f"{e} of the operator") from e
+    except DigestMismatch as e:
+        raise DigestMismatchError(str(e).replace("refusing to serve it", RUNTIME_REFUSES)) from e
+    except ArtifactError as e:
+        raise ArtifactUnreachableError(str(e)) from e
     return cache.parse(digest, path)
 
 

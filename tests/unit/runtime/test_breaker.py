@@ -8,7 +8,7 @@ import pytest
 
 from rtml.api.model import CircuitBreaker as CircuitBreakerSpec
 from rtml_runtime.breaker import CircuitBreaker, State
-from rtml_runtime.clock import FakeClock
+from tests.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rtml_runtime.cache import TTLCache
-from rtml_runtime.clock import FakeClock
+from tests.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from rtml_runtime.clock import FakeClock
 from rtml_runtime.deadline import Deadline, DeadlineExceeded, within
+from tests.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 

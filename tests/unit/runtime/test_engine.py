@@ -12,10 +12,10 @@ import pytest
 
 from rtml.api.featureview import FeatureView
 from rtml.api.model import Model
-from rtml_runtime.clock import FakeClock
 from rtml_runtime.config import RuntimeConfig
 from rtml_runtime.engine import Runtime
 from rtml_runtime.errors import RequestError
+from tests.clock import FakeClock
 from tests.unit.runtime.onnx_fixtures import write_sum_model
 
 pytestmark = pytest.mark.unit

@@ -11,7 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from rtml_runtime.onnx_model import DECLARED_FEATURES, OnnxModel
+from rtml.onnx_inputs import DECLARED_FEATURES
+from rtml_runtime.onnx_model import OnnxModel
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from rtml.api.model import RateLimit
-from rtml_runtime.clock import FakeClock
 from rtml_runtime.ratelimit import TokenBucket
+from tests.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 

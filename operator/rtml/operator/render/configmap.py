@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from rtml.api.model import Model
-from rtml.operator.render.meta import CONFIG_KEY, config_map_name, object_meta
+from rtml.contract import CONFIG_KEY
+from rtml.operator.render.meta import config_map_name, object_meta
 
 
 def resolved_config(model: Model, feature_view: dict[str, Any] | None = None) -> str:

@@ -1,12 +1,26 @@
-"""The rtml runtime container, shared by the bentoml Deployment and the KServe predictor."""
+"""The rtml runtime container, shared by the bentoml Deployment and the KServe predictor.
+
+Its argv, environment names, mounts, port and probe paths are the contract's (rtml.contract);
+tests/integration/test_contract.py starts exactly what this renders.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rtml.api.model import Model
+from rtml.contract import (
+    ARTIFACT_DIR,
+    CONFIG_MOUNT,
+    HTTP_PORT,
+    LIVE_PATH,
+    READY_PATH,
+    RUNTIME_UID,
+    TMP_DIR,
+    feast_env,
+    runtime_args,
+)
 from rtml.operator.render.context import RenderContext
-from rtml.operator.render.meta import CONFIG_KEY, CONFIG_MOUNT, HTTP_PORT
 
 DEFAULT_RESOURCES = {
     "requests": {"cpu": "500m", "memory": "512Mi"},
@@ -15,13 +29,13 @@ DEFAULT_RESOURCES = {
 # Pod Security Standards "restricted": non-root, no privilege escalation, no capabilities,
 # the runtime's default seccomp profile. The root filesystem is read-only too; the runtime
 # writes only to the emptyDir volumes mounted below.
-RUNTIME_UID = 65532
 CONTAINER_SECURITY_CONTEXT = {
     "allowPrivilegeEscalation": False,
     "capabilities": {"drop": ["ALL"]},
     "readOnlyRootFilesystem": True,
     "runAsNonRoot": True,
     "runAsUser": RUNTIME_UID,
+    "runAsGroup": RUNTIME_UID,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 POD_SECURITY_CONTEXT = {
@@ -31,8 +45,6 @@ POD_SECURITY_CONTEXT = {
     "fsGroup": RUNTIME_UID,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-READY_PATH = "/v2/health/ready"
-LIVE_PATH = "/v2/health/live"
 
 
 def _http_get(path: str) -> dict[str, Any]:
@@ -51,31 +63,35 @@ def resources(model: Model) -> dict[str, Any]:
     return out
 
 
-def render_runtime_container(
-    model: Model, ctx: RenderContext, name: str = "runtime"
-) -> dict[str, Any]:
-    env = [
-        {"name": "RTML_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_KEY}"},
-        {"name": "RTML_MODEL_NAME", "value": model.metadata.name},
-        {"name": "RTML_MODEL_VERSION", "value": model.spec.version},
-    ]
+def runtime_env(
+    model: Model, ctx: RenderContext, feature_view: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The Feast profile when the Model reads a view (credentials as secretKeyRefs; the SQL
+    registry only for a push view, whose rows the runtime writes through Feast), then the
+    Model's own `spec.runtime.env`."""
+    env: list[dict[str, Any]] = []
+    if feature_view is not None:
+        source = (feature_view.get("spec") or {}).get("source") or {}
+        env += feast_env(ctx.feast, ctx.feast_secret, registry=source.get("type") == "push")
     env += [{"name": e.name, "value": e.value} for e in model.spec.runtime.env]
+    return env
+
+
+def render_runtime_container(
+    model: Model,
+    ctx: RenderContext,
+    feature_view: dict[str, Any] | None = None,
+    name: str = "runtime",
+) -> dict[str, Any]:
     # Warm-up and an artifact download can take a while: the startup probe allows ~2 minutes
     # before liveness applies, so a slow start is not mistaken for a hung process.
     return {
         "name": name,
         "image": model.spec.runtime.image or ctx.runtime_image,
-        "args": [
-            "serve",
-            "--config",
-            f"{CONFIG_MOUNT}/{CONFIG_KEY}",
-            "--host",
-            "0.0.0.0",  # noqa: S104 - inside a pod the runtime must listen on the pod IP
-            "--port",
-            str(HTTP_PORT),
-        ],
+        # No `command`: the image's ENTRYPOINT is the contract's RUNTIME_ENTRYPOINT.
+        "args": runtime_args(),
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
-        "env": env,
+        "env": runtime_env(model, ctx, feature_view),
         "resources": resources(model),
         "startupProbe": {**_http_get(READY_PATH), "periodSeconds": 2, "failureThreshold": 60},
         "readinessProbe": {**_http_get(READY_PATH), "periodSeconds": 5, "failureThreshold": 2},
@@ -83,8 +99,8 @@ def render_runtime_container(
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
-            {"name": "artifacts", "mountPath": "/var/lib/rtml"},
-            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir, not /tmp of the host
+            {"name": "artifacts", "mountPath": ARTIFACT_DIR},
+            {"name": "tmp", "mountPath": TMP_DIR},
         ],
     }
 

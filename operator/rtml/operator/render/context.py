@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-DEFAULT_RUNTIME_IMAGE = "ghcr.io/rtml-dev/rtml-runtime:0.1.0"
+from rtml.contract import DEFAULT_RUNTIME_IMAGE, FeastProfile, FeastSecretRef
+
 DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
+
+
+def _no_environment_profile() -> FeastProfile:
+    return FeastProfile.model_construct()  # the defaults; a renderer never reads the environment
 
 
 @dataclass(frozen=True)
 class RenderContext:
-    """Operator settings and cluster facts a renderer may branch on (never I/O)."""
+    """Operator settings and cluster facts a renderer may branch on (never I/O).
+
+    `feast` is the operator-wide Feast profile pods are given; `feast_secret` the Secret their
+    credentials come from (None: the profile has none).
+    """
 
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     keda_installed: bool = False
     prometheus_url: str = DEFAULT_PROMETHEUS_URL
     cluster_domain: str = "cluster.local"
+    feast: FeastProfile = field(default_factory=_no_environment_profile)
+    feast_secret: FeastSecretRef | None = None

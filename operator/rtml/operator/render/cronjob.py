@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from typing import Any
 
 from rtml.api.featureview import FeatureView
+from rtml.contract import TMP_DIR, feast_env, materialize_command
 from rtml.operator.render.container import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.meta import MANAGED_BY, owner_reference
 
 FEATURE_VIEW_LABEL = "rtml.dev/featureview"
-STORE_PATH_ENV = "RTML_FEAST_PATH"
 MATERIALIZE_RESOURCES = {
     "requests": {"cpu": "100m", "memory": "256Mi"},
     "limits": {"memory": "1Gi"},
@@ -42,26 +41,23 @@ def cronjob_name(view: FeatureView) -> str:
     return _fit(view.metadata.name, CRONJOB_NAME_MAX - len(_SUFFIX)) + _SUFFIX
 
 
-def materialize_command(view: FeatureView) -> list[str]:
-    return ["rtml", "materialize", view.metadata.name, "--namespace", view.metadata.namespace]
-
-
-def render_materialization_cronjob(
-    view: FeatureView, ctx: RenderContext, store_env: Mapping[str, str]
-) -> dict[str, Any]:
+def render_materialization_cronjob(view: FeatureView, ctx: RenderContext) -> dict[str, Any]:
     """A `batch/v1` CronJob running incremental materialization with the runtime image.
 
-    `store_env` is the operator's Feast profile as environment variables; the container's root
-    filesystem is read-only, so the store folder and /tmp are emptyDirs.
+    Its env is the operator's Feast profile (`ctx.feast`), credentials only as secretKeyRefs
+    to `ctx.feast_secret`; the container's root filesystem is read-only, so the store folder
+    and /tmp are emptyDirs.
     """
-    env = [{"name": k, "value": v} for k, v in sorted(store_env.items())]
-    env.append({"name": "HOME", "value": "/tmp"})  # noqa: S108 - the pod's private emptyDir
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108 - the pod's private emptyDir
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
-    store_path = store_env.get(STORE_PATH_ENV)
-    if store_path:
-        mounts.append({"name": "feast", "mountPath": store_path})
-        volumes.append({"name": "feast", "emptyDir": {"sizeLimit": "1Gi"}})
+    env = feast_env(ctx.feast, ctx.feast_secret, registry=True)
+    env.append({"name": "HOME", "value": TMP_DIR})
+    mounts = [
+        {"name": "tmp", "mountPath": TMP_DIR},
+        {"name": "feast", "mountPath": str(ctx.feast.path)},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+        {"name": "feast", "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
     labels = {
         "app.kubernetes.io/name": "rtml-materialize",
         "app.kubernetes.io/instance": _fit(view.metadata.name, LABEL_VALUE_MAX),
@@ -79,7 +75,7 @@ def render_materialization_cronjob(
                 {
                     "name": "materialize",
                     "image": ctx.runtime_image,
-                    "command": materialize_command(view),
+                    "command": materialize_command(view.metadata.name, view.metadata.namespace),
                     "env": env,
                     "resources": {k: dict(v) for k, v in MATERIALIZE_RESOURCES.items()},
                     "securityContext": dict(CONTAINER_SECURITY_CONTEXT),

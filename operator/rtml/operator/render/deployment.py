@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rtml.api.model import Model
+from rtml.contract import HTTP_PORT
 from rtml.operator.render.configmap import config_checksum
 from rtml.operator.render.container import (
     POD_SECURITY_CONTEXT,
@@ -13,7 +14,6 @@ from rtml.operator.render.container import (
 )
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.meta import (
-    HTTP_PORT,
     config_map_name,
     labels,
     object_meta,
@@ -54,7 +54,7 @@ def render_deployment(
                 "automountServiceAccountToken": False,
                 "securityContext": dict(POD_SECURITY_CONTEXT),
                 "terminationGracePeriodSeconds": 30,
-                "containers": [render_runtime_container(model, ctx)],
+                "containers": [render_runtime_container(model, ctx, feature_view)],
                 "volumes": runtime_volumes(config_map_name(model)),
             },
         },

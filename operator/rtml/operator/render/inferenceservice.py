@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from rtml.api.model import Model
+from rtml.contract import HTTP_PORT
 from rtml.operator.render.autoscaler import prometheus_query, target_value
 from rtml.operator.render.configmap import config_checksum
 from rtml.operator.render.container import (
@@ -21,7 +22,7 @@ from rtml.operator.render.container import (
 )
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.deployment import CHECKSUM_ANNOTATION
-from rtml.operator.render.meta import HTTP_PORT, config_map_name, object_meta
+from rtml.operator.render.meta import config_map_name, object_meta
 
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 AUTOSCALER_CLASS = "serving.kserve.io/autoscalerClass"
@@ -79,7 +80,7 @@ def render_inference_service(
         **_scaling(model, ctx),
         "automountServiceAccountToken": False,
         "securityContext": dict(POD_SECURITY_CONTEXT),
-        "containers": [render_runtime_container(model, ctx, name=KSERVE_CONTAINER)],
+        "containers": [render_runtime_container(model, ctx, feature_view, name=KSERVE_CONTAINER)],
         "volumes": runtime_volumes(config_map_name(model)),
     }
     if model.spec.runtime.service_account_name:

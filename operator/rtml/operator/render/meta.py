@@ -12,9 +12,6 @@ from rtml.api.model import Model
 FIELD_MANAGER = "rtml-operator"
 MODEL_LABEL = "rtml.dev/model"
 MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
-CONFIG_KEY = "model.json"
-CONFIG_MOUNT = "/etc/rtml"
-HTTP_PORT = 8080
 
 
 def config_map_name(model: Model) -> str:

@@ -1,4 +1,7 @@
-"""A throwaway redis-server for tests and benchmarks: loopback, a free port, no persistence."""
+"""A throwaway redis-server for tests and benchmarks: loopback, a free port, no persistence.
+
+A test helper, so it lives in tests/ (benchmarks/run.py puts the checkout on sys.path).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,164 @@
+"""Fetching a model artifact and proving it is the one the spec names (sha256): written once,
+for the runtime (which serves it), the operator (which reads its inputs) and `rtml validate`.
+
+`file://` (relative to the manifest's folder), `pvc://CLAIM/path` (the claim mounted at
+`PVC_ROOT/CLAIM`), `http(s)://` (urllib: no extra dependency), `s3://` (boto3) and `gs://`
+(google-cloud-storage) — the last two only when those SDKs are installed, with an error that
+says so otherwise. Downloads stream into the cache folder under a temporary name, hashed as
+they arrive, optionally capped in size, and are renamed to DIGEST.onnx only after the digest
+matches, so a half-written or wrong file is never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+log = logging.getLogger("rtml.artifacts")
+CHUNK = 1 << 20
+DEFAULT_PVC_ROOT = Path("/mnt/pvc")
+
+
+class ArtifactError(Exception):
+    """The artifact cannot be fetched or is not the one the spec names."""
+
+
+class DigestMismatch(ArtifactError):  # noqa: N818 - reads as the condition it reports
+    pass
+
+
+class ArtifactTooLarge(ArtifactError):  # noqa: N818 - reads as the condition it reports
+    pass
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(uri: str, actual: str, expected: str | None) -> None:
+    """Raise DigestMismatch unless `actual` is the `expected` sha256 (None: nothing to check)."""
+    if expected is not None and actual != expected:
+        raise DigestMismatch(
+            f"artifact {uri} has sha256 {actual}, but spec.artifact.sha256 is {expected}; "
+            "refusing to serve it"
+        )
+
+
+def local_path(uri: str, base_dir: Path, pvc_root: Path = DEFAULT_PVC_ROOT) -> Path | None:
+    """The file a file:// or pvc:// URI names, or None for remote URIs."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme == "file":
+        raw = urllib.parse.unquote(parts.netloc + parts.path)
+        path = Path(raw)
+        return path if path.is_absolute() else (base_dir / path).resolve()
+    if parts.scheme == "pvc":
+        return pvc_root / parts.netloc / parts.path.lstrip("/")
+    return None
+
+
+def _copy_capped(source: BinaryIO, out: BinaryIO, uri: str, max_bytes: int | None) -> str:
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := source.read(CHUNK):
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise ArtifactTooLarge(f"{uri} is over the {max_bytes}-byte limit")
+        digest.update(chunk)
+        out.write(chunk)
+    return digest.hexdigest()
+
+
+def _fetch_into(uri: str, out: BinaryIO, tmp: Path, max_bytes: int | None, timeout_s: float) -> str:
+    """Write the object at `uri` into `out` (the open file `tmp`); its sha256."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        with urllib.request.urlopen(uri, timeout=timeout_s) as response:  # noqa: S310
+            return _copy_capped(response, out, uri, max_bytes)
+    if parts.scheme == "s3":
+        try:
+            import boto3  # optional: only Models on S3 need it
+        except ImportError as e:
+            raise ArtifactError(f"{uri}: s3:// artifacts need boto3 installed") from e
+        out.close()
+        boto3.client("s3").download_file(parts.netloc, parts.path.lstrip("/"), str(tmp))
+    elif parts.scheme == "gs":
+        try:
+            from google.cloud import storage  # optional: only Models on GCS need it
+        except ImportError as e:
+            raise ArtifactError(
+                f"{uri}: gs:// artifacts need google-cloud-storage installed"
+            ) from e
+        out.close()
+        storage.Client().bucket(parts.netloc).blob(parts.path.lstrip("/")).download_to_filename(
+            str(tmp)
+        )
+    else:
+        raise ArtifactError(f"{uri}: unsupported scheme {parts.scheme!r}")
+    size = tmp.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise ArtifactTooLarge(f"{uri} is {size} bytes, over the {max_bytes}-byte limit")
+    return sha256_of(tmp)
+
+
+def download(
+    uri: str,
+    expected: str | None,
+    cache_dir: Path,
+    *,
+    max_bytes: int | None = None,
+    timeout_s: float = 60.0,
+) -> tuple[Path, str]:
+    """A verified copy of a remote artifact in `cache_dir` (DIGEST.onnx) and its sha256."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            digest = _fetch_into(uri, out, tmp, max_bytes, timeout_s)
+        verify(uri, digest, expected)
+        target = cache_dir / f"{digest}.onnx"
+        tmp.replace(target)
+    except ArtifactError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise ArtifactError(f"could not download {uri}: {e}") from e
+    return target, digest
+
+
+def fetch_artifact(
+    uri: str,
+    sha256: str | None,
+    base_dir: Path,
+    cache_dir: Path,
+    *,
+    pvc_root: Path = DEFAULT_PVC_ROOT,
+    max_bytes: int | None = None,
+) -> Path:
+    """A verified local copy of the artifact (local files are verified in place)."""
+    local = local_path(uri, base_dir, pvc_root)
+    if local is not None:
+        if not local.is_file():
+            raise ArtifactError(f"artifact {uri} does not exist (looked at {local})")
+        verify(uri, sha256_of(local), sha256)
+        return local
+    if sha256 is not None:
+        kept = cache_dir / f"{sha256}.onnx"
+        if kept.is_file():
+            if sha256_of(kept) == sha256:
+                return kept
+            kept.unlink()
+    log.info("downloading artifact", extra={"uri": uri})
+    path, _ = download(uri, sha256, cache_dir, max_bytes=max_bytes)
+    return path

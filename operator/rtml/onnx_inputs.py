@@ -1,0 +1,71 @@
+"""The inputs an ONNX graph expects, read from its protobuf alone (no ONNX Runtime, no
+session): what the operator, `rtml validate` and the runtime check against a FeatureView."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rtml.api.signature import InputSpec
+
+DECLARED_FEATURES = "rtml.features"  # metadata: the column names of a single wide input
+MAX_SIGNATURE_BYTES = 64 << 20
+
+
+class OnnxSignatureError(Exception):
+    """The file is not an ONNX model whose inputs can be read."""
+
+
+def _input_spec(value_info: Any) -> InputSpec:
+    """A graph input as ONNX Runtime would describe it: `tensor(float)`, dims or names."""
+    from onnx import TensorProto
+
+    kind = value_info.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return InputSpec(value_info.name, str(kind), ())
+    tensor = value_info.type.tensor_type
+    dtype = f"tensor({TensorProto.DataType.Name(tensor.elem_type).lower()})"
+    shape = tuple(
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
+    )
+    return InputSpec(value_info.name, dtype, shape)
+
+
+def onnx_inputs(
+    path: Path, max_bytes: int = MAX_SIGNATURE_BYTES
+) -> tuple[list[InputSpec], list[str] | None]:
+    """The graph's inputs and its `rtml.features` metadata, without loading it for inference.
+
+    Reads the protobuf only (no external tensor data, no session). Files over `max_bytes` are
+    refused.
+    """
+    import onnx  # ~0.3 s to import: only the commands that read a model pay it
+
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise OnnxSignatureError(
+            f"{path} is {size} bytes, over the {max_bytes}-byte limit for reading an ONNX signature"
+        )
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise OnnxSignatureError(f"{path} is not a readable ONNX model: {e}") from e
+    # Before IR version 4, initializers were listed as inputs too; they are not fed.
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [_input_spec(i) for i in model.graph.input if i.name not in initializers]
+    meta = {p.key: p.value for p in model.metadata_props}
+    declared = None
+    if DECLARED_FEATURES in meta:
+        try:
+            names = json.loads(meta[DECLARED_FEATURES])
+        except json.JSONDecodeError as e:
+            raise OnnxSignatureError(
+                f"{path}: metadata {DECLARED_FEATURES!r} is not JSON: {e}"
+            ) from e
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise OnnxSignatureError(
+                f"{path}: metadata {DECLARED_FEATURES!r} must be a list of names"
+            )
+        declared = names
+    return inputs, declared
