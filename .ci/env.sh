@@ -18,10 +18,12 @@ command -v go >/dev/null || {
 }
 
 # Debian packages: Redis (the Feast online store in tests), PostgreSQL (the Feast SQL registry
-# in tests, as in a cluster; Debian keeps its binaries off PATH) and wrk (the benchmarks' load
-# generator).
+# in tests, as in a cluster; Debian keeps its binaries off PATH), wrk (the benchmarks' load
+# generator) and the image tools (mmdebstrap, buildah, podman, umoci, runc: docs/images.md).
 missing=()
-for pkg in redis-server wrk; do command -v "$pkg" >/dev/null || missing+=("$pkg"); done
+for pkg in redis-server wrk mmdebstrap buildah podman umoci runc; do
+  command -v "$pkg" >/dev/null || [[ -x "/usr/sbin/$pkg" ]] || missing+=("$pkg")  # runc: sbin
+done
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
   say "installing ${missing[*]} from Debian's packages"
@@ -49,3 +51,8 @@ say "building or reusing the local control plane binaries"
 RTML_BIN="$(rtml dev tools build)"
 export PATH="$RTML_BIN:$PATH"
 export RTML_BIN
+
+# The runtime, operator and Redis images, built with buildah on a Debian base; the base, the
+# layer cache and the OCI archives are cached under $CACHE/images (seconds when nothing changed).
+say "building or reusing the images"
+rtml dev images build --context "$ROOT" >&2
