@@ -53,13 +53,15 @@ def free_port() -> int:
 class RedisServer:
     """redis-server from Debian's package on a free loopback port, no persistence."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
         self.workdir = workdir
+        self.password = password
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        """Without the password, as a cluster's settings carry it (the password is a Secret)."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
@@ -67,11 +69,12 @@ class RedisServer:
         if binary is None:
             pytest.fail("redis-server is not installed; `.ci/test` installs it (apt redis-server)")
         self.proc = subprocess.Popen(
-            redis_server_argv(binary, self.port, self.workdir),
+            redis_server_argv(binary, self.port, self.workdir, self.password),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        if not answers_ping(self.port, 10, alive=lambda: self.proc.poll() is None):
+        alive = lambda: self.proc is not None and self.proc.poll() is None  # noqa: E731
+        if not answers_ping(self.port, 10, alive=alive, password=self.password):
             pytest.fail("redis-server did not answer PING within 10 s")
 
     def pause(self) -> None:
