@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -39,6 +40,37 @@ def thirdparty_crd(file: str) -> Path:
             "upstream CRDs (.ci/env.sh finds ../shared/thirdparty-crds)"
         )
     return folder / file
+
+
+FEAST_SECRET = "feast-credentials"
+
+
+def feast_secret(kube: Kube, namespace: str, op: OperatorProcess) -> None:
+    """The Secret the chart's `feast.existingSecret` names, in a tenant namespace: what the
+    operator's CronJobs and predictors read the registry URL from."""
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": FEAST_SECRET, "namespace": namespace},
+            "stringData": {"registry": op.env["RTML_FEAST_REGISTRY"]},
+        }
+    )
+
+
+def container_env(kube: Kube, container: dict[str, Any], namespace: str) -> dict[str, str]:
+    """A rendered container's env as the kubelet resolves it: values, and secretKeyRefs read
+    from the namespace's Secrets through the API server."""
+    out = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            out[e["name"]] = e["value"]
+            continue
+        ref = e["valueFrom"]["secretKeyRef"]
+        secret = kube.get("v1", "Secret", ref["name"], namespace)
+        assert secret is not None, f"{e['name']}: Secret {ref['name']} is not in {namespace}"
+        out[e["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+    return out
 
 
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
@@ -273,6 +305,8 @@ def operator(
         "RTML_FEAST_REDIS_URL": redis.url,
         "RTML_FEAST_PATH": str(feast / "store"),
         "RTML_FEAST_REGISTRY": postgres_server.url("feast"),
+        # The registry URL is a credential: pods get it from this Secret (feast_secret()).
+        "RTML_FEAST_SECRET": FEAST_SECRET,
     }
     op = OperatorProcess(Path(control_plane.kubeconfig), LOGS / "operator.log", env)
     op.log_path.write_bytes(b"")

@@ -25,7 +25,14 @@ from feast.errors import FeatureViewNotFoundException
 from rtml.contract import FeastProfile
 from rtml.features.store import make_store
 from rtml.features.translate import feast_dtype, feast_name_for
-from tests.kube import Kube, OperatorProcess, condition, wait_for
+from tests.kube import (
+    Kube,
+    OperatorProcess,
+    condition,
+    container_env,
+    feast_secret,
+    wait_for,
+)
 from tests.postgres import PostgresServer
 from tests.runtime_proc import REPO, RuntimeProcess, run_rtml, write_manifest
 
@@ -246,13 +253,16 @@ def test_the_cronjob_command_materializes_rows_the_runtime_serves(
     name = f"served-{namespace}"
     redis_url = operator.env["RTML_FEAST_REDIS_URL"]
     doc = named(fraud_view(fraud_build), name, namespace)
+    feast_secret(kube, namespace, operator)
     kube.create(doc)
     wait_registered(kube, name, namespace)
     cronjob = wait_for(lambda: kube.get(*CRONJOB, f"{name}-materialize", namespace), 30)
     (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     command = container["command"]
     assert command[:2] == ["rtml", "materialize"]
-    env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("RTML_")}
+    registry = next(e for e in container["env"] if e["name"] == "RTML_FEAST_REGISTRY")
+    assert "value" not in registry  # a credential: only a reference to the Secret
+    env = {k: v for k, v in container_env(kube, container, namespace).items() if k != "HOME"}
     assert (env["RTML_FEAST_STORE"], env["RTML_FEAST_REDIS_URL"]) == ("redis", redis_url)
     assert rows_in_redis(redis_url, name) == 0
     ran = run_rtml(*command[1:], env=env)

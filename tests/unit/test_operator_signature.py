@@ -16,8 +16,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from rtml.api.model import Model
-from rtml.operator.signature import SignatureCache, check_model_signature
 from rtml.onnx_inputs import OnnxSignatureError, onnx_inputs
+from rtml.operator.signature import SignatureCache, check_model_signature
 from tests.unit.runtime.onnx_fixtures import write_sum_model
 
 pytestmark = pytest.mark.unit
