@@ -56,3 +56,11 @@ export RTML_BIN
 # layer cache and the OCI archives are cached under $CACHE/images (seconds when nothing changed).
 say "building or reusing the images"
 rtml dev images build --context "$ROOT" >&2
+
+# The upstream CRDs (KServe, KEDA, ...) the tests and the demo install are data kept beside the
+# checkout, never vendored: the shipped package reads only $RTML_THIRDPARTY_CRDS.
+if [[ -z "${RTML_THIRDPARTY_CRDS:-}" ]]; then
+  for dir in "$ROOT/../shared/thirdparty-crds" /work/shared/thirdparty-crds; do
+    if [[ -d "$dir" ]]; then export RTML_THIRDPARTY_CRDS="$(cd "$dir" && pwd)"; break; fi
+  done
+fi
