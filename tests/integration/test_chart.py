@@ -40,6 +40,53 @@ def test_values_schema_refuses_bad_values(bin_dir: Path) -> None:
     assert "resyncSeconds" in out.stderr
 
 
+def test_values_schema_refuses_a_password_in_the_redis_url(bin_dir: Path) -> None:
+    out = run(
+        [str(bin_dir / "helm"), "template", "t", str(CHART),
+         "--set", "feast.redisUrl=redis://:hunter2@redis:6379/0"],
+        check=False,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "feast.redisUrl" in out.stderr or "redisUrl" in out.stderr
+
+
+def test_the_operator_gets_feast_credentials_from_the_existing_secret(
+    bin_dir: Path, control_plane: Any
+) -> None:
+    """The chart's values for a real cluster: images, pull secrets, placement, the Secret."""
+    values = [
+        "feast.existingSecret=feast-credentials",
+        "imagePullSecrets[0].name=regcred",
+        "podAnnotations.team=ml",
+        "serviceAccount.annotations.iam=role-x",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        ".nodeSelectorTerms[0].matchExpressions[0].key=pool",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        ".nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+    ]
+    argv = [str(bin_dir / "helm"), "template", "t", str(CHART)]
+    for v in values:
+        argv += ["--set", v]
+    docs = {d["kind"]: d for d in yaml.safe_load_all(run(argv).stdout) if d}
+    pod = docs["Deployment"]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert container["image"] == "localhost/rtml-operator:0.1.0"
+    assert env["RTML_RUNTIME_IMAGE"]["value"] == "localhost/rtml-runtime:0.1.0"
+    assert env["RTML_FEAST_SECRET"]["value"] == "feast-credentials"
+    for name, key in (("RTML_FEAST_REDIS_PASSWORD", "redis-password"),
+                      ("RTML_FEAST_REGISTRY", "registry")):  # fmt: skip
+        assert env[name]["valueFrom"] == {"secretKeyRef": {"name": "feast-credentials", "key": key}}
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["metadata"]["annotations"] == {"team": "ml"}
+    assert "nodeAffinity" in pod["spec"]["affinity"]
+    assert docs["ServiceAccount"]["metadata"]["annotations"] == {"iam": "role-x"}
+    kubeconfig = ["--kubeconfig", str(control_plane.kubeconfig)]
+    install = [str(bin_dir / "helm"), *kubeconfig, "install", "--dry-run=client", *argv[2:]]
+    notes = run(install).stdout.split("NOTES:", 1)[1]
+    assert 'Credentials come from Secret "feast-credentials"' in notes
+
+
 def test_chart_crds_are_the_generated_crds(bin_dir: Path) -> None:
     for f in (REPO / "crds").glob("*.yaml"):
         assert (CHART / "crds" / f.name).read_text() == f.read_text()
