@@ -11,17 +11,22 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, overload
 
 import pytest
 
-from rtml.dev.images import DEFAULT_ULIMITS, built_refs, container_env, read_project
+from rtml.dev.images import (
+    DEFAULT_ULIMITS,
+    built_refs,
+    container_env,
+    host_leftovers_removed,
+    read_project,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NONROOT = "65532:65532"
-# What the pod gives the container as writable volumes (emptyDir): everything else is read-only.
-WRITABLE = ("/tmp", "/var/lib/rtml")
 
 
 def podman_command() -> str:
@@ -51,8 +56,10 @@ def podman_argv(
         argv += ["--ulimit", ulimit]
     if read_only:
         argv.append("--read-only")
-        # Like an emptyDir with the pod's fsGroup: writable by the container's user.
-        argv += [a for path in WRITABLE for a in ("--tmpfs", f"{path}:rw,mode=1777")]
+        # The pod's emptyDirs: /tmp a tmpfs (mode 1777); /var/lib/rtml an anonymous volume,
+        # which starts as a copy of the image's directory (owned by 65532, as fsGroup would
+        # make it); podman ignores `mode=` on other tmpfs mounts here (root, 0755).
+        argv += ["--tmpfs", "/tmp", "--volume", "/var/lib/rtml"]
     argv += ["--detach"] if detach else ["--rm"]
     if name is not None:
         argv += ["--name", name]
@@ -149,8 +156,10 @@ def podman_logs(name: str) -> str:
 
 
 def podman_rm(name: str) -> None:
-    """Stop (SIGTERM, then SIGKILL after 10 s) and remove a container; no error if it is gone."""
-    subprocess.run([podman_command(), "rm", "--force", "--ignore", "--time", "10", name],
+    """Stop (SIGTERM, then SIGKILL after 10 s) and remove a container and its anonymous volume;
+    no error if it is gone."""
+    subprocess.run([podman_command(), "rm", "--force", "--ignore", "--volumes", "--time", "10",
+                    name],
                    env=container_env(), capture_output=True, timeout=60, check=False)  # fmt: skip
 
 
@@ -163,17 +172,19 @@ def podman_inspect(image: str, template: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def built_images() -> dict[str, str]:
+def built_images() -> Iterator[dict[str, str]]:
     """The references of the runtime, operator and Redis images ({"runtime": ..., ...}).
 
     Fails (never skips) when they are not built: `rtml dev images build` builds them (CI does in
-    .ci/env.sh)."""
+    .ci/env.sh). At the end of the session, removes what podman left on the host
+    (/run/containers, empty libpod_parent cgroups) if it was not there before."""
     podman_command()
-    refs = built_refs(read_project(REPO).version)
-    missing = sorted({"runtime", "operator", "redis"} - set(refs))
-    if missing:
-        pytest.fail(
-            f"The {', '.join(missing)} image(s) are not built: run `rtml dev images build "
-            f"--context {REPO}` (.ci/env.sh does it before the tests)."
-        )
-    return refs
+    with host_leftovers_removed():
+        refs = built_refs(read_project(REPO).version)
+        missing = sorted({"runtime", "operator", "redis"} - set(refs))
+        if missing:
+            pytest.fail(
+                f"The {', '.join(missing)} image(s) are not built: run `rtml dev images build "
+                f"--context {REPO}` (.ci/env.sh does it before the tests)."
+            )
+        yield refs

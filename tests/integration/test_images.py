@@ -61,7 +61,7 @@ def test_runtime_cli_runs_read_only_as_nonroot(built_images: dict[str, str]) -> 
 def test_runtime_imports_its_stack_and_writes_nothing_outside_its_volumes(
     built_images: dict[str, str],
 ) -> None:
-    code = ("import rtml_runtime, rtml, onnxruntime, feast, bentoml, rtml_runtime.service; "
+    code = ("import rtml_runtime, rtml, onnxruntime, feast, bentoml; "
             "import os; print(os.getuid(), os.getgid(), os.environ['HOME'])")  # fmt: skip
     out = podman_run(built_images["runtime"], ["-c", code], env={}, mounts=[], network="none",
                      entrypoint=["python"])  # fmt: skip

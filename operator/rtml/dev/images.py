@@ -329,7 +329,7 @@ def ensure_base(builder: Builder) -> str:
     require_commands("mmdebstrap")
     builder.progress(
         f"images: bootstrapping the {DEBIAN_RELEASE} base ({', '.join(BASE_PACKAGES)}) with "
-        f"mmdebstrap from {sources} (cold: about half a minute)..."
+        f"mmdebstrap from {sources} (about a minute)..."
     )
     started = time.monotonic()
     tarball = builder.directory / f"base-{ref.rsplit(':', 1)[1]}.tar"
@@ -487,6 +487,7 @@ def build_images(
                 ref = image_refs(project.version, _redis_version(builder, staging))["redis"]
                 builder.capture(["buildah", "tag", staging, ref], f"Tagging {ref}")
                 builder.capture(["buildah", "rmi", staging], f"Untagging {staging}")
+                progress(f"images: redis: tagged {ref} (Debian's redis-server)")
             else:
                 ref = image_refs(project.version, "")[name]
                 folder = "bentos" if name == "runtime" else "operator"
@@ -505,9 +506,7 @@ def built_refs(version: str, directory: Path | None = None) -> dict[str, str]:
         ref = image_refs(version, "")[name]
         if builder.image_id(ref) is not None:
             found[name] = ref
-    listing = builder.capture(
-        ["buildah", "images", "--json", "localhost/rtml-redis"], "Listing the Redis images"
-    )
+    listing = builder.capture(["buildah", "images", "--json"], "Listing the images")
     for image in json.loads(listing or "[]"):
         for tagged in image.get("names") or []:
             if tagged.startswith("localhost/rtml-redis:") and not tagged.endswith(":building"):
