@@ -149,9 +149,12 @@ def fetch_artifact(
     """A verified local copy of the artifact (local files are verified in place)."""
     local = local_path(uri, base_dir, pvc_root)
     if local is not None:
-        if not local.is_file():
-            raise ArtifactError(f"artifact {uri} does not exist (looked at {local})")
-        verify(uri, sha256_of(local), sha256)
+        try:
+            if not local.is_file():
+                raise ArtifactError(f"artifact {uri} does not exist (looked at {local})")
+            verify(uri, sha256_of(local), sha256)
+        except OSError as e:  # e.g. a volume the pod's user may not read
+            raise ArtifactError(f"artifact {uri} cannot be read at {local}: {e.strerror}") from e
         return local
     if sha256 is not None:
         kept = cache_dir / f"{sha256}.onnx"

@@ -256,8 +256,12 @@ def test_the_rendered_runtime_serves_inside_the_built_image(
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     user = f"{security['runAsUser']}:{security['runAsGroup']}"
+    # A volume a pod reads its artifact from is readable by the pod's user; pytest's folders
+    # are root-only (0700).
+    fraud_build.chmod(0o755)
     config = tmp_path / "config"
     binds = _mounts(materialized, config, tmp_path / "unused")
+    config.chmod(0o755)  # the ConfigMap volume: readable by the pod's user
     config_at = next(at for at, host in binds.items() if host == config)
     name = f"rtml-contract-{os.getpid()}"
     podman_run(
