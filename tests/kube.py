@@ -58,19 +58,30 @@ def feast_secret(kube: Kube, namespace: str, op: OperatorProcess) -> None:
     )
 
 
-def container_env(kube: Kube, container: dict[str, Any], namespace: str) -> dict[str, str]:
-    """A rendered container's env as the kubelet resolves it: values, and secretKeyRefs read
-    from the namespace's Secrets through the API server."""
+def resolve_env(
+    container: dict[str, Any], secret_value: Callable[[str, str], str]
+) -> dict[str, str]:
+    """A rendered container's env as the kubelet resolves it: values, and each secretKeyRef
+    (Secret name, key) looked up with `secret_value`."""
     out = {}
     for e in container.get("env", []):
         if "value" in e:
             out[e["name"]] = e["value"]
-            continue
-        ref = e["valueFrom"]["secretKeyRef"]
-        secret = kube.get("v1", "Secret", ref["name"], namespace)
-        assert secret is not None, f"{e['name']}: Secret {ref['name']} is not in {namespace}"
-        out[e["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            out[e["name"]] = secret_value(ref["name"], ref["key"])
     return out
+
+
+def container_env(kube: Kube, container: dict[str, Any], namespace: str) -> dict[str, str]:
+    """resolve_env with the namespace's Secrets, read through the API server."""
+
+    def from_api(name: str, key: str) -> str:
+        secret = kube.get("v1", "Secret", name, namespace)
+        assert secret is not None, f"Secret {name} is not in {namespace}"
+        return base64.b64decode(secret["data"][key]).decode()
+
+    return resolve_env(container, from_api)
 
 
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from rtml.features.store import apply_views, make_store
 from rtml.operator.render import RenderContext, render_model_children
 from rtml.operator.render.cronjob import render_materialization_cronjob
 from tests.images import podman_logs, podman_rm, podman_run
+from tests.kube import resolve_env as kube_resolve_env
 from tests.runtime_proc import LOGS, REPO, RedisServer, rtml_env, write_manifest
 
 pytestmark = [pytest.mark.redis, pytest.mark.feast, pytest.mark.runtime]
@@ -63,18 +64,14 @@ class Rendered:
 
 
 def resolve_env(container: dict[str, Any], secret: dict[str, str]) -> dict[str, str]:
-    """The container's env as the kubelet gives it: values, and secretKeyRefs read from the
-    Secret (a reference to another Secret, or a missing key, fails as the kubelet would)."""
-    out = {}
-    for e in container.get("env", []):
-        if "value" in e:
-            out[e["name"]] = e["value"]
-            continue
-        ref = e["valueFrom"]["secretKeyRef"]
-        assert ref["name"] == SECRET.name, f"{e['name']} refers to Secret {ref['name']!r}"
-        assert ref["key"] in secret, f"Secret {SECRET.name} has no key {ref['key']!r}"
-        out[e["name"]] = secret[ref["key"]]
-    return out
+    """The container's env as the kubelet gives it, the chart's Secret holding `secret`."""
+
+    def lookup(name: str, key: str) -> str:
+        assert name == SECRET.name, f"a reference to Secret {name!r}, not {SECRET.name!r}"
+        assert key in secret, f"Secret {SECRET.name} has no key {key!r}"
+        return secret[key]
+
+    return kube_resolve_env(container, lookup)
 
 
 def render(build: Path, redis: RedisServer, registry: str, feast_path: Path) -> Rendered:
