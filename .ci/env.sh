@@ -19,12 +19,14 @@ command -v go >/dev/null || {
 
 # Debian packages: Redis (the Feast online store in tests), PostgreSQL (the Feast SQL registry
 # in tests, as in a cluster; Debian keeps its binaries off PATH), wrk (the benchmarks' load
-# generator) and the image tools (mmdebstrap, buildah, podman, umoci, runc: docs/images.md).
+# generator), the image tools (mmdebstrap, buildah, podman, umoci, runc: docs/images.md) and what
+# the node's runc is built with (pkg-config, libseccomp-dev: docs/local-control-plane.md).
 missing=()
-for pkg in redis-server wrk mmdebstrap buildah podman umoci runc; do
+for pkg in redis-server wrk mmdebstrap buildah podman umoci runc pkg-config; do
   command -v "$pkg" >/dev/null || [[ -x "/usr/sbin/$pkg" ]] || missing+=("$pkg")  # runc: sbin
 done
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+[[ -e /usr/include/seccomp.h ]] || missing+=(libseccomp-dev)
 if ((${#missing[@]})); then
   say "installing ${missing[*]} from Debian's packages"
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
@@ -51,6 +53,8 @@ say "building or reusing the local control plane binaries"
 RTML_BIN="$(rtml dev tools build)"
 export PATH="$RTML_BIN:$PATH"
 export RTML_BIN
+say "building or reusing the local node's binaries (kubelet, containerd, runc, CNI, coredns, pause)"
+RTML_NODE_BIN="$(rtml dev tools build --node)"; export RTML_NODE_BIN
 
 # The runtime, operator and Redis images, built with buildah on a Debian base; the base, the
 # layer cache and the OCI archives are cached under $CACHE/images (seconds when nothing changed).

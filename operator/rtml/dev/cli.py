@@ -109,17 +109,29 @@ def tools() -> None:
 
 
 @tools.command()
-def build() -> None:
+@click.option(
+    "--node",
+    is_flag=True,
+    help="Also build the node's binaries (kubelet, kube-scheduler, kube-proxy, containerd, runc, "
+    "the CNI plugins, coredns, pause) and print their directory instead.",
+)
+def build(node: bool) -> None:
     """Build etcd, kube-apiserver, kube-controller-manager, kubectl and helm if not cached.
 
     They are built from the Go modules pinned in rtml into a cache keyed by those pins and the Go
     version ($RTML_CACHE_DIR, else $XDG_CACHE_HOME/rtml, else ~/.cache/rtml). Needs Go. Prints
     the directory holding the binaries.
+
+    With --node, the node's binaries are built too, into their own cache keyed by the node's
+    pins (runc and pause also need gcc, pkg-config, libc6-dev and libseccomp-dev), and the
+    directory holding them is printed (the CNI plugins are in its cni/ folder).
     """
-    from rtml.dev.tools import ensure_tools
+    from rtml.dev.tools import ensure_node_tools, ensure_tools
 
     try:
         bin_dir = ensure_tools(progress=_progress)
+        if node:
+            bin_dir = ensure_node_tools(progress=_progress)
     except DevError as error:
         raise click.ClickException(str(error)) from error
     click.echo(str(bin_dir))
