@@ -26,7 +26,9 @@ SERVING_DNS_NAMES = (
     "kubernetes.default.svc",
     "kubernetes.default.svc.cluster.local",
 )
-SERVING_IPS = ("127.0.0.1", FIRST_SERVICE_IP)
+# 10.244.0.1: the node's bridge, where pods reach the API server (rtml.dev.nodeconfig.BRIDGE_IP).
+SERVING_IPS = ("127.0.0.1", FIRST_SERVICE_IP, "10.244.0.1")
+APISERVER_KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
 _VALIDITY = dt.timedelta(days=365)
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 
@@ -135,10 +137,7 @@ def issue_client_cert(
 
     The API server maps the CN to the user name and each O to a group.
     """
-    ca_cert = x509.load_pem_x509_certificate(ca.ca_cert.read_bytes())
-    ca_key = serialization.load_pem_private_key(ca.ca_key.read_bytes(), password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise TypeError(f"the CA key in {ca.ca_key} is not an EC key written by rtml")
+    ca_cert, ca_key = _ca(ca)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = _name(common_name, organizations)
     cert = _leaf(
@@ -146,6 +145,33 @@ def issue_client_cert(
     )
     _write_key(key_path, key)
     _write_cert(cert_path, cert)
+
+
+def _ca(ca: CertFiles) -> tuple[x509.Certificate, CertKey]:
+    ca_cert = x509.load_pem_x509_certificate(ca.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"the CA key in {ca.ca_key} is not an EC key written by rtml")
+    return ca_cert, ca_key
+
+
+def issue_serving_cert(
+    ca: CertFiles, common_name: str, dns_names: tuple[str, ...], ips: tuple[str, ...], stem: Path
+) -> tuple[Path, Path]:
+    """A serving certificate (e.g. the kubelet's) for these names and addresses, signed by the
+    control plane's CA; written to STEM.crt and STEM.key, which are returned."""
+    ca_cert, ca_key = _ca(ca)
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName(
+        [x509.DNSName(n) for n in dns_names]
+        + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    )
+    cert = _leaf(ca_cert, ca_key, key, subject=_name(common_name),
+                 usage=ExtendedKeyUsageOID.SERVER_AUTH, san=san)  # fmt: skip
+    crt, key_path = stem.with_suffix(".crt"), stem.with_suffix(".key")
+    _write_key(key_path, key)
+    _write_cert(crt, cert)
+    return crt, key_path
 
 
 def _name(common_name: str, organizations: tuple[str, ...] = ()) -> x509.Name:

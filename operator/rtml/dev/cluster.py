@@ -1,11 +1,14 @@
-"""The local control plane: etcd, kube-apiserver and kube-controller-manager on loopback ports,
-with generated certificates and RBAC on. There is no kubelet, so Pods never run."""
+"""The local cluster: etcd, kube-apiserver and kube-controller-manager with generated
+certificates and RBAC on, and, unless `--no-node`, a real node (rtml.dev.node: containerd,
+runc, CNI, kubelet, kube-scheduler, kube-proxy, CoreDNS) on which Pods run. Without a node the
+API server listens on loopback only and Pods are created but never run."""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
@@ -14,6 +17,9 @@ from typing import Any
 from rtml.dev import certs, probe
 from rtml.dev.errors import ControlPlaneError
 from rtml.dev.kubeconfig import write_kubeconfig
+from rtml.dev.node import NODE_STATE, LocalNode
+from rtml.dev.node import cleanup as node_cleanup
+from rtml.dev.nodeconfig import BRIDGE_IP
 from rtml.dev.process import Managed, free_port, spawn, stop
 from rtml.dev.tools import cache_root, ensure_tools
 
@@ -37,9 +43,11 @@ class LocalControlPlane:
     Every start begins from an empty etcd and fresh certificates. ``stop()`` is idempotent.
     """
 
-    def __init__(self, workdir: Path, bin_dir: Path) -> None:
+    def __init__(self, workdir: Path, bin_dir: Path, node_bin: Path | None = None) -> None:
         self.workdir = workdir.resolve()
         self.bin_dir = bin_dir
+        self.node_bin = node_bin
+        self.node: LocalNode | None = None
         self.certs = certs.CertFiles(self.workdir / "pki")
         self.ports: dict[str, int] = {}
         self.processes: list[Managed] = []
@@ -100,6 +108,8 @@ class LocalControlPlane:
             etcd = self._start_etcd(deadline)
             apiserver = self._start_apiserver(deadline, etcd)
             self._start_controller_manager(deadline, etcd, apiserver)
+            if self.node is not None:
+                self._start_node(deadline)
         except BaseException:
             self.stop()
             raise
@@ -111,6 +121,8 @@ class LocalControlPlane:
         for process in reversed(self.processes):
             stop(process)
         self.processes = []
+        if self.node is not None:
+            node_cleanup(self.workdir, self.node_bin)
         self.state_file.unlink(missing_ok=True)
 
     def _prepare(self) -> None:
@@ -121,6 +133,16 @@ class LocalControlPlane:
         self.logs_dir.mkdir()
         certs.generate(self.certs.directory)
         self.ports = {name: free_port() for name in ("etcd-client", "etcd-peer", "apiserver")}
+        if self.node_bin is not None:
+            self.node = LocalNode(self.workdir, self.node_bin, self.certs, self.server)
+            self.node.prepare()
+            certs.issue_client_cert(
+                self.certs,
+                certs.APISERVER_KUBELET_CLIENT_USER,
+                (certs.ADMIN_GROUP,),
+                self.certs.directory / "apiserver-kubelet-client.crt",
+                self.certs.directory / "apiserver-kubelet-client.key",
+            )
 
     def _launch(self, name: str, argv: list[str]) -> Managed:
         binary = self.bin_dir / argv[0]
@@ -160,6 +182,28 @@ class LocalControlPlane:
         )
         return etcd
 
+    def _network_flags(self) -> list[str]:
+        if self.node is None:
+            # The `kubernetes` Service cannot point at a loopback address; nothing in-cluster
+            # needs it without a node, so do not reconcile its endpoints.
+            return ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                    "--endpoint-reconciler-type=none", "--authorization-mode=RBAC"]  # fmt: skip
+        pki = self.certs.directory
+        return [
+            # Pods reach it at the bridge address (the `kubernetes` Service's endpoint); the
+            # host's tools keep using 127.0.0.1. It takes one bind address: all of them.
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={BRIDGE_IP}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            # `kubectl logs/exec`: the API server calls the kubelet with a client certificate and
+            # checks the kubelet's serving certificate, as in a real cluster.
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={self.certs.ca_cert}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+        ]
+
     def _start_apiserver(self, deadline: float, etcd: Managed) -> Managed:
         files = self.certs
         apiserver = self._launch(
@@ -167,17 +211,12 @@ class LocalControlPlane:
             [
                 "kube-apiserver",
                 f"--etcd-servers=http://127.0.0.1:{self.ports['etcd-client']}",
-                "--bind-address=127.0.0.1",
                 f"--secure-port={self.ports['apiserver']}",
-                "--advertise-address=127.0.0.1",
-                # The `kubernetes` Service cannot point at a loopback address; nothing in-cluster
-                # needs it without a kubelet, so do not reconcile its endpoints.
-                "--endpoint-reconciler-type=none",
+                *self._network_flags(),
                 f"--cert-dir={self.workdir / 'apiserver'}",
                 f"--tls-cert-file={files.apiserver_cert}",
                 f"--tls-private-key-file={files.apiserver_key}",
                 f"--client-ca-file={files.ca_cert}",
-                "--authorization-mode=RBAC",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={files.service_account_pub}",
                 f"--service-account-signing-key-file={files.service_account_key}",
@@ -242,6 +281,28 @@ class LocalControlPlane:
             manager,
         )
 
+    def _start_node(self, deadline: float) -> None:
+        assert self.node is not None
+        kubectl = [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}"]
+
+        def run_kubectl(*args: str) -> str:
+            result = subprocess.run([*kubectl, *args], capture_output=True, text=True,
+                                    timeout=60, check=False)  # fmt: skip
+            if result.returncode != 0:
+                raise ControlPlaneError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+            return result.stdout
+
+        def launch(name: str, argv: list[str], env: dict[str, str] | None) -> Managed:
+            process = spawn(name, argv, self.logs_dir / f"{name}.log", self.workdir, env)
+            self.processes.append(process)
+            self._write_state()
+            return process
+
+        def wait(what: str, ready: Any, blame: Managed) -> None:
+            probe.wait_until(what, ready, deadline, self.processes, blame)
+
+        self.node.start(launch, wait, run_kubectl)
+
     def _wait_for_api(
         self, what: str, path: str, deadline: float, watched: list[Managed], blame: Managed
     ) -> None:
@@ -269,10 +330,14 @@ class LocalControlPlane:
 
 
 def cluster_up(
-    workdir: Path, kubeconfig: Path | None, bin_dir: Path | None = None, timeout: float = 120.0
+    workdir: Path,
+    kubeconfig: Path | None,
+    bin_dir: Path | None = None,
+    timeout: float = 120.0,
+    node_bin: Path | None = None,
 ) -> LocalControlPlane:
-    """Start a control plane that outlives this process; copy its admin kubeconfig to
-    ``kubeconfig`` when given. Stop it with :func:`cluster_down`."""
+    """Start a cluster that outlives this process (with a node when ``node_bin`` is given);
+    copy its admin kubeconfig to ``kubeconfig`` when given. Stop it with :func:`cluster_down`."""
     state = read_state(workdir)
     if state is not None:
         if any(p.running() for p in state):
@@ -281,7 +346,9 @@ def cluster_up(
                 "`rtml dev cluster down` first."
             )
         cluster_down(workdir)
-    plane = LocalControlPlane(workdir, bin_dir if bin_dir is not None else ensure_tools(log.info))
+    plane = LocalControlPlane(
+        workdir, bin_dir if bin_dir is not None else ensure_tools(log.info), node_bin
+    )
     plane.start(timeout)
     if kubeconfig is not None:
         kubeconfig.parent.mkdir(parents=True, exist_ok=True)
@@ -293,10 +360,14 @@ def cluster_up(
 def cluster_down(workdir: Path) -> bool:
     """Stop the control plane recorded in ``workdir``; False when none was recorded."""
     processes = read_state(workdir)
-    if processes is None:
+    had_node = (workdir / NODE_STATE).exists() or (workdir / "node").exists()
+    if processes is None and not had_node:
         return False
-    for process in reversed(processes):
+    for process in reversed(processes or []):
         stop(process)
+    if had_node:
+        # Also what a run that died without `down` left: mounts, netns, bridge, rules, sysctls.
+        node_cleanup(workdir)
     (workdir / STATE_FILE).unlink(missing_ok=True)
     shutil.rmtree(workdir / "etcd", ignore_errors=True)
     return True

@@ -43,6 +43,8 @@ APT_SOURCES_CANDIDATES = (
 )
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 REDIS_CONTAINERFILE = Path(__file__).resolve().parent / "containerfiles" / "redis" / "Containerfile"
+PAUSE_CONTAINERFILE = Path(__file__).resolve().parent / "containerfiles" / "pause" / "Containerfile"
+PAUSE_REF = "localhost/rtml-pause:3.10"
 # Podman's defaults exceed what some machines allow (setrlimit fails); these fit under them.
 DEFAULT_ULIMITS = ("nofile=20000:20000", "nproc=32768:32768")
 # Debian package that provides each command, for the error message when one is missing.
@@ -496,6 +498,22 @@ def build_images(
                        project.context, ref, base, args)  # fmt: skip
             built.append(_export(builder, name, ref))
     return built
+
+
+def build_pause_image(
+    pause_binary: Path, progress: Progress = print, directory: Path | None = None
+) -> BuiltImage:
+    """The node's sandbox image from the static `pause` binary (cached like the others)."""
+    require_commands("buildah", "podman")
+    directory = (directory or images_dir()).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    builder = Builder(directory, progress)
+    context = directory / "pause-context"
+    context.mkdir(exist_ok=True)
+    shutil.copy2(pause_binary, context / "pause")
+    with _build_lock(directory / ".build.lock"), host_leftovers_removed():
+        _build(builder, "pause", PAUSE_CONTAINERFILE, context, PAUSE_REF, "scratch", {})
+        return _export(builder, "pause", PAUSE_REF)
 
 
 def built_refs(version: str, directory: Path | None = None) -> dict[str, str]:
