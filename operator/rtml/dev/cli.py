@@ -54,20 +54,32 @@ def cluster() -> None:
     show_default=True,
     help="Seconds to wait for the control plane to become ready.",
 )
-def up(kubeconfig: Path | None, workdir: Path | None, timeout: float) -> None:
-    """Start the control plane in the background and wait until it is ready.
+@click.option(
+    "--node/--no-node",
+    default=False,
+    show_default=True,
+    help="Also start a node (containerd, runc, CNI, kubelet, kube-scheduler, kube-proxy, "
+    "CoreDNS) so Pods run; needs root. Without it the cluster is API-only.",
+)
+def up(kubeconfig: Path | None, workdir: Path | None, timeout: float, node: bool) -> None:
+    """Start the cluster in the background and wait until it is ready.
 
     Builds the binaries first if they are not cached yet (minutes on a cold machine). The
-    processes keep running after this command returns; stop them with `rtml dev cluster down`.
+    processes keep running after this command returns; stop them with `rtml dev cluster down`,
+    which also removes everything the node changed on the host.
     """
     from rtml.dev.cluster import cluster_up
-    from rtml.dev.tools import ensure_tools
+    from rtml.dev.tools import ensure_node_tools, ensure_tools
 
     directory = _workdir(workdir)
     try:
         bin_dir = ensure_tools(progress=_progress)
-        _progress(f"Starting etcd, kube-apiserver and kube-controller-manager in {directory}...")
-        plane = cluster_up(directory, kubeconfig, bin_dir=bin_dir, timeout=timeout)
+        node_bin = ensure_node_tools(progress=_progress) if node else None
+        what = "etcd, kube-apiserver, kube-controller-manager" + (" and a node" if node else "")
+        _progress(f"Starting {what} in {directory}...")
+        plane = cluster_up(
+            directory, kubeconfig, bin_dir=bin_dir, timeout=timeout, node_bin=node_bin
+        )
     except DevError as error:
         raise click.ClickException(str(error)) from error
     config = kubeconfig if kubeconfig is not None else plane.kubeconfig
