@@ -134,3 +134,21 @@ def test_every_node_binary_has_a_unique_place() -> None:
         "loopback",
         "portmap",
     }
+
+
+@pytest.mark.parametrize(
+    ("absent", "package"), [("gcc", "apt-get install gcc"), ("pkg-config", "pkg-config")]
+)
+def test_a_missing_c_tool_is_named_before_any_build(
+    monkeypatch: pytest.MonkeyPatch, absent: str, package: str
+) -> None:
+    real = shutil.which
+    monkeypatch.setattr(tools.shutil, "which", lambda cmd: None if cmd == absent else real(cmd))
+    runc = next(b for b in tools.NODE_BINARIES if b.name == "runc")
+    with pytest.raises(ToolsError, match=re.escape(package)):
+        tools._check_c_toolchain([runc], need_pause=False)
+
+
+def test_nothing_to_build_in_c_checks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tools.shutil, "which", lambda _cmd: None)
+    tools._check_c_toolchain([], need_pause=False)
