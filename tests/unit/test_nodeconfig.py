@@ -33,7 +33,8 @@ def test_containerd_config_is_toml_with_what_this_machine_needs() -> None:
     sockets = [
         config["plugins"][f"io.containerd.server.v1.{s}"]["address"] for s in ("grpc", "ttrpc")
     ]
-    assert all(s.startswith("/w/node/") for s in sockets)
+    assert all(s.startswith(str(PATHS.sockets_dir)) for s in sockets)
+    assert all(len(s) < 104 for s in sockets)  # the limit of a unix socket path
     runtime = config["plugins"]["io.containerd.cri.v1.runtime"]
     # Without CAP_SYS_RESOURCE every sandbox fails on oom_score_adj unless this is set.
     assert runtime["restrict_oom_score_adj"] is True

@@ -27,11 +27,12 @@ def _workdir(value: Path | None) -> Path:
 
 @click.group()
 def dev() -> None:
-    """Develop and test against a real local Kubernetes control plane.
+    """Develop and test against a real local Kubernetes cluster.
 
     The control plane is etcd, kube-apiserver and kube-controller-manager built from the Go
-    modules pinned in rtml, listening on 127.0.0.1 with RBAC on. There is no kubelet: objects
-    are stored, validated and reconciled by the built-in controllers, but Pods never run.
+    modules pinned in rtml, with RBAC on; the node is containerd, runc, the CNI bridge, kubelet,
+    kube-scheduler, kube-proxy and CoreDNS, so Pods run (docs/local-node.md). `--no-node`
+    keeps an API-only cluster on loopback, where Pods are created but never run.
     """
 
 
@@ -56,7 +57,7 @@ def cluster() -> None:
 )
 @click.option(
     "--node/--no-node",
-    default=False,
+    default=True,
     show_default=True,
     help="Also start a node (containerd, runc, CNI, kubelet, kube-scheduler, kube-proxy, "
     "CoreDNS) so Pods run; needs root. Without it the cluster is API-only.",

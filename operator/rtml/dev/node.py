@@ -160,6 +160,7 @@ class LocalNode:
             json.dumps(cni_network(self.paths), indent=2)
         )
         self.paths.containerd_config.parent.mkdir(parents=True, exist_ok=True)
+        self.paths.sockets_dir.mkdir(parents=True, exist_ok=True)
         self.paths.containerd_config.write_text(containerd_config(self.paths))
         self._certificates()
 
@@ -315,7 +316,10 @@ def _kill_node_processes(bin_dir_hint: Path | None, workdir: Path) -> None:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if str(workdir / "node") in cmdline or (bin_dir_hint and str(bin_dir_hint) in cmdline):
+        marks = [str(workdir / "node"), str(NodePaths(workdir / "node", Path()).sockets_dir)]
+        if bin_dir_hint is not None:
+            marks.append(str(bin_dir_hint))
+        if any(m in cmdline for m in marks):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -421,6 +425,10 @@ def cleanup(workdir: Path, bin_dir: Path | None = None) -> list[str]:
     if state and not state.get("run_containerd_existed", True) and SHIM_SOCKETS.exists():
         shutil.rmtree(SHIM_SOCKETS, ignore_errors=True)
         removed.append(str(SHIM_SOCKETS))
+    sockets = NodePaths(node_root, Path()).sockets_dir
+    if sockets.exists():
+        shutil.rmtree(sockets, ignore_errors=True)
+        removed.append(str(sockets))
     shutil.rmtree(node_root, ignore_errors=True)
     state_path.unlink(missing_ok=True)
     if removed:

@@ -8,6 +8,7 @@ host-only bridge with no route or NAT off the machine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,15 @@ class NodePaths:
         return self.root / "containerd" / "state"
 
     @property
+    def sockets_dir(self) -> Path:
+        """A short folder for containerd's sockets: a unix socket path has at most 104
+        characters, which a work directory under pytest's tmp folder exceeds."""
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:10]
+        return Path("/run") / f"rtml-node-{digest}"
+
+    @property
     def containerd_socket(self) -> Path:
-        return self.root / "containerd" / "containerd.sock"
+        return self.sockets_dir / "containerd.sock"
 
     @property
     def containerd_config(self) -> Path:
