@@ -10,7 +10,6 @@ fresh clones), and one OCI archive per image for containerd to import. See docs/
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -27,7 +26,7 @@ import yaml
 
 from rtml.dev.errors import DevError
 from rtml.dev.process import log_tail
-from rtml.dev.tools import cache_root
+from rtml.dev.tools import build_lock, cache_root
 
 Progress = Callable[[str], None]
 
@@ -475,7 +474,7 @@ def build_images(
     directory.mkdir(parents=True, exist_ok=True)
     builder = Builder(directory, progress)
     built: list[BuiltImage] = []
-    with _build_lock(directory / ".build.lock"), host_leftovers_removed():
+    with build_lock(directory / ".build.lock"), host_leftovers_removed():
         base = ensure_base(builder)
         args = {"VERSION": project.version, "SOURCE": project.source}
         for name in IMAGE_NAMES:
@@ -511,7 +510,7 @@ def build_pause_image(
     context = directory / "pause-context"
     context.mkdir(exist_ok=True)
     shutil.copy2(pause_binary, context / "pause")
-    with _build_lock(directory / ".build.lock"), host_leftovers_removed():
+    with build_lock(directory / ".build.lock"), host_leftovers_removed():
         _build(builder, "pause", PAUSE_CONTAINERFILE, context, PAUSE_REF, "scratch", {})
         return _export(builder, "pause", PAUSE_REF)
 
@@ -535,17 +534,6 @@ def built_refs(version: str, directory: Path | None = None) -> dict[str, str]:
 def human_size(size: int) -> str:
     """Bytes as MB with one decimal (10^6), as registries and ``podman images`` print them."""
     return f"{size / 1e6:.1f} MB"
-
-
-@contextlib.contextmanager
-def _build_lock(path: Path) -> Iterator[None]:
-    """Serialise image builds between processes that share the cache."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 if __name__ == "__main__":  # pragma: no cover - a debugging aid: python -m rtml.dev.images

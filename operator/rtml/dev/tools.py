@@ -210,7 +210,7 @@ def ensure_tools(progress: Progress = print) -> Path:
     """Build whichever binaries are missing and return the directory holding all five."""
     target = bin_dir()
     target.mkdir(parents=True, exist_ok=True)
-    with _build_lock(target.parent / ".build.lock"):
+    with build_lock(target.parent / ".build.lock"):
         for binary in BINARIES:
             _ensure_binary(target, binary, progress)
     return target
@@ -226,7 +226,7 @@ def ensure_node_tools(progress: Progress = print) -> Path:
     """
     target = node_bin_dir()
     (target / "cni").mkdir(parents=True, exist_ok=True)
-    with _build_lock(target.parent / ".build.lock"):
+    with build_lock(target.parent / ".build.lock"):
         missing = [b for b in NODE_BINARIES if not _executable(target / b.subdir / b.name)]
         _check_c_toolchain(
             [b for b in missing if b.cgo], need_pause=not _executable(target / "pause")
@@ -365,7 +365,7 @@ def _ensure_pause(target: Path, progress: Progress) -> None:
 
 
 @contextlib.contextmanager
-def _build_lock(path: Path) -> Iterator[None]:
+def build_lock(path: Path) -> Iterator[None]:
     """Serialise builds between processes (parallel test sessions, two CLIs) on one cache."""
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
