@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -135,18 +136,25 @@ def redis_pod(ns: str, image: str) -> list[dict[str, Any]]:
          "metadata": {"name": "redis", "namespace": ns, "labels": {"app": "redis"}},
          "spec": {"securityContext": POD_SECURITY, "containers": [
              {"name": "redis", "image": image, "imagePullPolicy": "Never",
-              "ports": [{"containerPort": 6379}], "securityContext": RESTRICTED}]}},
+              "ports": [{"containerPort": 6379}], "securityContext": RESTRICTED,
+              "readinessProbe": {"tcpSocket": {"port": 6379}, "periodSeconds": 1}}]}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "redis", "namespace": ns},
          "spec": {"selector": {"app": "redis"}, "ports": [{"port": 6379}]}},
     ]  # fmt: skip
 
 
-def redis_ping(host: str) -> bytes:
-    import socket
-
-    with socket.create_connection((host, 6379), timeout=5) as s:
-        s.sendall(b"PING\r\n")
-        return s.recv(16)
+def redis_ping(host: str, timeout: float = 30) -> bytes:
+    """PING, retried while redis starts listening and kube-proxy programs a new Service."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, 6379), timeout=5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def test_a_restricted_pod_runs_and_is_reachable(
