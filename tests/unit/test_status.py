@@ -132,8 +132,10 @@ def test_kserve_rolls_up_inference_service_conditions() -> None:
         model(backend="kserve"), Observed(inference_service=isvc), None, CTX, NOW
     )
     assert cond(s, "RolledOut")["status"] == "True"
-    assert cond(s, "Ready") | {} == cond(s, "Ready")
+    # KServe's own Ready=False (and why) is the Model's, not masked by RolledOut=True.
+    assert cond(s, "Ready")["status"] == "False"
     assert cond(s, "Ready")["reason"] == "IngressNotConfigured"
+    assert "no gw" in cond(s, "Ready")["message"]
     assert s["url"] == "http://churn.ml.example.com"
     assert s["phase"] == "Progressing"
 
