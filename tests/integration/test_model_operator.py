@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -203,7 +204,17 @@ def test_noop_reconcile_writes_nothing(
     time.sleep(2)  # let the last event-driven reconcile finish
     before = versions(kube, "steady", namespace)
     model_rv = kube.get(*MODEL, "steady", namespace)["metadata"]["resourceVersion"]  # type: ignore[index]
+    logged = operator.log_path.stat().st_size
     time.sleep(10)  # > 3 resync periods of 3 s: each one reconciles and must write nothing
+    # The resyncs really ran (a stalled operator writes nothing either): Kopf logs each timer.
+    with operator.log_path.open("rb") as f:
+        f.seek(logged)
+        lines = [
+            json.loads(line) for line in f.read().decode().splitlines() if line.startswith("{")
+        ]
+    resyncs = [line for line in lines if line.get("message") == "Timer 'resync' succeeded."
+               and (line.get("k8s_ref") or {}).get("name") == "steady"]  # fmt: skip
+    assert len(resyncs) >= 2, f"only {len(resyncs)} resyncs of 'steady' in 10 s"
     assert versions(kube, "steady", namespace) == before
     assert kube.get(*MODEL, "steady", namespace)["metadata"]["resourceVersion"] == model_rv  # type: ignore[index]
 
