@@ -61,10 +61,8 @@ RTML_NODE_BIN="$(rtml dev tools build --node)"; export RTML_NODE_BIN
 say "building or reusing the images"
 rtml dev images build --context "$ROOT" >&2
 
-# The upstream CRDs (KServe, KEDA, ...) the tests and the demo install are data kept beside the
-# checkout, never vendored: the shipped package reads only $RTML_THIRDPARTY_CRDS.
-if [[ -z "${RTML_THIRDPARTY_CRDS:-}" ]]; then
-  for dir in "$ROOT/../shared/thirdparty-crds" /work/shared/thirdparty-crds; do
-    if [[ -d "$dir" ]]; then export RTML_THIRDPARTY_CRDS="$(cd "$dir" && pwd)"; break; fi
-  done
-fi
+# The upstream CRDs (KServe, KEDA) the tests and the demo install: fetched from their Go modules at
+# pinned versions through the Go module proxy, cached outside the checkout (rtml.dev.thirdparty).
+say "fetching or reusing the upstream CRDs"
+RTML_THIRDPARTY_CRDS="$(rtml dev thirdparty-crds)"
+export RTML_THIRDPARTY_CRDS

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import yaml
 
-from rtml.dev.thirdparty import ENV as THIRDPARTY_ENV
 from rtml.dev.thirdparty import KSERVE_CRD, thirdparty_crds_dir
 from rtml.operator.conditions import get_condition
 from tests.postgres import PostgresServer
@@ -32,13 +31,11 @@ LOGS = REPO / ".test-logs"
 
 
 def thirdparty_crd(file: str) -> Path:
-    """An upstream CRD from `$RTML_THIRDPARTY_CRDS` (.ci/env.sh sets it); fails when absent."""
-    folder = thirdparty_crds_dir()
-    if folder is None or not (folder / file).is_file():
-        pytest.fail(
-            f"{file} is not in ${THIRDPARTY_ENV} ({folder}); set it to the folder of the "
-            "upstream CRDs (.ci/env.sh finds ../shared/thirdparty-crds)"
-        )
+    """An upstream CRD at its pinned version (or from `$RTML_THIRDPARTY_CRDS`); fails when
+    absent."""
+    folder = thirdparty_crds_dir(progress=lambda _m: None)
+    if not (folder / file).is_file():
+        pytest.fail(f"{file} is not in {folder}, the folder of the upstream CRDs")
     return folder / file
 
 

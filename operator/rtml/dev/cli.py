@@ -188,3 +188,16 @@ def images_build(context: Path, only: tuple[str, ...]) -> None:
             f"{image.ref}  unpacked {human_size(image.unpacked_bytes)}  "
             f"archive {human_size(image.archive_bytes)}  {image.archive}"
         )
+
+
+@dev.command("thirdparty-crds")
+def thirdparty_crds() -> None:
+    """Fetch (or find cached) the upstream CRDs the tests and the demo install (KServe's
+    InferenceService, KEDA's ScaledObject) from their Go modules at pinned versions, and print
+    the folder holding them. `$RTML_THIRDPARTY_CRDS` points elsewhere instead."""
+    from rtml.dev.thirdparty import thirdparty_crds_dir
+
+    try:
+        click.echo(str(thirdparty_crds_dir(progress=_progress)))
+    except DevError as error:
+        raise click.ClickException(str(error)) from error

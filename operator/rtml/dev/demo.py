@@ -1,8 +1,8 @@
 """`rtml demo`: the README's demo on one machine.
 
-Brings up the local control plane, installs the chart's CRDs (and KServe's, when the shared
-third-party CRDs are in $RTML_THIRDPARTY_CRDS), runs the operator, applies the example Models and
-shows what the operator made of them.
+Brings up the local control plane, installs the chart's CRDs (and KServe's, fetched at a pinned
+version by rtml.dev.thirdparty), runs the operator, applies the example Models and shows what the
+operator made of them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 
 from rtml.dev.cluster import LocalControlPlane
 from rtml.dev.process import Managed, spawn, stop
-from rtml.dev.thirdparty import ENV as THIRDPARTY_ENV
 from rtml.dev.thirdparty import KSERVE_CRD as KSERVE_CRD_FILE
 from rtml.dev.thirdparty import thirdparty_crds_dir
 from rtml.dev.tools import ensure_tools
@@ -28,9 +27,8 @@ from rtml_runtime.bench import format_result, load_body, run_bench
 
 
 def kserve_crd() -> Path | None:
-    folder = thirdparty_crds_dir()
-    crd = folder / KSERVE_CRD_FILE if folder is not None else None
-    return crd if crd is not None and crd.exists() else None
+    crd = thirdparty_crds_dir() / KSERVE_CRD_FILE
+    return crd if crd.exists() else None
 
 
 def run_demo(repo: Path, examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
@@ -196,7 +194,7 @@ def _install_crds(repo: Path, kubectl: list[str], echo: Callable[[str], None]) -
         _kubectl(kubectl, "apply", "--server-side", "-f", str(kserve))
     else:
         echo(
-            f"      KServe's CRD ({KSERVE_CRD_FILE}) is not in ${THIRDPARTY_ENV}: the kserve "
+            f"      KServe's CRD ({KSERVE_CRD_FILE}) is not in {thirdparty_crds_dir()}: the kserve "
             "Model will say KServeNotInstalled, as it would in such a cluster"
         )
     for attempt in range(10):  # a CRD has no status for a moment after it is created
