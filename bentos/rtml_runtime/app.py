@@ -51,7 +51,7 @@ class RuntimeApp:
         self.runtime = runtime
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
-        self.max_body = runtime.config.max_body_bytes
+        self.max_body = runtime.config.settings.max_body_bytes
         self.pusher = FeaturePusher(runtime.config)
         name = runtime.config.name
         self.get_routes: dict[str, Callable[[], tuple[int, Any]]] = {

@@ -19,8 +19,6 @@ from rtml.api.featureview import FeatureView
 from rtml.api.model import Model
 from rtml.contract import FeastProfile, RuntimeSettings
 
-_DEFAULTS = RuntimeSettings.model_construct()  # the documented defaults, no environment read
-
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says which file and field."""
@@ -31,13 +29,9 @@ class RuntimeConfig:
     model: Model
     feature_view: FeatureView | None
     base_dir: Path
+    # The process's settings (defaults when built in code: no environment read here).
     store: FeastProfile = field(default_factory=FeastProfile.model_construct)
-    max_body_bytes: int = _DEFAULTS.max_body_bytes
-    max_batch_rows: int = _DEFAULTS.max_batch_rows
-    cache_entries: int = _DEFAULTS.cache_entries
-    cache_ttl_s: float = _DEFAULTS.cache_ttl_seconds
-    artifact_dir: Path = _DEFAULTS.artifact_dir
-    pvc_root: Path = _DEFAULTS.pvc_root
+    settings: RuntimeSettings = field(default_factory=RuntimeSettings.model_construct)
 
     @property
     def name(self) -> str:
@@ -69,19 +63,6 @@ def _read_yaml_docs(path: Path) -> list[dict[str, Any]]:
 
 def _describe(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-
-
-def from_settings(settings: RuntimeSettings, store: FeastProfile) -> dict[str, Any]:
-    """RuntimeConfig's fields that come from the process's settings rather than the Model."""
-    return {
-        "store": store,
-        "max_body_bytes": settings.max_body_bytes,
-        "max_batch_rows": settings.max_batch_rows,
-        "cache_entries": settings.cache_entries,
-        "cache_ttl_s": settings.cache_ttl_seconds,
-        "artifact_dir": settings.artifact_dir,
-        "pvc_root": settings.pvc_root,
-    }
 
 
 def load_manifest(path: Path, model_name: str | None = None, **overrides: Any) -> RuntimeConfig:
@@ -153,7 +134,7 @@ def load_config(settings: RuntimeSettings, store: FeastProfile) -> RuntimeConfig
     """From `settings.config`: JSON is the operator's resolved config, YAML a manifest."""
     if settings.config is None:
         raise ConfigError("no configuration: pass a Model manifest or set RTML_CONFIG")
-    overrides = from_settings(settings, store)
+    overrides = {"store": store, "settings": settings}
     if settings.config.suffix == ".json":
         return load_resolved(settings.config, **overrides)
     return load_manifest(settings.config, settings.model, **overrides)

@@ -68,7 +68,7 @@ class Runtime:
         self.entity_field = config.entity_key or "entity_id"
         self.limiter = TokenBucket.from_spec(self.spec.rate_limit, clock=clock)
         self.cache: TTLCache[str, dict[str, Any] | None] = TTLCache(
-            config.cache_entries, config.cache_ttl_s, clock=clock
+            config.settings.cache_entries, config.settings.cache_ttl_seconds, clock=clock
         )
         slow = self.spec.slow_call_ms
         self.feature_breaker = CircuitBreaker.from_spec(
@@ -104,8 +104,8 @@ class Runtime:
     def load(self, reader: FeatureReader | None = None) -> None:
         """Fetch, verify, load, check the signature and warm up. Raises on any failure."""
         art = self.spec.artifact
-        cache_dir = self.config.artifact_dir
-        pvc = self.config.pvc_root
+        cache_dir = self.config.settings.artifact_dir
+        pvc = self.config.settings.pvc_root
         path = fetch_artifact(art.uri, art.sha256, self.config.base_dir, cache_dir, pvc_root=pvc)
         self.model = OnnxModel(path)
         if self.spec.fallback.mode == "model" and self.spec.fallback.artifact is not None:
@@ -343,10 +343,10 @@ class Runtime:
         rows = payload["instances"]
         if not rows:
             raise bad_input("instances must not be empty", "instances")
-        if len(rows) > self.config.max_batch_rows:
+        if len(rows) > self.config.settings.max_batch_rows:
             raise bad_input(
                 f"{len(rows)} instances is over the limit of "
-                f"{self.config.max_batch_rows} per request",
+                f"{self.config.settings.max_batch_rows} per request",
                 "instances",
             )
         self.check_rate()
@@ -406,8 +406,10 @@ class Runtime:
         n = len(columns[self.columns[0]])
         if any(len(columns[c]) != n for c in self.columns) or n == 0:
             raise bad_input("every input must have the same, non-zero number of rows", "inputs")
-        if n > self.config.max_batch_rows:
-            raise bad_input(f"{n} rows is over the limit of {self.config.max_batch_rows}", "inputs")
+        if n > self.config.settings.max_batch_rows:
+            raise bad_input(
+                f"{n} rows is over the limit of {self.config.settings.max_batch_rows}", "inputs"
+            )
         model = self.model
         assert model is not None
         rows = np.asarray([columns[c] for c in self.columns], dtype=np.float32).T

@@ -12,6 +12,7 @@ import pytest
 
 from rtml.api.featureview import FeatureView
 from rtml.api.model import Model
+from rtml.contract import RuntimeSettings
 from rtml_runtime.config import RuntimeConfig
 from rtml_runtime.engine import Runtime
 from rtml_runtime.errors import RequestError
@@ -77,8 +78,9 @@ def make_runtime(
         model=model,
         feature_view=VIEW,
         base_dir=tmp_path,
-        cache_entries=cache,
-        artifact_dir=tmp_path / "art",
+        settings=RuntimeSettings.model_construct(
+            cache_entries=cache, artifact_dir=tmp_path / "art"
+        ),
     )
     runtime = Runtime(config, clock=clock or FakeClock())
     reader = DictReader({"c1": {"a": 1.0, "b": 2.0}})
