@@ -1,9 +1,8 @@
 """The local node's configuration files, rendered purely (no I/O): containerd's config, the CNI
 network, the kubelet's KubeletConfiguration, kube-proxy's and CoreDNS's.
 
-The facts of this machine behind each setting are in docs/local-node.md (measured in
-../shared/NODE-NOTES.md): cgroups v1 (hybrid) left as they are, no CAP_SYS_RESOURCE, a
-host-only bridge with no route or NAT off the machine.
+The facts of this machine behind each setting are in docs/local-node.md: cgroups v1 (hybrid)
+left as they are, no CAP_SYS_RESOURCE, a host-only bridge with no route or NAT off the machine.
 """
 
 from __future__ import annotations
