@@ -39,20 +39,11 @@ from rtml.operator.status import feature_view_not_found
 log = logging.getLogger("rtml.operator.signature")
 MAX_BYTES = 64 << 20
 RUNTIME_ENFORCES = "the runtime enforces the same check at start-up"
-RUNTIME_REFUSES = "the runtime would refuse to serve it"
 Signature = tuple[list[InputSpec], list[str] | None]
 
 
 class ArtifactUnreachableError(Exception):
     """The operator cannot read the artifact; the runtime, which can, will check it."""
-
-
-class ArtifactTooLargeError(ArtifactUnreachableError):
-    pass
-
-
-class DigestMismatchError(Exception):
-    """The artifact is not the one spec.artifact.sha256 names."""
 
 
 class ArtifactUnreadableError(Exception):
@@ -92,13 +83,6 @@ class SignatureCache:
         return signature
 
 
-def _verify(uri: str, actual: str, expected: str | None) -> None:
-    try:
-        verify(uri, actual, expected)
-    except DigestMismatch as e:
-        raise DigestMismatchError(str(e).replace("refusing to serve it", RUNTIME_REFUSES)) from e
-
-
 def _local(uri: str, raw: str, expected: str | None, cache: SignatureCache) -> Signature:
     path = Path(raw)
     if not path.is_absolute():
@@ -109,11 +93,9 @@ def _local(uri: str, raw: str, expected: str | None, cache: SignatureCache) -> S
         raise ArtifactUnreachableError(f"{path} does not exist on the operator's filesystem")
     size = path.stat().st_size
     if size > cache.max_bytes:
-        raise ArtifactTooLargeError(
-            f"{uri} is {size} bytes, over the operator's {cache.max_bytes}-byte limit"
-        )
+        raise ArtifactTooLarge(f"{uri} is {size} bytes, over the {cache.max_bytes}-byte limit")
     digest = sha256_of(path)
-    _verify(uri, digest, expected)
+    verify(uri, digest, expected)
     return cache.parse(digest, path)
 
 
@@ -129,10 +111,8 @@ def _remote(uri: str, expected: str | None, cache: SignatureCache) -> Signature:
         path, digest = download(
             uri, expected, cache.directory, max_bytes=cache.max_bytes, timeout_s=cache.timeout_s
         )
-    except ArtifactTooLarge as e:
-        raise ArtifactTooLargeError(f"{e} of the operator") from e
-    except DigestMismatch as e:
-        raise DigestMismatchError(str(e).replace("refusing to serve it", RUNTIME_REFUSES)) from e
+    except (ArtifactTooLarge, DigestMismatch):
+        raise  # the shared checks' verdicts, turned into conditions by _signature
     except ArtifactError as e:
         raise ArtifactUnreachableError(str(e)) from e
     return cache.parse(digest, path)
@@ -179,11 +159,11 @@ def _signature(artifact: ArtifactRef, cache: SignatureCache) -> Signature | Cond
     """The artifact's inputs, or the condition saying why they cannot be read."""
     try:
         return read_signature(artifact, cache)
-    except ArtifactTooLargeError as e:
-        return _resolved("Unknown", "ArtifactTooLarge", f"{e}; {RUNTIME_ENFORCES}")
+    except ArtifactTooLarge as e:
+        return _resolved("Unknown", "ArtifactTooLarge", f"{e} of the operator; {RUNTIME_ENFORCES}")
     except ArtifactUnreachableError as e:
         return _resolved("Unknown", "ArtifactUnreachable", f"{e}; {RUNTIME_ENFORCES}")
-    except DigestMismatchError as e:
+    except DigestMismatch as e:
         return _resolved("False", "ArtifactDigestMismatch", str(e))
     except ArtifactUnreadableError as e:
         return _resolved("False", "ArtifactUnreadable", str(e))
