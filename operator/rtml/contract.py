@@ -161,6 +161,14 @@ class FeastProfile(BaseSettings):
         parse_redis_url(value)  # a bad URL fails at start-up, naming the variable
         return value
 
+    @field_validator("redis_password")
+    @classmethod
+    def _password_fits_feast(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and "," in value.get_secret_value():
+            # Feast splits its connection string on commas and has no escape for them.
+            raise ValueError("Feast cannot take a comma in a Redis password")
+        return value
+
     @property
     def registry_url(self) -> str:
         if self.registry is not None and self.registry.get_secret_value():

@@ -23,7 +23,6 @@ from rtml.contract import (
     FEAST_PROJECT,
     FeastProfile,
     parse_redis_url,
-    redacted,
 )
 from rtml.features.translate import (
     NAME_TAG,
@@ -84,12 +83,7 @@ def redis_connection_string(profile: FeastProfile) -> str:
         params.append(f"password={urllib.parse.unquote(parts.password)}")
     if parts.scheme == "rediss":
         params.append("ssl=true")
-    if any("," in p for p in params[2:]):
-        # Feast splits its connection string on commas and has no escape for them.
-        raise FeatureStoreError(
-            f"Redis {redacted(url)!r}: Feast cannot take a comma in credentials"
-        )
-    return ",".join(params)
+    return ",".join(params)  # no comma in the credentials: FeastProfile refuses them
 
 
 def repo_config(profile: FeastProfile, project: str = FEAST_PROJECT) -> feast.RepoConfig:

@@ -272,7 +272,7 @@ def _reconcile_view(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> Non
         live = client.get(f"{GROUP}/{VERSION}", "FeatureView", meta["namespace"], meta["name"])
         if live is None or live["metadata"].get("deletionTimestamp"):
             return
-        reconcile_feature_view(client, live, SETTINGS.store_profile(), SETTINGS.render_context())
+        reconcile_feature_view(client, live, SETTINGS.feast, SETTINGS.render_context())
 
 
 FEATUREVIEWS = (GROUP, VERSION, "featureviews")
@@ -358,7 +358,7 @@ def _materialize_requested(body: Mapping[str, Any], memo: kopf.Memo) -> None:
         live = client.get(f"{GROUP}/{VERSION}", "FeatureView", meta["namespace"], meta["name"])
         if live is None or live["metadata"].get("deletionTimestamp"):
             return
-        materialize_now(client, live, SETTINGS.store_profile())
+        materialize_now(client, live, SETTINGS.feast)
 
 
 @kopf.on.delete(
@@ -369,5 +369,5 @@ def unregister(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     client: KubeClient = memo["client"]
     with _locks[body["metadata"]["uid"]], _retry_on_outage(retry):
         unregister_feature_view(
-            client, dict(body), SETTINGS.store_profile(), retry, SETTINGS.feast_delete_attempts
+            client, dict(body), SETTINGS.feast, retry, SETTINGS.feast_delete_attempts
         )

@@ -73,9 +73,6 @@ class OperatorSettings(BaseSettings):
             registry_key=self.feast_secret_registry_key,
         )
 
-    def store_profile(self) -> FeastProfile:
-        return self.feast
-
     def render_context(self) -> RenderContext:
         return RenderContext(
             runtime_image=self.runtime_image,

@@ -9,10 +9,6 @@ from rtml.contract import DEFAULT_RUNTIME_IMAGE, FeastProfile, FeastSecretRef
 DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 
 
-def _no_environment_profile() -> FeastProfile:
-    return FeastProfile.model_construct()  # the defaults; a renderer never reads the environment
-
-
 @dataclass(frozen=True)
 class RenderContext:
     """Operator settings and cluster facts a renderer may branch on (never I/O).
@@ -25,5 +21,6 @@ class RenderContext:
     keda_installed: bool = False
     prometheus_url: str = DEFAULT_PROMETHEUS_URL
     cluster_domain: str = "cluster.local"
-    feast: FeastProfile = field(default_factory=_no_environment_profile)
+    # The defaults when not given: a renderer never reads the environment.
+    feast: FeastProfile = field(default_factory=FeastProfile.model_construct)
     feast_secret: FeastSecretRef | None = None
