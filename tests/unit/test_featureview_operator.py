@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from rtml.api.featureview import FeatureView
-from rtml.contract import FeastProfile, FeastSecretRef
+from rtml.contract import FeastProfile, FeastSecretRef, SettingsError
 from rtml.operator.conditions import Cond, get_condition
 from rtml.operator.featureview_status import RegistryFacts, compute_feature_view_status
 from rtml.operator.render.container import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.cronjob import render_materialization_cronjob
+from rtml.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
 CTX = RenderContext(
@@ -162,3 +165,35 @@ def test_a_long_view_name_still_makes_a_valid_distinct_cronjob_name() -> None:
     pod_labels = longest["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
     for labels in (longest["metadata"]["labels"], pod_labels):
         assert all(len(v) <= 63 for v in labels.values()), labels
+
+
+def test_the_job_mounts_the_volumes_file_sources_live_on() -> None:
+    offline = {"name": "offline", "persistentVolumeClaim": {"claimName": "offline-data"}}
+    mount = {"name": "offline", "mountPath": "/data", "readOnly": True}
+    ctx = replace(CTX, materialize_volumes=(offline,), materialize_volume_mounts=(mount,))
+    pod = render_materialization_cronjob(view(), ctx)["spec"]["jobTemplate"]["spec"]["template"]
+    assert offline in pod["spec"]["volumes"]
+    assert mount in pod["spec"]["containers"][0]["volumeMounts"]
+    assert {v["name"] for v in pod["spec"]["volumes"]} == {"tmp", "feast", "offline"}
+
+
+@pytest.mark.parametrize(
+    ("volumes", "mounts", "message"),
+    [
+        ([{"emptyDir": {}}], [], r"^RTML_MATERIALIZE_VOLUMES\[0\]: a volume needs a name$"),
+        ([{"name": "tmp", "emptyDir": {}}], [], r"RTML_MATERIALIZE_VOLUMES\[0\]: the name 'tmp'"),
+        ([], [{"name": "data", "mountPath": "/d"}], r"MOUNTS\[0\]: mounts 'data', which RTML_"),
+        ([{"name": "d"}], [{"name": "d", "mountPath": "rel"}], r"MOUNTS\[0\]: mountPath must"),
+        ([{"name": "d"}], [{"name": "d", "mountPath": "/tmp/"}], r"the Job's own /tmp"),
+    ],
+)
+def test_bad_materialization_volumes_stop_the_operator_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    volumes: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+    message: str,
+) -> None:
+    monkeypatch.setenv("RTML_MATERIALIZE_VOLUMES", json.dumps(volumes))
+    monkeypatch.setenv("RTML_MATERIALIZE_VOLUME_MOUNTS", json.dumps(mounts))
+    with pytest.raises(SettingsError, match=message):
+        OperatorSettings.load()

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rtml.contract import (
     DEFAULT_RUNTIME_IMAGE,
+    TMP_DIR,
     FeastProfile,
     FeastSecretRef,
     credentials_problem,
@@ -51,6 +52,19 @@ class OperatorSettings(BaseSettings):
     # Attempts at removing a deleted FeatureView from the registry before the finalizer is
     # released anyway (with a Warning Event): a deletion must not hang on an outage.
     feast_delete_attempts: int = Field(default=3, gt=0)
+    # Chart values `materialization.volumes` / `.volumeMounts` (JSON lists of Kubernetes
+    # Volume / VolumeMount objects): where the materialization Job reads `file://` sources.
+    materialize_volumes: list[dict[str, Any]] = Field(default_factory=list)
+    materialize_volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _materialize_mounts_name_volumes(self) -> OperatorSettings:
+        problem = materialize_volumes_problem(
+            self.materialize_volumes, self.materialize_volume_mounts, str(self.feast.path)
+        )
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _credentials_reach_pods_only_as_secrets(self) -> OperatorSettings:
@@ -79,4 +93,30 @@ class OperatorSettings(BaseSettings):
             prometheus_url=self.prometheus_url,
             feast=self.feast,
             feast_secret=self.feast_secret_ref(),
+            materialize_volumes=tuple(self.materialize_volumes),
+            materialize_volume_mounts=tuple(self.materialize_volume_mounts),
         )
+
+
+def materialize_volumes_problem(
+    volumes: list[dict[str, Any]], mounts: list[dict[str, Any]], feast_path: str
+) -> str | None:
+    """What is wrong with the materialization pod's extra volumes, naming the variable."""
+    names: list[str] = []
+    for i, volume in enumerate(volumes):
+        name = volume.get("name")
+        if not isinstance(name, str) or not name:
+            return f"RTML_MATERIALIZE_VOLUMES[{i}]: a volume needs a name"
+        if name in ("tmp", "feast") or name in names:
+            return f"RTML_MATERIALIZE_VOLUMES[{i}]: the name {name!r} is already taken"
+        names.append(name)
+    for i, mount in enumerate(mounts):
+        where = f"RTML_MATERIALIZE_VOLUME_MOUNTS[{i}]"
+        path = mount.get("mountPath")
+        if mount.get("name") not in names:
+            return f"{where}: mounts {mount.get('name')!r}, which RTML_MATERIALIZE_VOLUMES lacks"
+        if not isinstance(path, str) or not path.startswith("/"):
+            return f"{where}: mountPath must be an absolute path"
+        if path.rstrip("/") in (TMP_DIR, feast_path.rstrip("/")):
+            return f"{where}: {path} is the Job's own /tmp or Feast folder"
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from rtml.contract import DEFAULT_RUNTIME_IMAGE, FeastProfile, FeastSecretRef
 
@@ -24,3 +25,7 @@ class RenderContext:
     # The defaults when not given: a renderer never reads the environment.
     feast: FeastProfile = field(default_factory=FeastProfile.model_construct)
     feast_secret: FeastSecretRef | None = None
+    # Extra volumes (and their mounts) of the materialization Job's pod: where `file://`
+    # sources live in a cluster (a PersistentVolumeClaim present in each namespace, NFS, ...).
+    materialize_volumes: tuple[dict[str, Any], ...] = ()
+    materialize_volume_mounts: tuple[dict[str, Any], ...] = ()

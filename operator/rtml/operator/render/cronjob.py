@@ -58,6 +58,8 @@ def render_materialization_cronjob(view: FeatureView, ctx: RenderContext) -> dic
         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
         {"name": "feast", "emptyDir": {"sizeLimit": "1Gi"}},
     ]
+    mounts += [dict(m) for m in ctx.materialize_volume_mounts]
+    volumes += [dict(v) for v in ctx.materialize_volumes]
     labels = {
         "app.kubernetes.io/name": "rtml-materialize",
         "app.kubernetes.io/instance": _fit(view.metadata.name, LABEL_VALUE_MAX),
