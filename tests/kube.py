@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import signal
@@ -39,22 +38,6 @@ def thirdparty_crd(file: str) -> Path:
     return folder / file
 
 
-FEAST_SECRET = "feast-credentials"
-
-
-def feast_secret(kube: Kube, namespace: str, op: OperatorProcess) -> None:
-    """The Secret the chart's `feast.existingSecret` names, in a tenant namespace: what the
-    operator's CronJobs and predictors read the registry URL from."""
-    kube.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": FEAST_SECRET, "namespace": namespace},
-            "stringData": {"registry": op.env["RTML_FEAST_REGISTRY"]},
-        }
-    )
-
-
 def resolve_env(
     container: dict[str, Any], secret_value: Callable[[str, str], str]
 ) -> dict[str, str]:
@@ -68,17 +51,6 @@ def resolve_env(
             ref = e["valueFrom"]["secretKeyRef"]
             out[e["name"]] = secret_value(ref["name"], ref["key"])
     return out
-
-
-def container_env(kube: Kube, container: dict[str, Any], namespace: str) -> dict[str, str]:
-    """resolve_env with the namespace's Secrets, read through the API server."""
-
-    def from_api(name: str, key: str) -> str:
-        secret = kube.get("v1", "Secret", name, namespace)
-        assert secret is not None, f"Secret {name} is not in {namespace}"
-        return base64.b64decode(secret["data"][key]).decode()
-
-    return resolve_env(container, from_api)
 
 
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
@@ -313,8 +285,8 @@ def operator(
         "RTML_FEAST_REDIS_URL": redis.url,
         "RTML_FEAST_PATH": str(feast / "store"),
         "RTML_FEAST_REGISTRY": postgres_server.url("feast"),
-        # The registry URL is a credential: pods get it from this Secret (feast_secret()).
-        "RTML_FEAST_SECRET": FEAST_SECRET,
+        # The registry URL is a credential: pods get it from this Secret (by reference).
+        "RTML_FEAST_SECRET": "feast-credentials",
     }
     op = OperatorProcess(Path(control_plane.kubeconfig), LOGS / "operator.log", env)
     op.log_path.write_bytes(b"")

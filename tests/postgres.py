@@ -41,8 +41,9 @@ class PostgresServer:
     folder of its own under /tmp (pytest's temp folders are closed to other users).
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, listen: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.workdir = workdir
+        self.listen = listen
         self.data = workdir / "data"
         self.port = free_port()
         self.bin = _bin_dir()
@@ -64,11 +65,25 @@ class PostgresServer:
             check=True, capture_output=True, cwd=self.workdir, **self.run_as,
         )  # fmt: skip
 
+    def allow_with_password(self, network: str, password: str) -> None:
+        """Clients from `network` (e.g. the pod network) log in as rtml with `password`.
+
+        Call after start(): the role gets the password, pg_hba.conf the rule, and a reload."""
+        import psycopg
+
+        with psycopg.connect(f"postgresql://rtml@127.0.0.1:{self.port}/postgres") as conn:
+            conn.execute(f"ALTER ROLE rtml PASSWORD '{password}'")  # test-made, no quotes
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all rtml {network} scram-sha-256\n")
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
     def start(self) -> None:
         log = self.log.open("ab")
         self.proc = subprocess.Popen(
             [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-k", str(self.workdir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+             "-k", str(self.workdir), "-c", f"listen_addresses={','.join(self.listen)}",
+             "-c", "fsync=off",
              "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.workdir,
             **self.run_as,

@@ -9,15 +9,12 @@ registry serves every namespace, so each test names its view after its namespace
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
-import redis
 import yaml
 from feast import FeatureStore
 from feast.errors import FeatureViewNotFoundException
@@ -29,17 +26,14 @@ from tests.kube import (
     Kube,
     OperatorProcess,
     condition,
-    container_env,
-    feast_secret,
     wait_for,
 )
 from tests.postgres import PostgresServer
-from tests.runtime_proc import REPO, RuntimeProcess, run_rtml, write_manifest
+from tests.runtime_proc import REPO
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.feast, pytest.mark.redis]
 FV = ("rtml.dev/v1alpha1", "FeatureView")
 CRONJOB = ("batch/v1", "CronJob")
-REQUEST = json.loads((REPO / "examples/fraud/request.json").read_text())
 
 
 def fraud_view(build: Path) -> dict[str, Any]:
@@ -218,93 +212,6 @@ def test_deletion_during_a_registry_outage_releases_the_finalizer_with_an_event(
     assert "after 3 attempts" in warning.message
     assert "unreachable" in warning.message
     assert registered(store, name) is not None  # left behind, as the Event says
-
-
-def rows_in_redis(redis_url: str, name: str) -> int:
-    """Entities holding Feast view `name` in Redis: Feast's layout, one hash per entity key with
-    a `_ts:VIEW` field per view (the same layout the runtime's Redis reader reads)."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(count=1000))
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hexists(key, f"_ts:{feast_name_for(name)}")
-        return sum(bool(found) for found in pipe.execute())
-    finally:
-        client.close()
-
-
-def latest_row_of_a_card_with_history(build: Path) -> dict[str, Any]:
-    """The newest row of a card that also has an older snapshot (materialisation must skip it)."""
-    table = pd.read_parquet(build / "features.parquet")
-    card = table["card_id"][table["card_id"].duplicated()].iloc[0]
-    rows = table[table["card_id"] == card].sort_values("event_timestamp")
-    return dict(rows.iloc[-1])
-
-
-def test_the_cronjob_command_materializes_rows_the_runtime_serves(
-    kube: Kube,
-    operator: OperatorProcess,
-    namespace: str,
-    fraud_build: Path,
-    store: FeatureStore,
-    tmp_path: Path,
-) -> None:
-    name = f"served-{namespace}"
-    redis_url = operator.env["RTML_FEAST_REDIS_URL"]
-    doc = named(fraud_view(fraud_build), name, namespace)
-    feast_secret(kube, namespace, operator)
-    kube.create(doc)
-    wait_registered(kube, name, namespace)
-    cronjob = wait_for(lambda: kube.get(*CRONJOB, f"{name}-materialize", namespace), 30)
-    (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
-    command = container["command"]
-    assert command[:2] == ["rtml", "materialize"]
-    registry = next(e for e in container["env"] if e["name"] == "RTML_FEAST_REGISTRY")
-    assert "value" not in registry  # a credential: only a reference to the Secret
-    env = {k: v for k, v in container_env(kube, container, namespace).items() if k != "HOME"}
-    assert (env["RTML_FEAST_STORE"], env["RTML_FEAST_REDIS_URL"]) == ("redis", redis_url)
-    assert rows_in_redis(redis_url, name) == 0
-    ran = run_rtml(*command[1:], env=env)
-    assert ran.returncode == 0, ran.stderr
-    end = ran.stdout.strip().splitlines()[-1]
-    fv = wait_for(
-        lambda: (
-            (f := kube.get(*FV, name, namespace)) and f["status"].get("lastMaterialization") and f
-        ),
-        30,
-        what="status.lastMaterialization from the resync",
-    )
-    assert fv["status"]["lastMaterialization"].startswith(end[:16])
-    assert condition(fv, "Materialized")["status"] == "True"
-
-    # The rows are in the operator's Redis: one per card, the newest snapshot of each.
-    cards = pd.read_parquet(fraud_build / "features.parquet", columns=["card_id"])["card_id"]
-    assert rows_in_redis(redis_url, name) == cards.nunique()
-    row = latest_row_of_a_card_with_history(fraud_build)
-    names = [f["name"] for f in doc["spec"]["features"]]
-    online = store.get_online_features(
-        features=[f"{feast_name_for(name)}:{n}" for n in names],
-        entity_rows=[{"card_id": row["card_id"]}],
-    ).to_dict()
-    assert {n: online[n][0] for n in names} == pytest.approx({n: row[n] for n in names})
-
-    manifest = write_manifest(fraud_build, tmp_path / "served")
-    docs = list(yaml.safe_load_all(manifest.read_text()))
-    for d in docs:
-        if d["kind"] == "FeatureView":
-            d["metadata"]["name"] = name
-        else:
-            d["spec"]["features"]["featureViewRef"] = name
-    manifest.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    runtime = RuntimeProcess(manifest, redis_url, server="uvicorn", extra_args=["--no-register"])
-    runtime.start()
-    try:
-        status, body, _ = runtime.post("/predict", REQUEST)
-        assert status == 200, body
-        assert body["degraded"] is False  # the card's row came from the operator's Redis
-    finally:
-        runtime.stop()
 
 
 def test_a_long_view_name_gets_its_cronjob(

@@ -1,5 +1,7 @@
-"""The local cluster with a real node: pods run, the chart's operator runs as a pod, a Model
-becomes a runtime pod that answers through its Service, and `down` leaves the host as it was.
+"""The local cluster with a real node: pods run; the chart's operator runs as a pod; a
+FeatureView's materialization Job runs as a pod into the cluster's Redis; a Model becomes a
+runtime pod that reads those features and answers through its Service; rollouts, deleted and
+stopped pods and a changed artifact are handled; `down` leaves the host as it was.
 
 Nothing stands in for the kubelet: pods are started by containerd and runc from the images
 `rtml dev images build` made, under the Pod Security `restricted` profile.
@@ -7,28 +9,38 @@ Nothing stands in for the kubelet: pods are started by containerd and runc from 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
 from rtml.dev.cluster import LocalControlPlane
 from rtml.dev.node import KUBELET_SYSCTLS
-from rtml.dev.nodeconfig import BRIDGE, CGROUP_ROOT
+from rtml.dev.nodeconfig import BRIDGE, BRIDGE_IP, CGROUP_ROOT, POD_CIDR
 from rtml.dev.tools import ensure_node_tools, ensure_tools
-from tests.kube import REPO
-from tests.unit.runtime.onnx_fixtures import write_sum_model
+from tests.kube import REPO, condition
+from tests.postgres import PostgresServer
 
 pytestmark = [pytest.mark.node, pytest.mark.images, pytest.mark.helm]
 CHART = REPO / "charts" / "rtml"
@@ -185,89 +197,463 @@ def test_a_restricted_pod_runs_and_is_reachable(
     assert "Ready to accept connections" in kubectl(plane, "-n", ns, "logs", "redis")
 
 
-def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    headers = {"content-type": "application/json"}
+def _post(url: str, body: dict[str, Any], timeout: float = 10) -> tuple[int, dict[str, Any]]:
+    headers = {"content-type": "application/json", "connection": "close"}
     data = json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers=headers)  # noqa: S310 - the cluster's
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - the cluster's own IPs
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - the cluster's IPs
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
 
 
-def test_the_charts_operator_pod_rolls_out_a_model_that_answers(
-    node_cluster: LocalControlPlane, built_images: dict[str, str], tmp_path: Path
-) -> None:
-    """helm install with the local images -> the operator pod Ready by its own probes,
-    reconciling with the chart's RBAC alone -> a Model -> a runtime pod through its startup and
-    readiness probes -> a prediction through the Model's Service, counted in /metrics."""
-    plane = node_cluster
-    helm = ensure_tools(lambda _m: None) / "helm"
-    installed = subprocess.run(
-        [str(helm), f"--kubeconfig={plane.kubeconfig}", "install", "rtml", str(CHART),
-         "--namespace", "rtml-system", "--create-namespace", "--wait", "--timeout", "4m",
-         "--set", "feast.onlineStore=sqlite"],
-        check=False, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    if installed.returncode != 0:
-        logs = subprocess.run(
-            [str(plane.bin_dir / "kubectl"), f"--kubeconfig={plane.kubeconfig}", "-n",
-             "rtml-system", "logs", "deploy/rtml-operator", "--tail=30"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        pytest.fail(f"helm install failed: {installed.stderr}\n{logs.stdout}{logs.stderr}")
-    pods = json.loads(kubectl(plane, "-n", "rtml-system", "get", "pods", "-o", "json"))["items"]
-    (operator,) = pods
-    assert operator["status"]["containerStatuses"][0]["ready"] is True
+# --- the chain: chart, Redis with a password, a SQL registry, FeatureView, Model -----------------
+TENANT = "shop"
+SYSTEM = "rtml-system"
+SECRET = "feast-credentials"
+REDIS_PASSWORD = f"redis-{secrets.token_hex(12)}"  # new each run: the grep below looks for it
+PG_PASSWORD = f"pg-{secrets.token_hex(12)}"
+MODELS_URL = f"http://models.{TENANT}.svc.cluster.local:8000"
+REQUEST = json.loads((REPO / "examples/fraud/request.json").read_text())
 
-    ns = restricted_namespace(plane)
-    model = write_sum_model(tmp_path / "model.onnx", ["a", "b"])
-    digest = __import__("hashlib").sha256(model.read_bytes()).hexdigest()
-    kubectl(plane, "-n", ns, "create", "configmap", "models", f"--from-file=model.onnx={model}")
-    # An artifact server inside the cluster: the runtime image's Python, the model from a
-    # ConfigMap (nothing is downloaded from outside the machine).
-    apply(
-        plane,
-        {"apiVersion": "v1", "kind": "Pod",
-         "metadata": {"name": "models", "namespace": ns, "labels": {"app": "models"}},
-         "spec": {"securityContext": POD_SECURITY, "containers": [
-             {"name": "http", "image": built_images["runtime"], "imagePullPolicy": "Never",
-              "command": ["python3", "-m", "http.server", "8000", "--directory", "/models"],
-              "securityContext": RESTRICTED, "ports": [{"containerPort": 8000}],
-              "volumeMounts": [{"name": "models", "mountPath": "/models"}]}],
-             "volumes": [{"name": "models", "configMap": {"name": "models"}}]}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "models", "namespace": ns},
-         "spec": {"selector": {"app": "models"}, "ports": [{"port": 8000}]}},
-        {"apiVersion": "rtml.dev/v1alpha1", "kind": "Model",
-         "metadata": {"name": "sum", "namespace": ns},
-         "spec": {"version": "v1",
-                  "artifact": {"uri": f"http://models.{ns}.svc.cluster.local:8000/model.onnx",
-                               "sha256": digest},
-                  "features": {"requestFeatures": ["a", "b"]},
-                  "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
-                  "warmup": {"requests": 5}}},
+
+@dataclass
+class Chain:
+    plane: LocalControlPlane
+    offline: Path  # the host folder behind the `offline-data` volume (parquet, ONNX files)
+    registry: PostgresServer
+
+    def get(self, kind: str, name: str, ns: str = TENANT) -> dict[str, Any]:
+        got: dict[str, Any] = json.loads(
+            kubectl(self.plane, "-n", ns, "get", kind, name, "-o", "json")
+        )
+        return got
+
+    def model_pods(self, name: str) -> list[dict[str, Any]]:
+        out = kubectl(self.plane, "-n", TENANT, "get", "pods", "-l", f"rtml.dev/model={name}",
+                      "-o", "json")  # fmt: skip
+        return [p for p in json.loads(out)["items"] if not p["metadata"].get("deletionTimestamp")]
+
+    def service_url(self, name: str) -> str:
+        svc = self.get("svc", name)
+        return f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+
+    def operator_logs(self) -> str:
+        return kubectl(self.plane, "-n", SYSTEM, "logs", "deploy/rtml-operator", "--tail=-1")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def redis_command(host: str, *words: str) -> bytes:
+    """One RESP exchange with the in-cluster Redis (AUTH first), from the host."""
+    with socket.create_connection((host, 6379), timeout=5) as s:
+        for cmd in (("AUTH", REDIS_PASSWORD), words):
+            s.sendall(b"".join([f"*{len(cmd)}\r\n".encode()]
+                               + [f"${len(w)}\r\n{w}\r\n".encode() for w in cmd]))  # fmt: skip
+            reply = s.recv(4096)
+        return reply
+
+
+@pytest.fixture(scope="module")
+def chain(
+    node_cluster: LocalControlPlane,
+    built_images: dict[str, str],
+    fraud_build: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Chain]:
+    """helm install of the chart (local images) configured as a platform team would: Redis with
+    a password and a PostgreSQL registry, both credentials in a Secret; the offline data and
+    the artifacts on a volume, served inside the cluster."""
+    plane = node_cluster
+    offline = tmp_path_factory.mktemp("offline")
+    offline.chmod(0o755)  # the pods run as 65532
+    for name in ("features.parquet", "model.onnx", "backup.onnx"):
+        shutil.copy(fraud_build / name, offline / name)
+        (offline / name).chmod(0o644)
+    # The registry: PostgreSQL outside the cluster, as a managed database would be, reached by
+    # the pods through the node's address.
+    registry = PostgresServer(Path(tempfile.mkdtemp(prefix="rtml-node-pg-")),
+                              listen=("127.0.0.1", BRIDGE_IP))  # fmt: skip
+    registry.init()
+    registry.start()
+    registry.create_database("feast")
+    registry.allow_with_password(POD_CIDR, PG_PASSWORD)
+    registry_url = f"postgresql+psycopg://rtml:{PG_PASSWORD}@{BRIDGE_IP}:{registry.port}/feast"
+    try:
+        restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
+        docs: list[dict[str, Any]] = []
+        for ns in (SYSTEM, TENANT):
+            docs += [
+                {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": ns, "labels": restricted}},
+                {"apiVersion": "v1", "kind": "Secret",
+                 "metadata": {"name": SECRET, "namespace": ns},
+                 "stringData": {"redis-password": REDIS_PASSWORD, "registry": registry_url}},
+            ]  # fmt: skip
+        redis = redis_pod(TENANT, built_images["redis"])
+        container = redis[0]["spec"]["containers"][0]
+        container["args"] = ["--requirepass", "$(REDIS_PASSWORD)", "--save", "", "--appendonly",
+                             "no", "--bind", "0.0.0.0", "--port", "6379"]  # fmt: skip # noqa: S104
+        container["env"] = [{"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {
+            "name": SECRET, "key": "redis-password"}}}]  # fmt: skip
+        docs += redis
+        docs += [
+            {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "offline-data"},
+             "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+                      "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain",
+                      "hostPath": {"path": str(offline), "type": "Directory"}}},
+            {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": "offline-data", "namespace": TENANT},
+             "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                      "volumeName": "offline-data", "resources": {"requests": {"storage": "1Gi"}}}},
+            # The artifact server: the runtime image's Python serving the same volume.
+            {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": "models", "namespace": TENANT, "labels": {"app": "models"}},
+             "spec": {"securityContext": POD_SECURITY, "containers": [
+                 {"name": "http", "image": built_images["runtime"], "imagePullPolicy": "Never",
+                  "command": ["python3", "-m", "http.server", "8000", "--directory", "/data"],
+                  "securityContext": RESTRICTED, "ports": [{"containerPort": 8000}],
+                  "readinessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 1},
+                  "volumeMounts": [{"name": "offline", "mountPath": "/data", "readOnly": True}]}],
+                 "volumes": [{"name": "offline", "persistentVolumeClaim": {
+                     "claimName": "offline-data", "readOnly": True}}]}},
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "models", "namespace": TENANT},
+             "spec": {"selector": {"app": "models"}, "ports": [{"port": 8000}]}},
+        ]  # fmt: skip
+        apply(plane, *docs)
+        values = {
+            "resyncSeconds": 10,
+            "feast": {"onlineStore": "redis", "existingSecret": SECRET,
+                      "redisUrl": f"redis://redis.{TENANT}.svc.cluster.local:6379/0"},
+            "materialization": {
+                "volumes": [{"name": "offline", "persistentVolumeClaim": {
+                    "claimName": "offline-data", "readOnly": True}}],
+                "volumeMounts": [{"name": "offline", "mountPath": "/data", "readOnly": True}]},
+        }  # fmt: skip
+        values_file = offline.parent / "values.yaml"
+        values_file.write_text(yaml.safe_dump(values))
+        helm = ensure_tools(lambda _m: None) / "helm"
+        installed = subprocess.run(
+            [str(helm), f"--kubeconfig={plane.kubeconfig}", "install", "rtml", str(CHART),
+             "--namespace", SYSTEM, "--wait", "--timeout", "5m", "-f", str(values_file)],
+            check=False, capture_output=True, text=True, timeout=400,
+        )  # fmt: skip
+        if installed.returncode != 0:
+            logs = subprocess.run(
+                [str(plane.bin_dir / "kubectl"), f"--kubeconfig={plane.kubeconfig}", "-n",
+                 SYSTEM, "logs", "deploy/rtml-operator", "--tail=30"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            pytest.fail(f"helm install failed: {installed.stderr}\n{logs.stdout}{logs.stderr}")
+        for pod in ("redis", "models"):
+            kubectl(plane, "-n", TENANT, "wait", "--for=condition=Ready", f"pod/{pod}",
+                    "--timeout=180s")  # fmt: skip
+        yield Chain(plane, offline, registry)
+    finally:
+        registry.stop()
+        shutil.rmtree(registry.workdir, ignore_errors=True)
+
+
+@pytest.mark.timeout(1500)  # the first test also brings the cluster up and installs the chart
+def test_the_charts_operator_pod_is_ready_with_its_own_service_account(chain: Chain) -> None:
+    (pod,) = json.loads(kubectl(chain.plane, "-n", SYSTEM, "get", "pods", "-o", "json"))["items"]
+    assert pod["status"]["containerStatuses"][0]["ready"] is True
+    assert pod["spec"]["serviceAccountName"] == "rtml"  # the chart's, bound to its ClusterRole
+    env = {e["name"] for e in pod["spec"]["containers"][0].get("env", [])}
+    assert "KUBECONFIG" not in env  # the in-cluster token alone: no admin kubeconfig
+    # What the chart's RBAC allows that account, and what it does not.
+    who = "--as=system:serviceaccount:rtml-system:rtml"
+    can = kubectl(chain.plane, "auth", "can-i", "patch", "models.rtml.dev/status", who, "-A")
+    assert can.strip() == "yes"
+    denied = subprocess.run(
+        [str(chain.plane.bin_dir / "kubectl"), f"--kubeconfig={chain.plane.kubeconfig}",
+         "auth", "can-i", "get", "secrets", who, "-A"],
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
-    deadline = time.monotonic() + 300
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        got = json.loads(kubectl(plane, "-n", ns, "get", "rmodel", "sum", "-o", "json"))
-        status = got.get("status") or {}
-        if status.get("phase") == "Ready":
-            break
-        time.sleep(3)
-    else:
-        pods_now = kubectl(plane, "-n", ns, "get", "pods", "-o", "wide")
-        logs = kubectl(plane, "-n", "rtml-system", "logs", "deploy/rtml-operator", "--tail=40")
-        pytest.fail(f"Model not Ready: {status}\n{pods_now}\n{logs}")
+    assert denied.stdout.strip() == "no"
+
+
+def fraud_docs(artifact: str, digest: str, name: str = "fraud", version: str = "v1") -> list[Any]:
+    docs = list(yaml.safe_load_all((REPO / "examples/fraud/model.yaml").read_text()))
+    for d in docs:
+        d["metadata"]["namespace"] = TENANT
+        if d["kind"] == "FeatureView":
+            d["spec"]["source"]["path"] = "file:///data/features.parquet"
+        else:
+            d["metadata"]["name"] = name
+            d["spec"]["version"] = version
+            d["spec"]["artifact"] = {"uri": f"{MODELS_URL}/{artifact}", "sha256": digest}
+            d["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 1}
+    return docs
+
+
+def test_the_materialization_job_runs_as_a_pod_into_the_clusters_redis(chain: Chain) -> None:
+    view, _ = fraud_docs("model.onnx", sha256(chain.offline / "model.onnx"))
+    apply(chain.plane, view)
+    wait_until("the FeatureView to be Registered", lambda: condition(
+        chain.get("rfv", "card-features"), "Registered").get("status") == "True", 180)  # fmt: skip
+    redis_ip = chain.get("pod", "redis")["status"]["podIP"]
+    assert redis_command(redis_ip, "DBSIZE") == b":0\r\n"
+    started = datetime.now(UTC)
+    kubectl(chain.plane, "-n", TENANT, "create", "job", "materialize-now",
+            "--from=cronjob/card-features-materialize")  # fmt: skip
+    done = subprocess.run(
+        [str(chain.plane.bin_dir / "kubectl"), f"--kubeconfig={chain.plane.kubeconfig}", "-n",
+         TENANT, "wait", "--for=condition=Complete", "job/materialize-now", "--timeout=300s"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    logs = kubectl(chain.plane, "-n", TENANT, "logs", "job/materialize-now", "--tail=30")
+    assert done.returncode == 0, f"{done.stderr}\n{logs}"
+    # A pod under `restricted` ran it, with the CronJob's command and the Secret's credentials.
+    (pod,) = json.loads(kubectl(chain.plane, "-n", TENANT, "get", "pods", "-l",
+                                "job-name=materialize-now", "-o", "json"))["items"]  # fmt: skip
+    assert pod["status"]["phase"] == "Succeeded"
+    command = pod["spec"]["containers"][0]["command"]
+    assert command == ["rtml", "materialize", "card-features", "--namespace", TENANT]
+    cards = pd.read_parquet(chain.offline / "features.parquet", columns=["card_id"])["card_id"]
+    assert redis_command(redis_ip, "DBSIZE") == f":{cards.nunique()}\r\n".encode()
+    # The resync reads the run from the registry: Materialized=True with its real end time.
+    fv = wait_until("Materialized=True", lambda: (
+        (f := chain.get("rfv", "card-features"))
+        and condition(f, "Materialized").get("status") == "True" and f), 120)  # fmt: skip
+    end = datetime.fromisoformat(fv["status"]["lastMaterialization"].replace("Z", "+00:00"))
+    assert started - timedelta(seconds=2) <= end <= datetime.now(UTC), end
+
+
+def wait_ready(chain: Chain, name: str, timeout: float = 300) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        m = chain.get("rmodel", name)
+        return m if (m.get("status") or {}).get("phase") == "Ready" else None
+
+    try:
+        return wait_until(f"Model {name} to be Ready", ready, timeout, every=2)  # type: ignore[no-any-return]
+    except pytest.fail.Exception:
+        status = chain.get("rmodel", name).get("status")
+        pods = kubectl(chain.plane, "-n", TENANT, "get", "pods", "-o", "wide")
+        logs = kubectl(chain.plane, "-n", SYSTEM, "logs", "deploy/rtml-operator", "--tail=30")
+        pytest.fail(f"Model {name} not Ready: {status}\n{pods}\n{logs}")
+
+
+def test_a_model_reads_its_features_from_redis_through_its_service(chain: Chain) -> None:
+    apply(chain.plane, *fraud_docs("model.onnx", sha256(chain.offline / "model.onnx")))
+    status = wait_ready(chain, "fraud")["status"]
     assert status["readyReplicas"] == 1
-    service_ip = kubectl(plane, "-n", ns, "get", "svc", "sum", "-o", "jsonpath={.spec.clusterIP}")
-    port = kubectl(plane, "-n", ns, "get", "svc", "sum", "-o", "jsonpath={.spec.ports[0].port}")
-    code, body = _post(f"http://{service_ip}:{port}/predict", {"features": {"a": 1.0, "b": 2.0}})
+    assert status["activeVersion"] == "v1"
+    (pod,) = chain.model_pods("fraud")
+    started = {c["name"]: c["started"] for c in pod["status"]["containerStatuses"]}
+    assert started == {"runtime": True}  # through its startup probe
+    url = chain.service_url("fraud")
+    code, body = _post(f"{url}/predict", REQUEST)
     assert code == 200, body
-    assert body["degraded"] is False
-    assert abs(body["score"] - 1 / (1 + 2.718281828**-3.0)) < 1e-4
-    with urllib.request.urlopen(f"http://{service_ip}:{port}/metrics", timeout=10) as r:
+    assert (body["degraded"], body["version"]) == (False, "v1")  # the card's row from Redis
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:  # noqa: S310 - ClusterIP
         metrics = r.read().decode()
-    assert "rtml_requests_total{" in metrics
-    assert 'outcome="ok"' in metrics
+    ok = [line for line in metrics.splitlines()
+          if line.startswith("rtml_requests_total{") and 'outcome="ok"' in line]  # fmt: skip
+    assert ok, metrics[:2000]
+    assert float(ok[0].split()[-1]) >= 1
+    reads = [line for line in metrics.splitlines()
+             if line.startswith("rtml_feature_read_duration_seconds_count")]  # fmt: skip
+    assert reads
+    assert float(reads[0].split()[-1]) >= 1
+
+
+def test_the_redis_password_is_nowhere_but_in_its_secret(chain: Chain) -> None:
+    plane = chain.plane
+    places = {
+        "configmaps": kubectl(plane, "get", "configmaps", "-A", "-o", "json"),
+        "pods": kubectl(plane, "get", "pods", "-A", "-o", "json"),
+        "deployments": kubectl(plane, "get", "deployments", "-A", "-o", "json"),
+        "cronjobs": kubectl(plane, "get", "cronjobs,jobs", "-A", "-o", "json"),
+        "models": kubectl(plane, "get", "rmodel,rfv", "-A", "-o", "json"),
+        "events": kubectl(plane, "get", "events", "-A", "-o", "json"),
+        "operator log": chain.operator_logs(),
+        "runtime log": kubectl(plane, "-n", TENANT, "logs", "deploy/fraud", "--tail=-1"),
+    }
+    for secret in (REDIS_PASSWORD, PG_PASSWORD):
+        leaks = [where for where, text in places.items() if secret in text]
+        assert leaks == [], f"a credential appears in {leaks}"
+    # ... while every pod that needs it gets it by reference.
+    pod = json.loads(places["pods"])["items"]
+    runtime = next(p for p in pod if p["metadata"].get("labels", {}).get("rtml.dev/model"))
+    env = {e["name"]: e for e in runtime["spec"]["containers"][0]["env"]}
+    assert env["RTML_FEAST_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == SECRET
+
+
+class Load:
+    """Steady open-loop traffic: `rate` requests a second, each on a new connection."""
+
+    def __init__(self, url: str, rate: float) -> None:
+        self.url, self.rate = url, rate
+        self.results: list[tuple[float, int, str]] = []  # (time, status, version or error)
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(16)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _one(self) -> None:
+        try:
+            code, body = _post(f"{self.url}/predict", REQUEST, timeout=5)
+            self.results.append((time.monotonic(), code, str(body.get("version", body))))
+        except OSError as e:
+            self.results.append((time.monotonic(), 0, f"{type(e).__name__}: {e}"))
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        n = 0
+        while not self._stop.is_set():
+            self._pool.submit(self._one)
+            n += 1
+            self._stop.wait(max(0.0, start + n / self.rate - time.monotonic()))
+
+    def __enter__(self) -> Load:
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._pool.shutdown(wait=True)
+        self.seconds = time.monotonic() - self.started
+
+
+def test_a_new_artifact_rolls_out_under_load_without_a_failed_request(chain: Chain) -> None:
+    url = chain.service_url("fraud")
+    phases: list[tuple[str, str, int | None]] = []
+    with Load(url, rate=60) as load:
+        time.sleep(5)
+        apply(chain.plane, fraud_docs("backup.onnx", sha256(chain.offline / "backup.onnx"),
+                                      version="v2")[1])  # fmt: skip
+
+        def rolled() -> bool:
+            st = chain.get("rmodel", "fraud").get("status") or {}
+            rolled_out = condition({"status": st}, "RolledOut").get("status", "")
+            phases.append((st.get("phase", ""), rolled_out, st.get("readyReplicas")))
+            return st.get("phase") == "Ready" and st.get("activeVersion") == "v2"
+
+        wait_until("the rollout of v2", rolled, 300)
+        wait_until("the old pod to go", lambda: len(chain.model_pods("fraud")) == 1, 120)
+        time.sleep(5)
+    failed = [r for r in load.results if r[1] != 200]
+    versions = [r[2] for r in load.results if r[1] == 200]
+    assert failed == [], f"{len(failed)} of {len(load.results)} failed: {failed[:5]}"
+    assert len(load.results) / load.seconds >= 50, (len(load.results), load.seconds)
+    assert (versions[0], versions[-1]) == ("v1", "v2")
+    # The Model followed the real Deployment: rolling out, then rolled out with its ready pod.
+    assert ("Progressing", "False") in {(p, r) for p, r, _ in phases}, phases
+    deploy = chain.get("deployment", "fraud")
+    status = chain.get("rmodel", "fraud")["status"]
+    assert status["readyReplicas"] == deploy["status"]["readyReplicas"] == 1
+    assert condition({"status": status}, "RolledOut")["status"] == "True"
+
+
+def watch_phases(chain: Chain, name: str, until: Callable[[list[str]], bool], timeout: float
+                 ) -> list[str]:  # fmt: skip
+    seen: list[str] = []
+
+    def check() -> bool:
+        phase = (chain.get("rmodel", name).get("status") or {}).get("phase", "")
+        if not seen or seen[-1] != phase:
+            seen.append(phase)
+        return until(seen)
+
+    try:
+        wait_until(f"phases of {name}", check, timeout, every=0.3)
+    except pytest.fail.Exception:
+        pytest.fail(f"Model {name} went through {seen}")
+    return seen
+
+
+def test_a_deleted_pod_is_replaced_and_the_model_degrades_then_recovers(chain: Chain) -> None:
+    (pod,) = chain.model_pods("fraud")
+    kubectl(chain.plane, "-n", TENANT, "delete", "pod", pod["metadata"]["name"], "--wait=false")
+    seen = watch_phases(chain, "fraud", lambda s: "Degraded" in s and s[-1] == "Ready", 240)
+    assert seen.index("Degraded") < len(seen) - 1, seen
+    (new,) = chain.model_pods("fraud")
+    assert new["metadata"]["name"] != pod["metadata"]["name"]
+
+
+def container_pids(pod_uid: str) -> list[int]:
+    """Host PIDs of the pod's processes other than its sandbox (pause), by their cgroup."""
+    marker = f"pod{pod_uid}"
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker not in (proc / "cgroup").read_text():
+                continue
+            if (proc / "cmdline").read_bytes().split(b"\0")[0].endswith(b"pause"):
+                continue
+        except OSError:
+            continue
+        pids.append(int(proc.name))
+    return pids
+
+
+def test_a_stopped_runtime_is_restarted_by_its_liveness_probe(chain: Chain) -> None:
+    (pod,) = chain.model_pods("fraud")
+    restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+    pids = container_pids(pod["metadata"]["uid"])
+    assert pids, "no runtime process found on the host"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+
+    def restarted() -> dict[str, Any] | None:
+        p = chain.get("pod", pod["metadata"]["name"])
+        (c,) = p["status"]["containerStatuses"]
+        return p if c["restartCount"] > restarts and c["ready"] else None
+
+    try:
+        p = wait_until("liveness to restart the container", restarted, 240, every=2)
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    events = kubectl(chain.plane, "-n", TENANT, "get", "events", "--field-selector",
+                     f"involvedObject.name={pod['metadata']['name']}")  # fmt: skip
+    assert "Liveness probe failed" in events, events
+    assert p["status"]["containerStatuses"][0]["lastState"]["terminated"]
+    code, body = _post(f"{chain.service_url('fraud')}/predict", REQUEST)
+    assert code == 200, body
+
+
+def test_an_artifact_changed_behind_its_digest_never_becomes_ready(chain: Chain) -> None:
+    """The bytes at the artifact's URL change after the operator checked them (an overwritten
+    file on the server): the new pod refuses them, never becomes Ready, and the Model says why."""
+    shutil.copy(chain.offline / "model.onnx", chain.offline / "tampered.onnx")
+    (chain.offline / "tampered.onnx").chmod(0o644)
+    _, model = fraud_docs("tampered.onnx", sha256(chain.offline / "model.onnx"), name="tampered")
+    apply(chain.plane, model)
+    wait_ready(chain, "tampered")
+    shutil.copy(chain.offline / "backup.onnx", chain.offline / "tampered.onnx")
+    (old,) = chain.model_pods("tampered")
+    kubectl(chain.plane, "-n", TENANT, "delete", "pod", old["metadata"]["name"], "--wait=false")
+
+    def explained() -> dict[str, Any] | None:
+        for pod in chain.model_pods("tampered"):
+            assert not any(c["ready"] for c in pod["status"].get("containerStatuses", [])), pod
+        m = chain.get("rmodel", "tampered")
+        return m if "spec.artifact.sha256" in condition(m, "Ready").get("message", "") else None
+
+    m = wait_until("the Model to say why", explained, 240, every=2)
+    ready = condition(m, "Ready")
+    assert ready["status"] == "False"
+    assert sha256(chain.offline / "backup.onnx") in ready["message"]  # the digest it found
+    assert m["status"]["phase"] in ("Degraded", "Failed")
+    time.sleep(20)  # and it stays so: restarts fetch the same wrong bytes
+    for pod in chain.model_pods("tampered"):
+        assert not any(c["ready"] for c in pod["status"].get("containerStatuses", []))
