@@ -156,12 +156,16 @@ def test_helm_install_and_least_privilege(
             ("patch", "featureviews.rtml.dev/status"),
             ("create", "events"),
             ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+            ("list", "pods"),  # read-only: why a Model's replica is not ready
+            ("watch", "pods"),
         ]
         for verb, resource in needed:
             assert can(verb, resource, anywhere), f"operator cannot {verb} {resource}"
         forbidden = [
             ("get", "secrets"),
-            ("list", "pods"),
+            ("create", "pods"),
+            ("delete", "pods"),
+            ("get", "pods/log"),
             ("delete", "nodes"),
             ("create", "clusterroles.rbac.authorization.k8s.io"),
             ("create", "clusterrolebindings.rbac.authorization.k8s.io"),

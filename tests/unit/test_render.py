@@ -66,6 +66,8 @@ def test_deployment_is_restricted_and_probes_oip_health() -> None:
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert c["image"] == "registry.local/rtml:test"
+    # A crashed runtime's log tail lands in lastState.terminated.message (the Model's Ready).
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert pod["automountServiceAccountToken"] is False
     # only volume types the restricted profile allows
     assert {next(k for k in v if k != "name") for v in pod["volumes"]} <= {"configMap", "emptyDir"}
@@ -258,6 +260,7 @@ def test_kserve_predictor_runs_the_runtime_container_restricted() -> None:
     assert c["name"] == "kserve-container"
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["ports"][0]["containerPort"] == 8080
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert pred["securityContext"]["runAsNonRoot"] is True
 
 

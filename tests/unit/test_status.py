@@ -11,6 +11,7 @@ from rtml.operator.render import RenderContext
 from rtml.operator.status import (
     Observed,
     compute_model_status,
+    deployment_available,
     holds_rollout,
     invalid_spec_status,
 )
@@ -45,6 +46,16 @@ def deployment(
     }
 
 
+COMPLETE = {
+    "type": "Progressing",
+    "status": "True",
+    "reason": "NewReplicaSetAvailable",
+    "message": 'ReplicaSet "fraud-7d9" has successfully progressed.',
+}
+PROGRESSING = {**COMPLETE, "reason": "ReplicaSetUpdated"}
+CREATED = {**COMPLETE, "reason": "NewReplicaSetCreated"}
+
+
 def cond(status: dict, type_: str) -> dict:
     c = get_condition(status["conditions"], type_)
     assert c is not None, type_
@@ -71,8 +82,18 @@ def test_rolled_out_deployment_is_ready() -> None:
         (None, "Pending", "DeploymentMissing"),
         (deployment(gen=2, observed=1), "Progressing", "RollingOut"),
         (deployment(updated=1, total=3), "Progressing", "RollingOut"),
-        (deployment(available=1), "Degraded", "ReplicasUnavailable"),
+        # A first rollout (no Progressing condition yet, or one still under way) progresses...
+        (deployment(available=1), "Progressing", "ReplicasUnavailable"),
         (deployment(available=0, ready=0), "Progressing", "ReplicasUnavailable"),
+        (deployment(available=1, conditions=[PROGRESSING]), "Progressing", "ReplicasUnavailable"),
+        (deployment(available=0, conditions=[CREATED]), "Progressing", "ReplicasUnavailable"),
+        # ...a completed one that loses a replica is degraded, even with none left.
+        (deployment(available=1, conditions=[COMPLETE]), "Degraded", "ReplicasUnavailable"),
+        (
+            deployment(available=0, ready=0, conditions=[COMPLETE]),
+            "Degraded",
+            "ReplicasUnavailable",
+        ),
         (
             deployment(
                 conditions=[
@@ -215,3 +236,106 @@ def test_a_view_not_judged_yet_holds_the_rollout_as_pending_not_failed() -> None
 )
 def test_what_holds_a_rollout(status: str, reason: str, held: bool) -> None:
     assert holds_rollout(Cond("FeaturesResolved", status, reason, "...")) is held
+
+
+CRASHING_POD = {
+    "metadata": {"name": "fraud-7d9-abcde", "labels": {"rtml.dev/model": "fraud"}},
+    "status": {
+        "phase": "Running",
+        "containerStatuses": [
+            {
+                "name": "runtime",
+                "ready": False,
+                "restartCount": 4,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 80s"}},
+                "lastState": {
+                    "terminated": {
+                        "exitCode": 1,
+                        "reason": "Error",
+                        "message": "DigestMismatch: sha256 of s3://bucket/m.onnx is 1f2e",
+                    }
+                },
+            }
+        ],
+    },
+}
+CRASH_WORDS = (
+    "pod fraud-7d9-abcde: container runtime is waiting: CrashLoopBackOff (4 restarts); "
+    "last exit code 1: DigestMismatch: sha256 of s3://bucket/m.onnx is 1f2e"
+)
+
+
+def test_a_degraded_model_says_which_pod_is_down_and_why() -> None:
+    m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})
+    obs = Observed(
+        deployment=deployment(available=1, ready=1, conditions=[COMPLETE]), pods=[CRASHING_POD]
+    )
+    s = compute_model_status(m, obs, {"activeVersion": "v1"}, CTX, NOW)
+    assert s["phase"] == "Degraded"
+    ready = cond(s, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ReplicasUnavailable")
+    assert ready["message"] == f"1 of 2 updated replicas are available; {CRASH_WORDS}"
+    assert cond(s, "RolledOut")["message"] == ready["message"]
+    assert cond(s, "Reconciling")["status"] == "False"
+    assert cond(s, "Stalled")["status"] == "False"
+    assert s["activeVersion"] == "v1"
+
+
+def test_a_single_replica_model_losing_its_pod_is_degraded_not_progressing() -> None:
+    m = model(autoscaling={"minReplicas": 1, "maxReplicas": 1})
+    dep = deployment(replicas=1, updated=1, available=0, ready=0, conditions=[COMPLETE])
+    s = compute_model_status(m, Observed(deployment=dep, pods=[]), None, CTX, NOW)
+    assert s["phase"] == "Degraded"
+    assert cond(s, "Ready")["reason"] == "ReplicasUnavailable"
+    assert cond(s, "Ready")["message"] == "0 of 1 updated replicas are available"
+
+
+def test_a_first_rollout_with_a_crashing_pod_progresses_and_says_why() -> None:
+    m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})
+    dep = deployment(available=0, ready=0, conditions=[PROGRESSING])
+    s = compute_model_status(m, Observed(deployment=dep, pods=[CRASHING_POD]), None, CTX, NOW)
+    assert s["phase"] == "Progressing"
+    assert cond(s, "RolledOut")["message"].endswith(f"; {CRASH_WORDS}")
+    assert cond(s, "Reconciling")["message"].endswith(f"; {CRASH_WORDS}")
+
+
+def test_a_stuck_rollout_says_why_in_the_stalled_condition_too() -> None:
+    m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})
+    deadline = {**COMPLETE, "status": "False", "reason": "ProgressDeadlineExceeded"}
+    dep = deployment(available=0, ready=0, conditions=[deadline])
+    s = compute_model_status(m, Observed(deployment=dep, pods=[CRASHING_POD]), None, CTX, NOW)
+    assert s["phase"] == "Failed"
+    assert cond(s, "Ready")["reason"] == "ProgressDeadlineExceeded"
+    assert cond(s, "Stalled")["message"].endswith(f"; {CRASH_WORDS}")
+
+
+def test_a_ready_model_mentions_no_pod() -> None:
+    m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})
+    # Pods are not read when every replica is available; were they, Ready still wins.
+    obs = Observed(deployment=deployment(conditions=[COMPLETE]), pods=[CRASHING_POD])
+    s = compute_model_status(m, obs, None, CTX, NOW)
+    assert s["phase"] == "Ready"
+    assert "pod" not in cond(s, "Ready")["message"]
+
+
+def test_the_same_pods_give_the_same_status() -> None:
+    m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})
+    obs = Observed(deployment=deployment(available=1, conditions=[COMPLETE]), pods=[CRASHING_POD])
+    s1 = compute_model_status(m, obs, None, CTX, NOW)
+    assert compute_model_status(m, obs, s1, CTX, NOW + timedelta(minutes=1)) == s1
+
+
+@pytest.mark.parametrize(
+    ("dep", "available"),
+    [
+        (None, False),
+        (deployment(conditions=[COMPLETE]), True),
+        (deployment(gen=2, observed=1), False),
+        (deployment(updated=1, total=3), False),
+        (deployment(available=1, conditions=[COMPLETE]), False),
+        (deployment(replicas=3, updated=3, available=3, total=4), False),
+    ],
+)
+def test_deployment_available_is_when_pods_are_not_read(dep: dict | None, available: bool) -> None:
+    m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})
+    assert deployment_available(m, dep) is available

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -123,6 +124,16 @@ class KubeClient:
             return []
         items = res.get(namespace=namespace, label_selector=f"{MODEL_LABEL}={model_name}").items
         return [dict(i.to_dict()) for i in items]
+
+    def list_selected(
+        self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """Objects in a namespace that carry every one of `labels` (a Deployment's selector)."""
+        res = self._resource(api_version, kind)
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        return [
+            dict(i.to_dict()) for i in res.get(namespace=namespace, label_selector=selector).items
+        ]
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         with contextlib.suppress(NotFoundError):  # already gone: the outcome we wanted

@@ -51,6 +51,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = SETTINGS.watch_server_timeout + 30
     settings.watching.connect_timeout = 10
     settings.watching.inactivity_timeout = SETTINGS.watch_inactivity_timeout
+    # Only the Models' pods stream to the operator (filtered by the API server, not in Python):
+    # a cluster's other pods churn far more than anything the operator cares about.
+    settings.watching.label_selectors["", "v1", "pods"] = MODEL_LABEL
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
     settings.execution.max_workers = SETTINGS.max_workers
@@ -175,9 +178,15 @@ def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 def _owner_model(obj: Mapping[str, Any]) -> str | None:
-    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+    """The Model a child belongs to: its owner reference; for a pod, which the Deployment's
+    ReplicaSet owns rather than the Model, the Model label its pod template carries."""
+    meta = obj.get("metadata", {})
+    for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == "Model" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
             return str(ref["name"])
+    if obj.get("kind") == "Pod":
+        name = (meta.get("labels") or {}).get(MODEL_LABEL)
+        return str(name) if name else None
     return None
 
 
@@ -203,8 +212,11 @@ CHILD_LABELS = {MODEL_LABEL: kopf.PRESENT}
 @kopf.on.event("", "v1", "configmaps", id="child-configmap", labels=CHILD_LABELS)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", id="child-pdb", labels=CHILD_LABELS)
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", id="child-hpa", labels=CHILD_LABELS)
+# A pod crashing, failing its probes or unschedulable: the Model's status says so at once.
+@kopf.on.event("", "v1", "pods", id="child-pod", labels=CHILD_LABELS)
 def child_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
-    """A child edited or deleted by hand, or a Deployment's status moved: reconcile the owner."""
+    """A child edited or deleted by hand, a Deployment's status moved, or one of the Model's
+    pods changed: reconcile the owner."""
     if type is None:
         return  # the initial listing: the resume handlers already cover it
     _on_child(body, memo, type)

@@ -22,11 +22,13 @@ from rtml.operator.errors import (
     describe_validation_error,
 )
 from rtml.operator.render.context import RenderContext
+from rtml.operator.render.meta import selector_labels
 from rtml.operator.render.model import OWNED_KINDS, render_model_children
 from rtml.operator.signature import SignatureCache, check_model_signature
 from rtml.operator.status import (
     Observed,
     compute_model_status,
+    deployment_available,
     holds_rollout,
     invalid_spec_status,
     status_changed,
@@ -115,10 +117,12 @@ def reconcile_model(
         _prune(client, model, desired)
 
     ns, name = model.metadata.namespace, model.metadata.name
+    deployment = (
+        client.get("apps/v1", "Deployment", ns, name) if model.spec.backend == "bentoml" else None
+    )
     observed = Observed(
-        deployment=client.get("apps/v1", "Deployment", ns, name)
-        if model.spec.backend == "bentoml"
-        else None,
+        deployment=deployment,
+        pods=_pods(client, model, deployment),
         inference_service=client.get(*KSERVE, ns, name)
         if model.spec.backend == "kserve" and kserve_installed
         else None,
@@ -130,6 +134,27 @@ def reconcile_model(
     status = compute_model_status(model, observed, previous, ctx, now)
     _write_status(client, body, previous, status)
     return status
+
+
+def _pods(
+    client: KubeClient, model: Model, deployment: dict[str, Any] | None
+) -> list[dict[str, Any]] | None:
+    """The Deployment's pods, to say why one is not ready; read only while not every desired
+    replica is available, so a steady-state reconcile costs no list. Best effort: without
+    them the status still says how many replicas are available, just not why."""
+    if deployment is None or deployment_available(model, deployment):
+        return None
+    match = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels")
+    try:
+        return client.list_selected(
+            "v1", "Pod", model.metadata.namespace, match or selector_labels(model)
+        )
+    except ApiException as e:  # e.g. 403 from a chart older than this operator
+        log.warning(
+            "could not list the Model's pods",
+            extra={"model": model.metadata.name, "status": e.status},
+        )
+        return None
 
 
 def _feature_view(client: KubeClient, model: Model) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from rtml.api.model import Model
 from rtml.operator.conditions import Cond, merge_conditions
+from rtml.operator.pods import pod_problem
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.deployment import autoscaler_owns_replicas
 from rtml.operator.render.service import service_url
@@ -23,6 +24,8 @@ class Observed:
     feature_view: dict[str, Any] | None = None
     features: Cond | None = None  # FeaturesResolved as rtml.operator.signature computed it
     problem: Cond | None = None  # a user-fixable error met while applying (e.g. 422 from the API)
+    # The Model's pods, read only while its Deployment is not fully available (bentoml).
+    pods: list[dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -36,7 +39,43 @@ class Rollout:
     url: str | None = None
 
 
-def _deployment_rollout(model: Model, deploy: dict[str, Any] | None, url: str) -> Rollout:
+def _desired_replicas(model: Model, deploy: dict[str, Any]) -> int:
+    desired = deploy.get("spec", {}).get("replicas", model.spec.autoscaling.min_replicas)
+    if autoscaler_owns_replicas(model):
+        desired = max(desired or 0, model.spec.autoscaling.min_replicas)
+    return int(desired or 0)
+
+
+def deployment_available(model: Model, deploy: dict[str, Any] | None) -> bool:
+    """Whether the Deployment has observed its spec and every desired replica is updated and
+    available: the steady state, in which the operator does not read the pods."""
+    if deploy is None:
+        return False
+    st = deploy.get("status") or {}
+    desired = _desired_replicas(model, deploy)
+    updated = st.get("updatedReplicas", 0)
+    return bool(
+        st.get("observedGeneration", 0) >= deploy.get("metadata", {}).get("generation", 0)
+        and updated >= desired
+        and st.get("replicas", 0) <= updated
+        and st.get("availableReplicas", 0) >= desired
+    )
+
+
+def _explained(r: Rollout, pod: str | None) -> Rollout:
+    """Adds why a pod is not ready (pods.pod_problem) to the conditions that are not True."""
+    if pod is None:
+        return r
+
+    def add(c: Cond) -> Cond:
+        return c if c.status == "True" else replace(c, message=f"{c.message}; {pod}")
+
+    return replace(r, rolled_out=add(r.rolled_out), ready=add(r.ready))
+
+
+def _deployment_rollout(
+    model: Model, deploy: dict[str, Any] | None, url: str, pods: list[dict[str, Any]] | None
+) -> Rollout:
     if deploy is None:
         waiting = Cond(
             "RolledOut", "Unknown", "DeploymentMissing", "the Deployment is not created yet"
@@ -44,11 +83,13 @@ def _deployment_rollout(model: Model, deploy: dict[str, Any] | None, url: str) -
         return Rollout(
             waiting, Cond("Ready", "False", "DeploymentMissing", waiting.message), "Pending"
         )
+    return _explained(_rollout_of(model, deploy, url), pod_problem(pods or []))
+
+
+def _rollout_of(model: Model, deploy: dict[str, Any], url: str) -> Rollout:
     st = deploy.get("status") or {}
     gen = deploy.get("metadata", {}).get("generation", 0)
-    desired = deploy.get("spec", {}).get("replicas", model.spec.autoscaling.min_replicas)
-    if autoscaler_owns_replicas(model):
-        desired = max(desired or 0, model.spec.autoscaling.min_replicas)
+    desired = _desired_replicas(model, deploy)
     updated = st.get("updatedReplicas", 0)
     total = st.get("replicas", 0)
     available = st.get("availableReplicas", 0)
@@ -83,7 +124,12 @@ def _deployment_rollout(model: Model, deploy: dict[str, Any] | None, url: str) -
         )
     if available < desired:
         msg = f"{available} of {desired} updated replicas are available"
-        phase = "Degraded" if available > 0 else "Progressing"
+        # NewReplicaSetAvailable: the Deployment controller saw this ReplicaSet complete, and
+        # keeps the reason while every replica stays updated. Losing a replica after that (a
+        # pod deleted, crashing, evicted) is a degraded Model, not a rollout, even at 0.
+        # Any other reason (ReplicaSetUpdated, NewReplicaSetCreated) or none: still rolling out.
+        completed = (progressing or {}).get("reason") == "NewReplicaSetAvailable"
+        phase = "Degraded" if completed else "Progressing"
         return Rollout(
             Cond("RolledOut", "False", "ReplicasUnavailable", msg),
             Cond("Ready", "False", "ReplicasUnavailable", msg),
@@ -199,7 +245,7 @@ def compute_model_status(
     if model.spec.backend == "kserve":
         r = _kserve_rollout(obs, url)
     else:
-        r = _deployment_rollout(model, obs.deployment, url)
+        r = _deployment_rollout(model, obs.deployment, url, obs.pods)
     features = _features_condition(model, obs)
     if features.status == "False":
         # reconcile_model applied nothing: whatever runs is the previous spec, still serving.

@@ -96,6 +96,9 @@ def render_runtime_container(
         "startupProbe": {**_http_get(READY_PATH), "periodSeconds": 2, "failureThreshold": 60},
         "readinessProbe": {**_http_get(READY_PATH), "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {**_http_get(LIVE_PATH), "periodSeconds": 10, "failureThreshold": 3},
+        # A runtime that exits on an error (a digest mismatch, a bad config) has the kubelet
+        # put its log tail into lastState.terminated.message, where the operator reads why.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
