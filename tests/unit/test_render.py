@@ -68,6 +68,10 @@ def test_deployment_is_restricted_and_probes_oip_health() -> None:
     assert c["image"] == "registry.local/rtml:test"
     # A crashed runtime's log tail lands in lastState.terminated.message (the Model's Ready).
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # Serving goes on while the endpoint is withdrawn, and less than the pod's whole grace.
+    assert c["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+    assert 5 < pod["terminationGracePeriodSeconds"]
+    assert c["livenessProbe"]["terminationGracePeriodSeconds"] == 10
     assert pod["automountServiceAccountToken"] is False
     # only volume types the restricted profile allows
     assert {next(k for k in v if k != "name") for v in pod["volumes"]} <= {"configMap", "emptyDir"}

@@ -77,6 +77,9 @@ def runtime_env(
     return env
 
 
+PRESTOP_SLEEP_SECONDS = 5
+
+
 def render_runtime_container(
     model: Model,
     ctx: RenderContext,
@@ -95,7 +98,16 @@ def render_runtime_container(
         "resources": resources(model),
         "startupProbe": {**_http_get(READY_PATH), "periodSeconds": 2, "failureThreshold": 60},
         "readinessProbe": {**_http_get(READY_PATH), "periodSeconds": 5, "failureThreshold": 2},
-        "livenessProbe": {**_http_get(LIVE_PATH), "periodSeconds": 10, "failureThreshold": 3},
+        # A hung process gets no 30 s of grace: 10 s after liveness gives up it is killed.
+        "livenessProbe": {
+            **_http_get(LIVE_PATH),
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+            "terminationGracePeriodSeconds": 10,
+        },
+        # Endpoints and kube-proxy learn of a terminating pod a moment after the kubelet does:
+        # keep serving for 5 s before SIGTERM so no request is routed to a closed port.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         # A runtime that exits on an error (a digest mismatch, a bad config) has the kubelet
         # put its log tail into lastState.terminated.message, where the operator reads why.
         "terminationMessagePolicy": "FallbackToLogsOnError",
