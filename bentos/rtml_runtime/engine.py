@@ -11,12 +11,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from rtml.api.signature import check_signature, describe
 from rtml.artifacts import ArtifactError, fetch_artifact
+from rtml.contract import TERMINATION_MESSAGE_PATH
 from rtml_runtime.breaker import CircuitBreaker, State
 from rtml_runtime.cache import TTLCache
 from rtml_runtime.clock import SYSTEM_CLOCK, Clock
@@ -130,12 +132,16 @@ class Runtime:
             raise ModelError(f"{field} does not fit its features: {describe(mismatches)}")
 
     async def start(self, reader: FeatureReader | None = None) -> None:
+        """Load and warm up; on an artifact or model error stay up, not ready, with the reason
+        (served by the readiness endpoint and left for the kubelet as the termination message:
+        when the startup probe gives up, the Model's status says why)."""
         try:
             await asyncio.to_thread(self.load, reader)
         except (ArtifactError, ModelError) as e:
             self.not_ready_reason = str(e)
             # The reason goes in the message itself: BentoML's log format drops `extra` fields.
             log.error("the runtime will not become ready: %s", e, extra={"reason": str(e)})
+            report_termination_reason(str(e))
             return
         self.ready = True
         self.not_ready_reason = ""
@@ -442,3 +448,15 @@ class Runtime:
             "inputs": inputs,
             "outputs": [{"name": "score", "datatype": "FP64", "shape": [-1]}],
         }
+
+
+def report_termination_reason(reason: str, path: str = TERMINATION_MESSAGE_PATH) -> None:
+    """Write `reason` where the kubelet reads a stopped container's message. Only in a pod (the
+    kubelet mounts the file; on a host there is none, and nothing is created in /dev)."""
+    target = Path(path)
+    if not target.is_file():
+        return
+    try:
+        target.write_text(reason[-4000:])  # the kubelet keeps at most 4096 bytes
+    except OSError as e:
+        log.warning("could not write the termination message to %s: %s", path, e)

@@ -41,6 +41,9 @@ ARTIFACT_DIR: Final = "/var/lib/rtml"
 TMP_DIR: Final = "/tmp"  # noqa: S108 - a pod's private emptyDir
 READY_PATH: Final = "/v2/health/ready"
 LIVE_PATH: Final = "/v2/health/live"
+# Kubernetes' default terminationMessagePath: what a container writes there becomes
+# lastState.terminated.message when it stops (the operator shows it in the Model's status).
+TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
 # The non-root user of both images (USER in the Containerfiles) and of every pod rtml renders.
 RUNTIME_UID: Final = 65532
 IMAGE_REGISTRY: Final = "localhost"  # what `rtml dev images build` names its images

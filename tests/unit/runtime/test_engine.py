@@ -14,7 +14,7 @@ from rtml.api.featureview import FeatureView
 from rtml.api.model import Model
 from rtml.contract import RuntimeSettings
 from rtml_runtime.config import RuntimeConfig
-from rtml_runtime.engine import Runtime
+from rtml_runtime.engine import Runtime, report_termination_reason
 from rtml_runtime.errors import RequestError
 from tests.clock import FakeClock
 from tests.unit.runtime.onnx_fixtures import write_sum_model
@@ -273,3 +273,16 @@ def test_signature_mismatch_never_ready(tmp_path: Path) -> None:
     asyncio.run(rt.start(None))
     assert rt.ready is False
     assert "unknown_input" in rt.not_ready_reason
+
+
+def test_the_reason_is_left_for_the_kubelet_only_where_it_mounted_the_file(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "termination-log"
+    report_termination_reason("artifact x has sha256 a, but spec.artifact.sha256 is b", str(log))
+    assert not log.exists()  # not in a pod: nothing is created
+    log.write_text("")
+    report_termination_reason("x" * 5000 + " the end", str(log))
+    text = log.read_text()
+    assert len(text) == 4000
+    assert text.endswith(" the end")
