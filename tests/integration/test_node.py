@@ -242,6 +242,17 @@ class Chain:
     def operator_logs(self) -> str:
         return kubectl(self.plane, "-n", SYSTEM, "logs", "deploy/rtml-operator", "--tail=-1")
 
+    def wait(self, what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
+        """wait_until, failing with what the cluster shows: statuses, pods, the operator's log."""
+        try:
+            return wait_until(what, check, timeout, every)
+        except pytest.fail.Exception as e:
+            shown = kubectl(self.plane, "-n", TENANT, "get", "rmodel,rfv,pods,jobs", "-o", "wide")
+            path = "jsonpath={range .items[*]}{.metadata.name}: {.status}{'\\n'}{end}"
+            statuses = kubectl(self.plane, "-n", TENANT, "get", "rmodel,rfv", "-o", path)
+            log = "\n".join(self.operator_logs().splitlines()[-25:])
+            pytest.fail(f"{e}\n{shown}\n{statuses}\n--- operator log ---\n{log}")
+
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -373,11 +384,12 @@ def chain(
 def test_the_charts_operator_pod_is_ready_with_its_own_service_account(chain: Chain) -> None:
     (pod,) = json.loads(kubectl(chain.plane, "-n", SYSTEM, "get", "pods", "-o", "json"))["items"]
     assert pod["status"]["containerStatuses"][0]["ready"] is True
-    assert pod["spec"]["serviceAccountName"] == "rtml"  # the chart's, bound to its ClusterRole
+    account = pod["spec"]["serviceAccountName"]
+    assert account == "rtml-operator"  # the chart's, bound to its ClusterRole
     env = {e["name"] for e in pod["spec"]["containers"][0].get("env", [])}
     assert "KUBECONFIG" not in env  # the in-cluster token alone: no admin kubeconfig
     # What the chart's RBAC allows that account, and what it does not.
-    who = "--as=system:serviceaccount:rtml-system:rtml"
+    who = f"--as=system:serviceaccount:{SYSTEM}:{account}"
     can = kubectl(chain.plane, "auth", "can-i", "patch", "models.rtml.dev/status", who, "-A")
     assert can.strip() == "yes"
     denied = subprocess.run(
@@ -405,7 +417,7 @@ def fraud_docs(artifact: str, digest: str, name: str = "fraud", version: str = "
 def test_the_materialization_job_runs_as_a_pod_into_the_clusters_redis(chain: Chain) -> None:
     view, _ = fraud_docs("model.onnx", sha256(chain.offline / "model.onnx"))
     apply(chain.plane, view)
-    wait_until("the FeatureView to be Registered", lambda: condition(
+    chain.wait("the FeatureView to be Registered", lambda: condition(
         chain.get("rfv", "card-features"), "Registered").get("status") == "True", 180)  # fmt: skip
     redis_ip = chain.get("pod", "redis")["status"]["podIP"]
     assert redis_command(redis_ip, "DBSIZE") == b":0\r\n"
@@ -428,7 +440,7 @@ def test_the_materialization_job_runs_as_a_pod_into_the_clusters_redis(chain: Ch
     cards = pd.read_parquet(chain.offline / "features.parquet", columns=["card_id"])["card_id"]
     assert redis_command(redis_ip, "DBSIZE") == f":{cards.nunique()}\r\n".encode()
     # The resync reads the run from the registry: Materialized=True with its real end time.
-    fv = wait_until("Materialized=True", lambda: (
+    fv = chain.wait("Materialized=True", lambda: (
         (f := chain.get("rfv", "card-features"))
         and condition(f, "Materialized").get("status") == "True" and f), 120)  # fmt: skip
     end = datetime.fromisoformat(fv["status"]["lastMaterialization"].replace("Z", "+00:00"))
@@ -546,8 +558,8 @@ def test_a_new_artifact_rolls_out_under_load_without_a_failed_request(chain: Cha
             phases.append((st.get("phase", ""), rolled_out, st.get("readyReplicas")))
             return st.get("phase") == "Ready" and st.get("activeVersion") == "v2"
 
-        wait_until("the rollout of v2", rolled, 300)
-        wait_until("the old pod to go", lambda: len(chain.model_pods("fraud")) == 1, 120)
+        chain.wait("the rollout of v2", rolled, 300)
+        chain.wait("the old pod to go", lambda: len(chain.model_pods("fraud")) == 1, 120)
         time.sleep(5)
     failed = [r for r in load.results if r[1] != 200]
     versions = [r[2] for r in load.results if r[1] == 200]
@@ -618,7 +630,7 @@ def test_a_stopped_runtime_is_restarted_by_its_liveness_probe(chain: Chain) -> N
         return p if c["restartCount"] > restarts and c["ready"] else None
 
     try:
-        p = wait_until("liveness to restart the container", restarted, 240, every=2)
+        p = chain.wait("liveness to restart the container", restarted, 240, every=2)
     finally:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -649,7 +661,7 @@ def test_an_artifact_changed_behind_its_digest_never_becomes_ready(chain: Chain)
         m = chain.get("rmodel", "tampered")
         return m if "spec.artifact.sha256" in condition(m, "Ready").get("message", "") else None
 
-    m = wait_until("the Model to say why", explained, 240, every=2)
+    m = chain.wait("the Model to say why", explained, 240, every=2)
     ready = condition(m, "Ready")
     assert ready["status"] == "False"
     assert sha256(chain.offline / "backup.onnx") in ready["message"]  # the digest it found
