@@ -422,3 +422,20 @@ def test_a_pod_event_reconciles_its_model_like_a_deployment_event(
     handlers.child_changed(body=pod(), memo=memo, type="DELETED")
     handlers.child_changed(body=pod(), memo=memo, type=None)  # the initial listing: no
     assert woken == ["Model", "Model"]
+
+
+def test_the_reconcile_context_keeps_every_operator_setting() -> None:
+    """The context a reconcile renders with is the operator's, plus what the cluster serves: a
+    copy made field by field once dropped the Feast profile, so predictors got none."""
+    from dataclasses import replace
+
+    from rtml.contract import FeastProfile, FeastSecretRef
+
+    base = RenderContext(
+        runtime_image="registry.local/rtml:1",
+        feast=FeastProfile.model_construct(kind="redis", redis_url="redis://r.ml.svc:6379/0"),
+        feast_secret=FeastSecretRef(name="feast-credentials"),
+        materialize_volumes=({"name": "offline", "emptyDir": {}},),
+    )
+    ctx = reconcile._context(FakeClient(None, []), base)  # type: ignore[arg-type]
+    assert ctx == replace(base, keda_installed=False)

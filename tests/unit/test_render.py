@@ -70,7 +70,7 @@ def test_deployment_is_restricted_and_probes_oip_health() -> None:
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     # Serving goes on while the endpoint is withdrawn, and less than the pod's whole grace.
     assert c["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
-    assert 5 < pod["terminationGracePeriodSeconds"]
+    assert pod["terminationGracePeriodSeconds"] > 5
     assert c["livenessProbe"]["terminationGracePeriodSeconds"] == 10
     assert pod["automountServiceAccountToken"] is False
     # only volume types the restricted profile allows

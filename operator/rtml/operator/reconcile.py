@@ -6,6 +6,7 @@ desired -> read back the children -> compute status (pure) -> write it only when
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -41,12 +42,9 @@ SIGNATURES = SignatureCache.from_env()
 
 
 def _context(client: KubeClient, base: RenderContext) -> RenderContext:
-    return RenderContext(
-        runtime_image=base.runtime_image,
-        keda_installed=client.serves(*KEDA),
-        prometheus_url=base.prometheus_url,
-        cluster_domain=base.cluster_domain,
-    )
+    """The operator's settings plus what the cluster serves. Everything else of `base` is kept:
+    a field copied by hand here once dropped the Feast profile from every predictor."""
+    return dataclasses.replace(base, keda_installed=client.serves(*KEDA))
 
 
 def _prune(client: KubeClient, model: Model, desired: list[dict[str, Any]]) -> None:
