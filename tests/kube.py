@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
+from rtml.dev.postgres import PostgresServer
 from rtml.dev.thirdparty import KSERVE_CRD, thirdparty_crds_dir
 from rtml.operator.conditions import get_condition
-from tests.postgres import PostgresServer
 from tests.runtime_proc import RedisServer, rtml_env
 
 REPO = Path(__file__).resolve().parents[1]

@@ -226,7 +226,7 @@ def operator(kubeconfig: str | None, liveness: str, namespaces: tuple[str, ...])
     "--examples",
     type=click.Path(exists=True, path_type=Path),
     default=None,
-    help="Manifests to apply [default: CHECKOUT/examples/models].",
+    help="More manifests to apply in the demo's tenant namespace once the fraud Model answers.",
 )
 @click.option("--keep", is_flag=True, help="Leave the control plane and operator running.")
 @click.option(
@@ -258,9 +258,8 @@ def demo(checkout: Path, examples: Path | None, keep: bool, part: str, duration:
     exit_cleanly_on_sigterm()
     try:
         if part in ("all", "cluster"):
-            click.echo("== part 1: the operator on a local Kubernetes control plane ==")
-            models = examples or repo / "examples" / "models"
-            run_demo(repo, models, keep and part == "cluster", click.echo)
+            click.echo("== part 1: the chart, a FeatureView and a Model on a cluster with a node ==")
+            run_demo(repo, examples, keep and part == "cluster", click.echo)
         if part in ("all", "serve"):
             click.echo("\n== part 2: one machine, no cluster: rtml serve + rtml bench ==")
             run_serving_demo(repo, click.echo, duration_s=duration)

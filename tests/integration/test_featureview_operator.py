@@ -20,6 +20,7 @@ from feast import FeatureStore
 from feast.errors import FeatureViewNotFoundException
 
 from rtml.contract import FeastProfile
+from rtml.dev.postgres import PostgresServer
 from rtml.features.store import make_store
 from rtml.features.translate import feast_dtype, feast_name_for
 from tests.kube import (
@@ -28,7 +29,6 @@ from tests.kube import (
     condition,
     wait_for,
 )
-from tests.postgres import PostgresServer
 from tests.runtime_proc import REPO
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.feast, pytest.mark.redis]

@@ -36,11 +36,13 @@ import pytest
 import yaml
 
 from rtml.dev.cluster import LocalControlPlane
+from rtml.dev.errors import DevError
 from rtml.dev.node import KUBELET_SYSCTLS
 from rtml.dev.nodeconfig import BRIDGE, BRIDGE_IP, CGROUP_ROOT, POD_CIDR
+from rtml.dev.postgres import PostgresServer
+from rtml.dev.stack import CONTAINER_SECURITY, POD_SECURITY, Stack, helm_install
 from rtml.dev.tools import ensure_node_tools, ensure_tools
 from tests.kube import REPO, condition
-from tests.postgres import PostgresServer
 
 pytestmark = [pytest.mark.node, pytest.mark.images, pytest.mark.helm]
 CHART = REPO / "charts" / "rtml"
@@ -136,19 +138,13 @@ def restricted_namespace(plane: LocalControlPlane) -> str:
     return name
 
 
-RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-              "readOnlyRootFilesystem": True}  # fmt: skip
-POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
-                "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
-
-
 def redis_pod(ns: str, image: str) -> list[dict[str, Any]]:
     return [
         {"apiVersion": "v1", "kind": "Pod",
          "metadata": {"name": "redis", "namespace": ns, "labels": {"app": "redis"}},
          "spec": {"securityContext": POD_SECURITY, "containers": [
              {"name": "redis", "image": image, "imagePullPolicy": "Never",
-              "ports": [{"containerPort": 6379}], "securityContext": RESTRICTED,
+              "ports": [{"containerPort": 6379}], "securityContext": CONTAINER_SECURITY,
               "readinessProbe": {"tcpSocket": {"port": 6379}, "periodSeconds": 1}}]}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "redis", "namespace": ns},
          "spec": {"selector": {"app": "redis"}, "ports": [{"port": 6379}]}},
@@ -209,12 +205,10 @@ def _post(url: str, body: dict[str, Any], timeout: float = 10) -> tuple[int, dic
 
 
 # --- the chain: chart, Redis with a password, a SQL registry, FeatureView, Model -----------------
-TENANT = "shop"
-SYSTEM = "rtml-system"
-SECRET = "feast-credentials"
+STACK = Stack()
+TENANT, SYSTEM, SECRET = STACK.tenant, STACK.system, STACK.secret
 REDIS_PASSWORD = f"redis-{secrets.token_hex(12)}"  # new each run: the grep below looks for it
 PG_PASSWORD = f"pg-{secrets.token_hex(12)}"
-MODELS_URL = f"http://models.{TENANT}.svc.cluster.local:8000"
 REQUEST = json.loads((REPO / "examples/fraud/request.json").read_text())
 
 
@@ -286,17 +280,15 @@ def chain(
     fraud_build: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Chain]:
-    """helm install of the chart (local images) configured as a platform team would: Redis with
-    a password and a PostgreSQL registry, both credentials in a Secret; the offline data and
-    the artifacts on a volume, served inside the cluster."""
+    """What `rtml demo` sets up (rtml.dev.stack): the chart (local images) with a Redis behind a
+    password and a PostgreSQL registry, both credentials in a Secret; the offline data and the
+    artifacts on a volume, served inside the cluster."""
     plane = node_cluster
     offline = tmp_path_factory.mktemp("offline")
     offline.chmod(0o755)  # the pods run as 65532
     for name in ("features.parquet", "model.onnx", "backup.onnx"):
         shutil.copy(fraud_build / name, offline / name)
         (offline / name).chmod(0o644)
-    # The registry: PostgreSQL outside the cluster, as a managed database would be, reached by
-    # the pods through the node's address.
     registry = PostgresServer(Path(tempfile.mkdtemp(prefix="rtml-node-pg-")),
                               listen=("127.0.0.1", BRIDGE_IP))  # fmt: skip
     registry.init()
@@ -305,72 +297,15 @@ def chain(
     registry.allow_with_password(POD_CIDR, PG_PASSWORD)
     registry_url = f"postgresql+psycopg://rtml:{PG_PASSWORD}@{BRIDGE_IP}:{registry.port}/feast"
     try:
-        restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
-        docs: list[dict[str, Any]] = []
-        for ns in (SYSTEM, TENANT):
-            docs += [
-                {"apiVersion": "v1", "kind": "Namespace",
-                 "metadata": {"name": ns, "labels": restricted}},
-                {"apiVersion": "v1", "kind": "Secret",
-                 "metadata": {"name": SECRET, "namespace": ns},
-                 "stringData": {"redis-password": REDIS_PASSWORD, "registry": registry_url}},
-            ]  # fmt: skip
-        redis = redis_pod(TENANT, built_images["redis"])
-        container = redis[0]["spec"]["containers"][0]
-        container["args"] = ["--requirepass", "$(REDIS_PASSWORD)", "--save", "", "--appendonly",
-                             "no", "--bind", "0.0.0.0", "--port", "6379"]  # fmt: skip # noqa: S104
-        container["env"] = [{"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {
-            "name": SECRET, "key": "redis-password"}}}]  # fmt: skip
-        docs += redis
-        docs += [
-            {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "offline-data"},
-             "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
-                      "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain",
-                      "hostPath": {"path": str(offline), "type": "Directory"}}},
-            {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-             "metadata": {"name": "offline-data", "namespace": TENANT},
-             "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                      "volumeName": "offline-data", "resources": {"requests": {"storage": "1Gi"}}}},
-            # The artifact server: the runtime image's Python serving the same volume.
-            {"apiVersion": "v1", "kind": "Pod",
-             "metadata": {"name": "models", "namespace": TENANT, "labels": {"app": "models"}},
-             "spec": {"securityContext": POD_SECURITY, "containers": [
-                 {"name": "http", "image": built_images["runtime"], "imagePullPolicy": "Never",
-                  "command": ["python3", "-m", "http.server", "8000", "--directory", "/data"],
-                  "securityContext": RESTRICTED, "ports": [{"containerPort": 8000}],
-                  "readinessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 1},
-                  "volumeMounts": [{"name": "offline", "mountPath": "/data", "readOnly": True}]}],
-                 "volumes": [{"name": "offline", "persistentVolumeClaim": {
-                     "claimName": "offline-data", "readOnly": True}}]}},
-            {"apiVersion": "v1", "kind": "Service",
-             "metadata": {"name": "models", "namespace": TENANT},
-             "spec": {"selector": {"app": "models"}, "ports": [{"port": 8000}]}},
-        ]  # fmt: skip
-        apply(plane, *docs)
-        values = {
-            "resyncSeconds": 10,
-            "feast": {"onlineStore": "redis", "existingSecret": SECRET,
-                      "redisUrl": f"redis://redis.{TENANT}.svc.cluster.local:6379/0"},
-            "materialization": {
-                "volumes": [{"name": "offline", "persistentVolumeClaim": {
-                    "claimName": "offline-data", "readOnly": True}}],
-                "volumeMounts": [{"name": "offline", "mountPath": "/data", "readOnly": True}]},
-        }  # fmt: skip
-        values_file = offline.parent / "values.yaml"
-        values_file.write_text(yaml.safe_dump(values))
+        apply(plane, *STACK.manifests(redis_password=REDIS_PASSWORD, registry_url=registry_url,
+                                      offline=offline, images=built_images))  # fmt: skip
+        values = offline.parent / "values.yaml"
+        values.write_text(yaml.safe_dump(STACK.chart_values()))
         helm = ensure_tools(lambda _m: None) / "helm"
-        installed = subprocess.run(
-            [str(helm), f"--kubeconfig={plane.kubeconfig}", "install", "rtml", str(CHART),
-             "--namespace", SYSTEM, "--wait", "--timeout", "5m", "-f", str(values_file)],
-            check=False, capture_output=True, text=True, timeout=400,
-        )  # fmt: skip
-        if installed.returncode != 0:
-            logs = subprocess.run(
-                [str(plane.bin_dir / "kubectl"), f"--kubeconfig={plane.kubeconfig}", "-n",
-                 SYSTEM, "logs", "deploy/rtml-operator", "--tail=30"],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            pytest.fail(f"helm install failed: {installed.stderr}\n{logs.stdout}{logs.stderr}")
+        try:
+            helm_install(helm, plane.bin_dir / "kubectl", plane.kubeconfig, CHART, values, SYSTEM)
+        except DevError as e:
+            pytest.fail(str(e))
         for pod in ("redis", "models"):
             kubectl(plane, "-n", TENANT, "wait", "--for=condition=Ready", f"pod/{pod}",
                     "--timeout=180s")  # fmt: skip
@@ -401,20 +336,9 @@ def test_the_charts_operator_pod_is_ready_with_its_own_service_account(chain: Ch
 
 
 def fraud_docs(artifact: str, digest: str, name: str = "fraud", version: str = "v1") -> list[Any]:
-    docs = list(yaml.safe_load_all((REPO / "examples/fraud/model.yaml").read_text()))
-    for d in docs:
-        d["metadata"]["namespace"] = TENANT
-        if d["kind"] == "FeatureView":
-            d["spec"]["source"]["path"] = "file:///data/features.parquet"
-        else:
-            d["metadata"]["name"] = name
-            d["spec"]["version"] = version
-            d["spec"]["artifact"] = {"uri": f"{MODELS_URL}/{artifact}", "sha256": digest}
-            d["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 1}
-            # The whole cluster shares 2 cores here: the one-machine example's 5 ms feature
-            # budget would make some reads miss it and answer degraded (with defaults).
-            d["spec"]["slo"].update({"featureBudgetMs": 100, "timeoutMs": 500})
-    return docs
+    view, model = STACK.fraud(REPO / "examples/fraud/model.yaml", artifact, digest, version=version)
+    model["metadata"]["name"] = name
+    return [view, model]
 
 
 def test_the_materialization_job_runs_as_a_pod_into_the_clusters_redis(chain: Chain) -> None:

@@ -1,118 +1,160 @@
 """`rtml demo`: the README's demo on one machine.
 
-Brings up the local control plane, installs the chart's CRDs (and KServe's, fetched at a pinned
-version by rtml.dev.thirdparty), runs the operator, applies the example Models and shows what the
-operator made of them.
+Part 1 brings up the local cluster with its node, builds (or reuses) the images, installs the
+chart with a password-protected Redis and a PostgreSQL registry (rtml.dev.stack, the same set-up
+the node tests check), applies the fraud example's FeatureView and Model with artifacts built
+here and served inside the cluster, materializes, waits for Ready, and sends predictions to the
+Model's Service. Part 2 serves the same Model on this machine alone (`rtml serve`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from rtml.dev.cluster import LocalControlPlane
-from rtml.dev.process import Managed, spawn, stop
-from rtml.dev.thirdparty import KSERVE_CRD as KSERVE_CRD_FILE
-from rtml.dev.thirdparty import thirdparty_crds_dir
-from rtml.dev.tools import ensure_tools
+from rtml.dev.errors import DevError
+from rtml.dev.images import build_images, built_refs, read_project
+from rtml.dev.nodeconfig import BRIDGE_IP, POD_CIDR
+from rtml.dev.postgres import PostgresServer
+from rtml.dev.process import spawn, stop
+from rtml.dev.stack import Stack, helm_install
+from rtml.dev.tools import ensure_node_tools, ensure_tools
 from rtml_runtime.bench import format_result, load_body, run_bench
 
-
-def kserve_crd() -> Path | None:
-    crd = thirdparty_crds_dir() / KSERVE_CRD_FILE
-    return crd if crd.exists() else None
+STACK = Stack()
 
 
-def run_demo(repo: Path, examples: Path, keep: bool, echo: Callable[[str], None]) -> None:
-    """`repo`: the checkout (its charts/rtml/crds and examples)."""
+def run_demo(repo: Path, examples: Path | None, keep: bool, echo: Callable[[str], None]) -> None:
+    """The cluster part on a real node: `repo` is the checkout (chart, examples, Containerfiles);
+    `examples`, if given, more manifests applied in the tenant namespace at the end."""
+    if os.geteuid() != 0:
+        raise DevError("the local cluster's node needs root (kubelet, containerd, a bridge)")
     bin_dir = ensure_tools(progress=echo)
+    node_bin = ensure_node_tools(progress=echo)
+    echo("[1/7] the images: runtime, operator and Redis (`rtml dev images build`, cached)")
+    build_images(repo, progress=echo)
+    images = built_refs(read_project(repo).version)
     workdir = Path(tempfile.mkdtemp(prefix="rtml-demo-"))
-    plane = LocalControlPlane(workdir, bin_dir)
-    echo(f"[1/5] starting etcd, kube-apiserver and kube-controller-manager in {workdir}")
-    plane.start()
+    plane = LocalControlPlane(workdir, bin_dir, node_bin)
+    echo(f"[2/7] starting the cluster in {workdir}: etcd, kube-apiserver, controller-manager, "
+         "scheduler, and a node (containerd, runc, kubelet, kube-proxy, CoreDNS)")  # fmt: skip
+    started = time.monotonic()
+    plane.start(timeout=600)
+    echo(f"      node Ready in {time.monotonic() - started:.0f}s")
     kubectl = [str(bin_dir / "kubectl"), "--kubeconfig", str(plane.kubeconfig)]
-    operator: Managed | None = None
+    registry: PostgresServer | None = None
     try:
-        _install_crds(repo, kubectl, echo)
-
-        echo("[3/5] starting the operator (`rtml operator`)")
-        operator = spawn(
-            "rtml operator",
-            [sys.executable, "-m", "rtml.cli", "operator", "--kubeconfig", str(plane.kubeconfig),
-             "--liveness", ""],
-            workdir / "operator.log",
-            cwd=repo,
-            env={"RTML_RESYNC_SECONDS": "5"},
-        )  # fmt: skip
-        echo(f"[4/5] applying {examples}")
-        echo(_kubectl(kubectl, "apply", "-f", str(examples)))
-        for _ in range(60):
-            out = _kubectl(
-                kubectl,
-                "get",
-                "rmodel",
-                "-o",
-                "jsonpath={range .items[*]}{.status.phase}{'\\n'}{end}",
-            )
-            if out.split() and all(p for p in out.split()):
-                break
-            time.sleep(0.5)
-        time.sleep(2)
-        echo("[5/5] what the operator made of them\n")
-        echo("$ kubectl get rmodel -o wide")
-        echo(_kubectl(kubectl, "get", "rmodel", "-o", "wide"))
-        echo("$ kubectl get rmodel -o jsonpath='<name>: <Ready reason>: <Ready message>'")
-        echo(
-            _kubectl(
-                kubectl,
-                "get",
-                "rmodel",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name}: "
-                '{.status.conditions[?(@.type=="Ready")].reason}: '
-                '{.status.conditions[?(@.type=="Ready")].message}{"\\n"}{end}',
-            )
-        )
-        echo(
-            "$ kubectl get configmap,deployment,service,pdb,hpa,inferenceservice -l rtml.dev/model"
-        )
-        echo(
-            _kubectl(kubectl, "get", "configmap,deployment,service,pdb,hpa", "-l", "rtml.dev/model")
-        )
-        if kserve_crd() is not None:
-            echo(_kubectl(kubectl, "get", "inferenceservice", "-l", "rtml.dev/model"))
-        echo("$ kubectl get rmodel fraud -o jsonpath='{.status.conditions}'")
-        echo(
-            _kubectl(
-                kubectl,
-                "get",
-                "rmodel",
-                "fraud",
-                "-o",
-                "jsonpath={range .status.conditions[*]}{.type}={.status} ({.reason}): "
-                "{.message}{'\\n'}{end}",
-            )
-        )
-        echo(
-            "There is no kubelet in the local control plane, so pods are created but never run: "
-            "the Models stay Progressing until a real cluster (or a later demo stage) runs them."
-        )
+        echo("[3/7] the fraud example from synthetic data (examples/fraud/build.py), and the "
+             "Feast registry: PostgreSQL on this machine (as a managed database)")  # fmt: skip
+        offline = _build_example(repo, workdir / "offline")
+        registry = PostgresServer(Path(tempfile.mkdtemp(prefix="rtml-demo-pg-")),
+                                  listen=("127.0.0.1", BRIDGE_IP))  # fmt: skip
+        registry_url = _start_registry(registry)
+        echo(f"[4/7] Redis (password in Secret {STACK.secret}), the offline volume, an artifact "
+             "server, then `helm install rtml charts/rtml`")  # fmt: skip
+        docs = STACK.manifests(redis_password=secrets.token_hex(16), registry_url=registry_url,
+                               offline=offline, images=images)  # fmt: skip
+        _kubectl(kubectl, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+        values = workdir / "values.yaml"
+        values.write_text(yaml.safe_dump(STACK.chart_values()))
+        helm_install(bin_dir / "helm", bin_dir / "kubectl", plane.kubeconfig,
+                     repo / "charts/rtml", values, STACK.system)  # fmt: skip
+        for pod in ("redis", "models"):
+            _kubectl(kubectl, "-n", STACK.tenant, "wait", "--for=condition=Ready", f"pod/{pod}",
+                     "--timeout=180s")  # fmt: skip
+        echo(_kubectl(kubectl, "-n", STACK.system, "get", "pods"))
+        _fraud_on_the_node(repo, offline, kubectl, echo)
+        if examples is not None:
+            echo(f"$ kubectl apply -n {STACK.tenant} -f {examples}")
+            echo(_kubectl(kubectl, "-n", STACK.tenant, "apply", "-f", str(examples)))
         if keep:
             echo(f"\nLeft running. export KUBECONFIG={plane.kubeconfig}; stop with Ctrl-C.")
-            assert operator.popen is not None
-            operator.popen.wait()
+            while True:
+                time.sleep(3600)
     finally:
-        if operator is not None:
-            stop(operator)
+        if registry is not None:
+            registry.stop()
+            shutil.rmtree(registry.workdir, ignore_errors=True)
         plane.stop()
+
+
+def _build_example(repo: Path, out: Path) -> Path:
+    subprocess.run([sys.executable, str(repo / "examples/fraud/build.py"), "--out", str(out)],
+                   check=True, capture_output=True, timeout=600)  # fmt: skip
+    out.chmod(0o755)  # the pods run as 65532
+    for file in out.iterdir():
+        file.chmod(0o644)
+    return out
+
+
+def _start_registry(registry: PostgresServer) -> str:
+    """Start it, reachable from the pod network with a new password; its SQLAlchemy URL."""
+    registry.init()
+    registry.start()
+    registry.create_database("feast")
+    password = secrets.token_hex(16)
+    registry.allow_with_password(POD_CIDR, password)
+    return f"postgresql+psycopg://rtml:{password}@{BRIDGE_IP}:{registry.port}/feast"
+
+
+def _fraud_on_the_node(
+    repo: Path, offline: Path, kubectl: list[str], echo: Callable[[str], None]
+) -> None:
+    ns = ["-n", STACK.tenant]
+    echo("[5/7] kubectl apply the fraud FeatureView, then materialize now: "
+         "kubectl create job --from=cronjob/card-features-materialize")  # fmt: skip
+    sha256 = (offline / "model.onnx.sha256").read_text().split()[0]
+    view, model = STACK.fraud(repo / "examples/fraud/model.yaml", "model.onnx", sha256)
+    _kubectl(kubectl, "apply", "-f", "-", stdin=yaml.safe_dump(view))
+    _kubectl(kubectl, *ns, "wait", "--for=condition=Registered", "rfv/card-features",
+             "--timeout=180s")  # fmt: skip
+    _kubectl(kubectl, *ns, "create", "job", "materialize-now",
+             "--from=cronjob/card-features-materialize")  # fmt: skip
+    _kubectl(kubectl, *ns, "wait", "--for=condition=Complete", "job/materialize-now",
+             "--timeout=300s")  # fmt: skip
+    echo(_kubectl(kubectl, *ns, "logs", "job/materialize-now", "--tail=3"))
+    echo("      kubectl apply the fraud Model (its artifact from the artifact server, digest "
+         "checked); waiting for Ready")  # fmt: skip
+    _kubectl(kubectl, "apply", "-f", "-", stdin=yaml.safe_dump(model))
+    _kubectl(kubectl, *ns, "wait", "--for=jsonpath={.status.phase}=Ready", "rmodel/fraud",
+             "--timeout=300s")  # fmt: skip
+    _kubectl(kubectl, *ns, "wait", "--for=condition=Materialized", "rfv/card-features",
+             "--timeout=120s")  # fmt: skip
+    svc = json.loads(_kubectl(kubectl, *ns, "get", "svc", "fraud", "-o", "json"))
+    url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}/predict"
+    echo(f"[6/7] predictions through the Model's Service ({url})")
+    request = json.loads((repo / "examples/fraud/request.json").read_text())
+    for card in (request["entity_id"], "card_00007", "card_never_seen"):
+        body = {**request, "entity_id": card}
+        echo(f"$ curl -s {url} -d '{json.dumps(body)}'")
+        echo(_post(url, body))
+    echo(f"[7/7] $ kubectl get rmodel,rfv,pods,svc -n {STACK.tenant}")
+    echo(_kubectl(kubectl, *ns, "get", "rmodel,rfv,pods,svc"))
+
+
+def _post(url: str, body: dict[str, object]) -> str:
+    headers = {"content-type": "application/json"}
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers)  # noqa: S310 - http
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - the cluster's own IP
+            return str(r.read().decode())
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code}: {e.read().decode(errors='replace')}"
 
 
 def run_serving_demo(
@@ -184,42 +226,9 @@ def run_serving_demo(
         stop(server, grace=20)  # the whole process group: BentoML's arbiter and its worker
 
 
-def _install_crds(repo: Path, kubectl: list[str], echo: Callable[[str], None]) -> None:
-    """The chart's CRDs (and KServe's when at hand), waited for until the API serves them."""
-    echo(f"[2/5] installing the chart's CRDs ({repo / 'charts/rtml/crds'})")
-    _kubectl(kubectl, "apply", "--server-side", "-f", str(repo / "charts/rtml/crds"))
-    kserve = kserve_crd()
-    if kserve is not None:
-        echo("      and KServe's InferenceService CRD, so the kserve backend has somewhere to go")
-        _kubectl(kubectl, "apply", "--server-side", "-f", str(kserve))
-    else:
-        echo(
-            f"      KServe's CRD ({KSERVE_CRD_FILE}) is not in {thirdparty_crds_dir()}: the kserve "
-            "Model will say KServeNotInstalled, as it would in such a cluster"
-        )
-    for attempt in range(10):  # a CRD has no status for a moment after it is created
-        try:
-            _kubectl(
-                kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"
-            )
-            break
-        except RuntimeError:
-            if attempt == 9:
-                raise
-            time.sleep(0.5)
-    # Established is not yet served: discovery lags it by a moment. Start the operator
-    # once the kinds are listed, so its first look at the cluster sees them.
-    kinds = ["models.rtml.dev"] + (["inferenceservices.serving.kserve.io"]
-                                   if kserve is not None else [])  # fmt: skip
-    for _ in range(40):
-        listed = _kubectl(kubectl, "api-resources", "-o", "name")
-        if all(k in listed.split() for k in kinds):
-            break
-        time.sleep(0.25)
-
-
-def _kubectl(base: list[str], *args: str) -> str:
-    out = subprocess.run([*base, *args], capture_output=True, text=True, timeout=120, check=False)
+def _kubectl(base: list[str], *args: str, stdin: str | None = None) -> str:
+    out = subprocess.run([*base, *args], input=stdin, capture_output=True, text=True,
+                         timeout=400, check=False)  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
     return out.stdout.rstrip()
