@@ -258,7 +258,7 @@ def demo(checkout: Path, examples: Path | None, keep: bool, part: str, duration:
     exit_cleanly_on_sigterm()
     try:
         if part in ("all", "cluster"):
-            click.echo("== part 1: the chart, a FeatureView and a Model on a cluster with a node ==")
+            click.echo("== part 1: the chart, a FeatureView and a Model on a node ==")
             run_demo(repo, examples, keep and part == "cluster", click.echo)
         if part in ("all", "serve"):
             click.echo("\n== part 2: one machine, no cluster: rtml serve + rtml bench ==")
