@@ -601,6 +601,8 @@ def test_an_artifact_changed_behind_its_digest_never_becomes_ready(chain: Chain)
 
     m = chain.wait("the Model to say why", explained, 240, every=2)
     ready = condition(m, "Ready")
+    (LOGS / "changed-artifact.json").write_text(json.dumps({"phase": m["status"]["phase"],
+                                                            "ready": ready}))  # fmt: skip
     assert ready["status"] == "False"
     assert sha256(chain.offline / "backup.onnx") in ready["message"]  # the digest it found
     assert m["status"]["phase"] in ("Degraded", "Failed")
