@@ -125,6 +125,9 @@ def test_helm_install_and_least_privilege(
         sa = f"system:serviceaccount:{ns}:{release}-operator"
 
         def can(verb: str, resource: str, where: list[str]) -> bool:
+            # `can-i get pods/log` would ask about a pod named "log": a subresource is a flag.
+            resource, _, sub = resource.partition("/")
+            subresource = [f"--subresource={sub}"] if sub else []
             out = run(
                 [
                     str(bin_dir / "kubectl"),
@@ -134,6 +137,7 @@ def test_helm_install_and_least_privilege(
                     "can-i",
                     verb,
                     resource,
+                    *subresource,
                     f"--as={sa}",
                     *where,
                 ],

@@ -325,7 +325,8 @@ def test_the_charts_operator_pod_is_ready_with_its_own_service_account(chain: Ch
     assert "KUBECONFIG" not in env  # the in-cluster token alone: no admin kubeconfig
     # What the chart's RBAC allows that account, and what it does not.
     who = f"--as=system:serviceaccount:{SYSTEM}:{account}"
-    can = kubectl(chain.plane, "auth", "can-i", "patch", "models.rtml.dev/status", who, "-A")
+    can = kubectl(chain.plane, "auth", "can-i", "patch", "models.rtml.dev", "--subresource=status",
+                  who, "-A")  # fmt: skip
     assert can.strip() == "yes"
     denied = subprocess.run(
         [str(chain.plane.bin_dir / "kubectl"), f"--kubeconfig={chain.plane.kubeconfig}",
