@@ -42,7 +42,7 @@ from rtml.dev.nodeconfig import BRIDGE, BRIDGE_IP, CGROUP_ROOT, POD_CIDR
 from rtml.dev.postgres import PostgresServer
 from rtml.dev.stack import CONTAINER_SECURITY, POD_SECURITY, Stack, helm_install
 from rtml.dev.tools import ensure_node_tools, ensure_tools
-from tests.kube import REPO, condition
+from tests.kube import REPO, condition, wait_for
 
 pytestmark = [pytest.mark.node, pytest.mark.images, pytest.mark.helm]
 CHART = REPO / "charts" / "rtml"
@@ -253,14 +253,8 @@ def sha256(path: Path) -> str:
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
+    """tests.kube.wait_for, with the arguments in the order these tests read best."""
+    return wait_for(check, timeout, every, what)
 
 
 def redis_command(host: str, *words: str) -> bytes:
@@ -594,13 +588,17 @@ def test_an_artifact_changed_behind_its_digest_never_becomes_ready(chain: Chain)
     (old,) = chain.model_pods("tampered")
     kubectl(chain.plane, "-n", TENANT, "delete", "pod", old["metadata"]["name"], "--wait=false")
 
+    ready_pods: list[str] = []
+
     def explained() -> dict[str, Any] | None:
         for pod in chain.model_pods("tampered"):
-            assert not any(c["ready"] for c in pod["status"].get("containerStatuses", [])), pod
+            if any(c["ready"] for c in pod["status"].get("containerStatuses", [])):
+                ready_pods.append(pod["metadata"]["name"])
         m = chain.get("rmodel", "tampered")
         return m if "spec.artifact.sha256" in condition(m, "Ready").get("message", "") else None
 
     m = chain.wait("the Model to say why", explained, 240, every=2)
+    assert set(ready_pods) <= {old["metadata"]["name"]}, ready_pods  # no new pod was ever Ready
     ready = condition(m, "Ready")
     (LOGS / "changed-artifact.json").write_text(json.dumps({"phase": m["status"]["phase"],
                                                             "ready": ready}))  # fmt: skip

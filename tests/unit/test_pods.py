@@ -149,19 +149,14 @@ def test_oom_kill_says_so_and_a_crash_without_message_gives_the_code() -> None:
     )
 
 
+def waiting(reason: str, message: str) -> dict[str, Any]:
+    """A runtime container that never started, waiting for `reason`."""
+    return {"name": "runtime", "ready": False, "restartCount": 0, "lastState": {},
+            "state": {"waiting": {"reason": reason, "message": message}}}  # fmt: skip
+
+
 def test_image_pull_backoff_carries_the_kubelet_message() -> None:
-    c = {
-        "name": "runtime",
-        "ready": False,
-        "restartCount": 0,
-        "state": {
-            "waiting": {
-                "reason": "ImagePullBackOff",
-                "message": 'Back-off pulling image "registry.local/rtml:nope"',
-            }
-        },
-        "lastState": {},
-    }
+    c = waiting("ImagePullBackOff", 'Back-off pulling image "registry.local/rtml:nope"')
     got = pod_problem([pod(phase="Pending", containers=[c], conditions=UNREADY)])
     assert got == (
         "pod fraud-7d9-abcde: container runtime is waiting: ImagePullBackOff: "
@@ -170,17 +165,7 @@ def test_image_pull_backoff_carries_the_kubelet_message() -> None:
 
 
 def test_a_missing_secret_is_a_config_error_by_name_never_a_value() -> None:
-    c = {
-        "name": "runtime",
-        "ready": False,
-        "restartCount": 0,
-        "state": {
-            "waiting": {
-                "reason": "CreateContainerConfigError",
-                "message": 'secret "feast-redis" not found',
-            }
-        },
-    }
+    c = waiting("CreateContainerConfigError", 'secret "feast-redis" not found')
     got = pod_problem([pod(phase="Pending", containers=[c])])
     assert got == (
         "pod fraud-7d9-abcde: container runtime is waiting: CreateContainerConfigError: "
