@@ -9,6 +9,7 @@ registry serves every namespace, so each test names its view after its namespace
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,28 +157,43 @@ def test_an_invalid_source_is_refused_with_words(
     assert condition(fv, "Stalled")["status"] == "True"
 
 
-def test_the_materialize_now_annotation_runs_one_materialization(
+def test_the_materialize_now_annotation_makes_one_job_from_the_cronjob(
     kube: Kube, operator: OperatorProcess, namespace: str, fraud_build: Path
 ) -> None:
+    """No node here: the Job is checked as an object; tests/integration/test_node.py runs it."""
     name = f"ondemand-{namespace}"
     kube.create(named(fraud_view(fraud_build), name, namespace))
     fv = wait_registered(kube, name, namespace)
-    assert "lastMaterialization" not in fv["status"]
-    kube.patch(
-        *FV, name, namespace, {"metadata": {"annotations": {"rtml.dev/materialize-now": "1"}}}
-    )
-    fv = wait_for(
-        lambda: (
-            (f := kube.get(*FV, name, namespace)) and f["status"].get("lastMaterialization") and f
-        ),
-        60,
-        what="status.lastMaterialization after the annotation",
-    )
-    assert condition(fv, "Materialized")["status"] == "True"
+    cronjob = wait_for(lambda: kube.get(*CRONJOB, f"{name}-materialize", namespace), 30)
+    annotation = {"metadata": {"annotations": {"rtml.dev/materialize-now": "1"}}}
+    kube.patch(*FV, name, namespace, annotation)
+    jobs = kube.res("batch/v1", "Job")
+
+    def made() -> list[Any]:
+        return list(jobs.get(namespace=namespace).items)
+
+    (job,) = wait_for(made, 60, what="a Job for the annotation")
+    assert job.metadata.name.startswith(f"{name}-materialize-now-")
+    (owner,) = job.metadata.ownerReferences
+    assert (owner.kind, owner.uid) == ("CronJob", cronjob["metadata"]["uid"])
+    template = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert job.spec.template.spec.containers[0].command == template["command"]
+    wait_for(
+        lambda: (kube.get(*FV, name, namespace) or {})["metadata"]["annotations"].get(
+            "rtml.dev/materialized-for") == "1",
+        30,
+        what="the request marked done",
+    )  # fmt: skip
     events = kube.res("v1", "Event").get(
         namespace=namespace, field_selector=f"involvedObject.uid={fv['metadata']['uid']}"
     )
-    assert [e.reason for e in events.items].count("Materialized") == 1
+    started = [e for e in events.items if e.reason == "MaterializationStarted"]
+    assert len(started) == 1
+    assert job.metadata.name in started[0].message
+    time.sleep(3)  # later events and resyncs act on the same request no more
+    kube.patch(*FV, name, namespace, {"metadata": {"labels": {"touched": "yes"}}})
+    time.sleep(3)
+    assert len(made()) == 1
 
 
 @contextmanager

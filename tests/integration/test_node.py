@@ -344,18 +344,26 @@ def test_the_materialization_job_runs_as_a_pod_into_the_clusters_redis(chain: Ch
     redis_ip = chain.get("pod", "redis")["status"]["podIP"]
     assert redis_command(redis_ip, "DBSIZE") == b":0\r\n"
     started = datetime.now(UTC)
-    kubectl(chain.plane, "-n", TENANT, "create", "job", "materialize-now",
-            "--from=cronjob/card-features-materialize")  # fmt: skip
+    # "Now": the annotation, on which the operator makes a Job from the CronJob's jobTemplate.
+    kubectl(chain.plane, "-n", TENANT, "annotate", "rfv", "card-features", "--overwrite",
+            f"rtml.dev/materialize-now={started.timestamp():.0f}")  # fmt: skip
+
+    def the_job() -> str | None:
+        jobs = json.loads(kubectl(chain.plane, "-n", TENANT, "get", "jobs", "-o", "json"))
+        names = [j["metadata"]["name"] for j in jobs["items"]]
+        return next((n for n in names if n.startswith("card-features-materialize-now-")), None)
+
+    job = chain.wait("the operator to make the Job", the_job, 60)
     done = subprocess.run(
         [str(chain.plane.bin_dir / "kubectl"), f"--kubeconfig={chain.plane.kubeconfig}", "-n",
-         TENANT, "wait", "--for=condition=Complete", "job/materialize-now", "--timeout=300s"],
+         TENANT, "wait", "--for=condition=Complete", f"job/{job}", "--timeout=300s"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
-    logs = kubectl(chain.plane, "-n", TENANT, "logs", "job/materialize-now", "--tail=30")
+    logs = kubectl(chain.plane, "-n", TENANT, "logs", f"job/{job}", "--tail=30")
     assert done.returncode == 0, f"{done.stderr}\n{logs}"
     # A pod under `restricted` ran it, with the CronJob's command and the Secret's credentials.
     (pod,) = json.loads(kubectl(chain.plane, "-n", TENANT, "get", "pods", "-l",
-                                "job-name=materialize-now", "-o", "json"))["items"]  # fmt: skip
+                                f"job-name={job}", "-o", "json"))["items"]  # fmt: skip
     assert pod["status"]["phase"] == "Succeeded"
     command = pod["spec"]["containers"][0]["command"]
     assert command == ["rtml", "materialize", "card-features", "--namespace", TENANT]

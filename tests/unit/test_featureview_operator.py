@@ -15,7 +15,11 @@ from rtml.operator.conditions import Cond, get_condition
 from rtml.operator.featureview_status import RegistryFacts, compute_feature_view_status
 from rtml.operator.render.container import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from rtml.operator.render.context import RenderContext
-from rtml.operator.render.cronjob import render_materialization_cronjob
+from rtml.operator.render.cronjob import (
+    cronjob_name,
+    job_from_cronjob,
+    render_materialization_cronjob,
+)
 from rtml.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
@@ -197,3 +201,24 @@ def test_bad_materialization_volumes_stop_the_operator_naming_the_variable(
     monkeypatch.setenv("RTML_MATERIALIZE_VOLUME_MOUNTS", json.dumps(mounts))
     with pytest.raises(SettingsError, match=message):
         OperatorSettings.load()
+
+
+def test_materialize_now_is_one_job_made_from_the_cronjob_per_request() -> None:
+    cronjob = render_materialization_cronjob(view(), CTX)
+    cronjob["metadata"]["uid"] = "cj-1"
+    job = job_from_cronjob(cronjob, "1764640000")
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    assert job["spec"] == cronjob["spec"]["jobTemplate"]["spec"]  # the same pod, volumes and all
+    assert job["metadata"]["labels"] == cronjob["spec"]["jobTemplate"]["metadata"]["labels"]
+    (owner,) = job["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("CronJob", cronjob_name(view()), "cj-1")
+    assert job["metadata"]["annotations"] == {"cronjob.kubernetes.io/instantiate": "manual"}
+    assert job["metadata"]["name"].startswith("card-features-materialize-now-")
+    assert job_from_cronjob(cronjob, "1764640000")["metadata"]["name"] == job["metadata"]["name"]
+    assert job_from_cronjob(cronjob, "again")["metadata"]["name"] != job["metadata"]["name"]
+    long = render_materialization_cronjob(
+        FeatureView.model_validate({**view().model_dump(by_alias=True),
+                                    "metadata": {"name": "x" * 253, "namespace": "ml"}}), CTX
+    )  # fmt: skip
+    long["metadata"]["uid"] = "cj-2"
+    assert len(job_from_cronjob(long, "1")["metadata"]["name"]) <= 63

@@ -116,18 +116,26 @@ def _fraud_on_the_node(
     repo: Path, offline: Path, kubectl: list[str], echo: Callable[[str], None]
 ) -> None:
     ns = ["-n", STACK.tenant]
-    echo("[5/7] kubectl apply the fraud FeatureView, then materialize now: "
-         "kubectl create job --from=cronjob/card-features-materialize")  # fmt: skip
+    echo("[5/7] kubectl apply the fraud FeatureView; materialize now: kubectl annotate rfv "
+         "card-features rtml.dev/materialize-now=... (a Job of its CronJob)")  # fmt: skip
     sha256 = (offline / "model.onnx.sha256").read_text().split()[0]
     view, model = STACK.fraud(repo / "examples/fraud/model.yaml", "model.onnx", sha256)
     _kubectl(kubectl, "apply", "-f", "-", stdin=yaml.safe_dump(view))
     _kubectl(kubectl, *ns, "wait", "--for=condition=Registered", "rfv/card-features",
              "--timeout=180s")  # fmt: skip
-    _kubectl(kubectl, *ns, "create", "job", "materialize-now",
-             "--from=cronjob/card-features-materialize")  # fmt: skip
-    _kubectl(kubectl, *ns, "wait", "--for=condition=Complete", "job/materialize-now",
-             "--timeout=300s")  # fmt: skip
-    echo(_kubectl(kubectl, *ns, "logs", "job/materialize-now", "--tail=3"))
+    _kubectl(kubectl, *ns, "annotate", "rfv", "card-features", "--overwrite",
+             f"rtml.dev/materialize-now={time.time():.0f}")  # fmt: skip
+    job = ""
+    for _ in range(120):
+        jobs = _kubectl(kubectl, *ns, "get", "jobs", "-o", "name").split()
+        job = next((j for j in jobs if "card-features-materialize-now-" in j), "")
+        if job:
+            break
+        time.sleep(0.5)
+    if not job:
+        raise DevError("the operator made no materialization Job within 60 s of the annotation")
+    _kubectl(kubectl, *ns, "wait", "--for=condition=Complete", job, "--timeout=300s")
+    echo(f"      {job}: " + _kubectl(kubectl, *ns, "logs", job, "--tail=1"))
     echo("      kubectl apply the fraud Model (its artifact from the artifact server, digest "
          "checked); waiting for Ready")  # fmt: skip
     _kubectl(kubectl, "apply", "-f", "-", stdin=yaml.safe_dump(model))

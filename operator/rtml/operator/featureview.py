@@ -24,18 +24,20 @@ from rtml.features.store import (
     FeatureStoreError,
     apply_views,
     is_unreachable,
-    materialize,
     open_store,
     registered_view,
     remove_view,
 )
-from rtml.features.translate import feast_name
 from rtml.operator.client import KubeClient
 from rtml.operator.conditions import Cond, get_condition
 from rtml.operator.errors import PERMANENT_STATUSES, api_error_message, describe_validation_error
 from rtml.operator.featureview_status import RegistryFacts, compute_feature_view_status
 from rtml.operator.render.context import RenderContext
-from rtml.operator.render.cronjob import render_materialization_cronjob
+from rtml.operator.render.cronjob import (
+    cronjob_name,
+    job_from_cronjob,
+    render_materialization_cronjob,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -177,48 +179,35 @@ def materialization_requested(body: Mapping[str, Any]) -> str | None:
     return str(wanted)
 
 
-def materialize_now(
-    client: KubeClient, body: dict[str, Any], profile: FeastProfile
-) -> datetime | None:
-    """Run one materialization when the `rtml.dev/materialize-now` annotation has a new value.
+def materialize_now(client: KubeClient, body: dict[str, Any]) -> str | None:
+    """Run the view's CronJob once, now, when the `rtml.dev/materialize-now` annotation has a new
+    value: a Job from its jobTemplate, as `kubectl create job --from=cronjob/...` makes one. It
+    runs where every run runs (the runtime image, the Secret's credentials, the chart's
+    `materialization.volumes` for file sources), not in the operator, which mounts none of them.
 
-    Returns the end of the run, or None when nothing was requested or the run failed for a
-    reason a retry cannot fix (said in a Warning Event); either way the request is marked done.
-    Raises RegistryUnavailableError on an outage (the request stays pending).
+    Returns the Job's name, or None when nothing was requested or the CronJob is not there yet
+    (the next resync asks again). The request is marked done once the Job exists; the resync
+    reads the run's end from the registry into `lastMaterialization`.
     """
     wanted = materialization_requested(body)
     if wanted is None:
         return None
     meta = body["metadata"]
-    end = _materialize(client, body, profile)
-    client.annotate(KIND, meta["namespace"], meta["name"], {MATERIALIZED_FOR: wanted})
-    return end
-
-
-def _materialize(
-    client: KubeClient, body: dict[str, Any], profile: FeastProfile
-) -> datetime | None:
     involved = {**body, "kind": KIND, "apiVersion": API_VERSION}
-    try:
-        view = parse_view(body)
-        with open_store(profile) as store:
-            end = materialize(store, [view])
-            registered = registered_view(store, view)
-    except Exception as e:  # Feast raises many types; only an outage is worth a retry
-        if is_unreachable(e):
-            raise RegistryUnavailableError(_unreachable(e)) from e
-        client.event(
-            involved, "MaterializationFailed", f"materialization failed: {_words(e)}", "Warning"
-        )
+    name = cronjob_name(parse_view(body))
+    cronjob = client.get("batch/v1", "CronJob", meta["namespace"], name)
+    if cronjob is None:
+        log.info("materialization requested before CronJob %s exists; the resync retries", name)
         return None
-    previous = body.get("status") or {}
-    _write_status(client, body, previous, _facts(registered), datetime.now(UTC))
+    job = client.apply(job_from_cronjob(cronjob, wanted))
+    job_name = str(job["metadata"]["name"])
+    client.annotate(KIND, meta["namespace"], meta["name"], {MATERIALIZED_FOR: wanted})
     client.event(
         involved,
-        "Materialized",
-        f"materialized {feast_name(view)!r} up to {end:%Y-%m-%dT%H:%M:%SZ} on request",
+        "MaterializationStarted",
+        f"materialization requested: Job {job_name} runs the CronJob {name}'s pod now",
     )
-    return end
+    return job_name
 
 
 def unregister_feature_view(

@@ -370,7 +370,7 @@ def _materialize_requested(body: Mapping[str, Any], memo: kopf.Memo) -> None:
         live = client.get(f"{GROUP}/{VERSION}", "FeatureView", meta["namespace"], meta["name"])
         if live is None or live["metadata"].get("deletionTimestamp"):
             return
-        materialize_now(client, live, SETTINGS.feast)
+        materialize_now(client, live)
 
 
 @kopf.on.delete(

@@ -110,3 +110,33 @@ def render_materialization_cronjob(view: FeatureView, ctx: RenderContext) -> dic
             },
         },
     }
+
+
+def job_from_cronjob(cronjob: dict[str, Any], request: str) -> dict[str, Any]:
+    """One run of `cronjob` now, as `kubectl create job --from=cronjob/NAME` makes it: the
+    jobTemplate's spec and labels, owned by the CronJob, named after the request (the value of
+    the materialize-now annotation) so that acting on the same request twice makes one Job."""
+    meta = cronjob["metadata"]
+    template = cronjob["spec"]["jobTemplate"]
+    suffix = "-now-" + hashlib.sha256(request.encode()).hexdigest()[:6]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": meta["name"] + suffix,  # a CronJob name has at most 52: this stays under 63
+            "namespace": meta["namespace"],
+            "labels": dict((template.get("metadata") or {}).get("labels") or {}),
+            "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "CronJob",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": template["spec"],
+    }
