@@ -46,7 +46,8 @@ from tests.kube import REPO, condition, wait_for
 
 pytestmark = [pytest.mark.node, pytest.mark.images, pytest.mark.helm]
 CHART = REPO / "charts" / "rtml"
-LOGS = REPO / ".test-logs" / "node"
+LOGS = REPO / ".test-logs" / "node"  # the cluster's logs, replaced at the module's end
+RESULTS = REPO / ".test-logs" / "node-results"  # what the tests measured
 
 
 def host_snapshot() -> dict[str, Any]:
@@ -608,7 +609,8 @@ def test_an_artifact_changed_behind_its_digest_never_becomes_ready(chain: Chain)
     m = chain.wait("the Model to say why", explained, 240, every=2)
     assert set(ready_pods) <= {old["metadata"]["name"]}, ready_pods  # no new pod was ever Ready
     ready = condition(m, "Ready")
-    (LOGS / "changed-artifact.json").write_text(json.dumps({"phase": m["status"]["phase"],
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "changed-artifact.json").write_text(json.dumps({"phase": m["status"]["phase"],
                                                             "ready": ready}))  # fmt: skip
     assert ready["status"] == "False"
     assert sha256(chain.offline / "backup.onnx") in ready["message"]  # the digest it found
