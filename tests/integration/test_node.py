@@ -500,11 +500,11 @@ def test_a_new_artifact_rolls_out_under_load_without_a_failed_request(chain: Cha
         time.sleep(5)
     failed = [r for r in load.results if r[1] != 200]
     versions = [r[2] for r in load.results if r[1] == 200]
-    LOGS.mkdir(parents=True, exist_ok=True)
     stats = {"requests": len(load.results), "seconds": round(load.seconds, 1),
              "failed": len(failed), "v1": versions.count("v1"), "v2": versions.count("v2"),
              "model_phases": phases}  # fmt: skip
-    (LOGS / "rollout-under-load.json").write_text(json.dumps(stats))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "rollout-under-load.json").write_text(json.dumps(stats))
     assert failed == [], f"{len(failed)} of {len(load.results)} failed: {failed[:5]}"
     assert len(load.results) / load.seconds >= 50, (len(load.results), load.seconds)
     assert (versions[0], versions[-1]) == ("v1", "v2")
