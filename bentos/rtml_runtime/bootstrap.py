@@ -11,7 +11,7 @@ from rtml.contract import FEAST_ENTITY_KEY_VERSION, FEAST_PROJECT
 from rtml.features.store import apply_views, make_store, materialize
 from rtml_runtime.app import RuntimeApp
 from rtml_runtime.config import RuntimeConfig
-from rtml_runtime.engine import Runtime, report_termination_reason
+from rtml_runtime.engine import Runtime
 from rtml_runtime.features import (
     FeastRedisReader,
     FeastSdkReader,
@@ -71,10 +71,8 @@ def build_app(config: RuntimeConfig, register: bool = False) -> RuntimeApp:
         try:
             runtime.reader = await reader_task
         except Exception as e:
-            runtime.ready = False
-            runtime.not_ready_reason = f"the feature store is not usable: {e}"
             log.exception("feature store setup failed")
-            report_termination_reason(runtime.not_ready_reason)
+            runtime.refuse(f"the feature store is not usable: {e}")
             return
         # Everything imported and loaded so far (BentoML, ONNX Runtime, the model, Feast's
         # protobufs: a few hundred thousand objects) lives as long as the process. Frozen, the

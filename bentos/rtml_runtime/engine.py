@@ -131,6 +131,15 @@ class Runtime:
         if mismatches:
             raise ModelError(f"{field} does not fit its features: {describe(mismatches)}")
 
+    def refuse(self, reason: str) -> None:
+        """Stay up and not ready, saying why: at the readiness endpoint, in the log, and in the
+        termination message the kubelet keeps when the startup probe gives up."""
+        self.ready = False
+        self.not_ready_reason = reason
+        # The reason goes in the message itself: BentoML's log format drops `extra` fields.
+        log.error("the runtime will not become ready: %s", reason, extra={"reason": reason})
+        report_termination_reason(reason)
+
     async def start(self, reader: FeatureReader | None = None) -> None:
         """Load and warm up; on an artifact or model error stay up, not ready, with the reason
         (served by the readiness endpoint and left for the kubelet as the termination message:
@@ -138,10 +147,7 @@ class Runtime:
         try:
             await asyncio.to_thread(self.load, reader)
         except (ArtifactError, ModelError) as e:
-            self.not_ready_reason = str(e)
-            # The reason goes in the message itself: BentoML's log format drops `extra` fields.
-            log.error("the runtime will not become ready: %s", e, extra={"reason": str(e)})
-            report_termination_reason(str(e))
+            self.refuse(str(e))
             return
         self.ready = True
         self.not_ready_reason = ""

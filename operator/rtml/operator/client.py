@@ -119,11 +119,9 @@ class KubeClient:
         self, api_version: str, kind: str, namespace: str, model_name: str
     ) -> list[dict[str, Any]]:
         try:
-            res = self._resource(api_version, kind)
+            return self.list_selected(api_version, kind, namespace, {MODEL_LABEL: model_name})
         except ResourceNotFoundError:
             return []
-        items = res.get(namespace=namespace, label_selector=f"{MODEL_LABEL}={model_name}").items
-        return [dict(i.to_dict()) for i in items]
 
     def list_selected(
         self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]

@@ -47,19 +47,9 @@ def _desired_replicas(model: Model, deploy: dict[str, Any]) -> int:
 
 
 def deployment_available(model: Model, deploy: dict[str, Any] | None) -> bool:
-    """Whether the Deployment has observed its spec and every desired replica is updated and
-    available: the steady state, in which the operator does not read the pods."""
-    if deploy is None:
-        return False
-    st = deploy.get("status") or {}
-    desired = _desired_replicas(model, deploy)
-    updated = st.get("updatedReplicas", 0)
-    return bool(
-        st.get("observedGeneration", 0) >= deploy.get("metadata", {}).get("generation", 0)
-        and updated >= desired
-        and st.get("replicas", 0) <= updated
-        and st.get("availableReplicas", 0) >= desired
-    )
+    """Whether the Deployment is rolled out with every desired replica available: the steady
+    state, in which the operator does not read the pods (the same reading as the status's)."""
+    return deploy is not None and _rollout_of(model, deploy, "").phase == "Ready"
 
 
 def _explained(r: Rollout, pod: str | None) -> Rollout:
