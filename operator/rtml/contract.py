@@ -36,6 +36,11 @@ HTTP_PORT: Final = 8080
 CONFIG_MOUNT: Final = "/etc/rtml"
 CONFIG_KEY: Final = "model.json"
 CONFIG_PATH: Final = f"{CONFIG_MOUNT}/{CONFIG_KEY}"
+# The traffic plan (rtml.api.traffic): a ConfigMap volume of its own, mounted without subPath
+# so the kubelet refreshes it in place and the runtime applies a new weight without a restart.
+TRAFFIC_MOUNT: Final = "/etc/rtml-traffic"
+TRAFFIC_KEY: Final = "traffic.json"
+TRAFFIC_PATH: Final = f"{TRAFFIC_MOUNT}/{TRAFFIC_KEY}"
 # Writable emptyDirs: the root filesystem is read-only.
 ARTIFACT_DIR: Final = "/var/lib/rtml"
 TMP_DIR: Final = "/tmp"  # noqa: S108 - a pod's private emptyDir
@@ -71,12 +76,24 @@ def runtime_args(
     config_path: str = CONFIG_PATH,
     host: str = "0.0.0.0",  # noqa: S104 - inside a pod the runtime must listen on the pod IP
     port: int = HTTP_PORT,
+    traffic_path: str = TRAFFIC_PATH,
 ) -> list[str]:
-    """What follows RUNTIME_ENTRYPOINT in a predictor pod: serve the operator's resolved config.
+    """What follows RUNTIME_ENTRYPOINT in a predictor pod: serve the operator's resolved config,
+    splitting traffic as the plan at `traffic_path` says.
 
     `--no-register`: in a cluster the operator registers views and the CronJob materialises.
     """
-    return ["serve", config_path, "--host", host, "--port", str(port), "--no-register"]
+    return [
+        "serve",
+        config_path,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--no-register",
+        "--traffic",
+        traffic_path,
+    ]
 
 
 def materialize_command(view_name: str, namespace: str) -> list[str]:
@@ -247,6 +264,15 @@ class RuntimeSettings(BaseSettings):
     )
     pvc_root: Path = Field(
         default=Path("/mnt/pvc"), description="where pvc://CLAIM/path claims are mounted"
+    )
+    traffic: Path | None = Field(
+        default=None, description="the traffic plan (rtml.api.traffic) to follow; none: champion"
+    )
+    traffic_poll_seconds: float = Field(
+        default=1.0, gt=0, description="how often the traffic plan file is checked for a change"
+    )
+    shadow_queue: int = Field(
+        default=1000, ge=1, description="shadow requests waiting to be scored before new ones drop"
     )
 
 

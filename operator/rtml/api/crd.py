@@ -47,8 +47,10 @@ PRINTER_COLUMNS: dict[str, list[dict[str, str | int]]] = {
         {"name": "Model", "type": "string", "jsonPath": ".spec.modelRef"},
         {"name": "Strategy", "type": "string", "jsonPath": ".spec.strategy"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Step", "type": "integer", "jsonPath": ".status.currentStep"},
         {"name": "Weight", "type": "integer", "jsonPath": ".status.candidateWeight"},
-        {"name": "Ready", "type": "string", "jsonPath": READY},
+        {"name": "Verdict", "type": "string", "jsonPath": ".status.lastVerdict"},
+        {"name": "Ready", "type": "string", "jsonPath": READY, "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
 }

@@ -95,19 +95,36 @@ class AnalysisResult(ApiModel):
     passed: bool
 
 
+Phase = Literal[
+    "Pending", "Progressing", "Paused", "Promoted", "RolledBack", "Completed", "Aborted"
+]
+FINAL_PHASES: tuple[str, ...] = ("Promoted", "RolledBack", "Completed", "Aborted")
+
+
 class ExperimentStatus(ApiModel):
+    """All progress lives here, never in operator memory: a restarted operator resumes at the
+    same step with the same weight."""
+
     observed_generation: int | None = None
-    phase: (
-        Literal[
-            "Pending", "Progressing", "Paused", "Promoted", "RolledBack", "Completed", "Aborted"
-        ]
-        | None
-    ) = None
-    current_step: int | None = None
+    phase: Phase | None = None
+    current_step: int | None = Field(default=None, description="index into the steps, from 0")
     candidate_weight: int | None = None
     analysis: list[AnalysisResult] = Field(default_factory=list, max_length=20)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    step_started_at: datetime | None = Field(
+        default=None, description="when the current weight was written"
+    )
+    window_start: datetime | None = Field(
+        default=None,
+        description="when every ready pod reported the current weight: the analysis window",
+    )
+    failed_analyses: int = Field(default=0, ge=0, description="failed analyses so far")
+    traffic_revision: str | None = Field(
+        default=None, description="the traffic plan revision pods must report"
+    )
+    paused_reason: str | None = Field(default=None, description="why the experiment is paused")
+    last_verdict: str | None = Field(default=None, description="the last decision, in short")
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},

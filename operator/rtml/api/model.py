@@ -274,6 +274,9 @@ class ModelStatus(ApiModel):
     replicas: int | None = None
     ready_replicas: int | None = None
     active_version: str | None = None
+    # The artifact serving the champion's traffic (with spec.rollout.strategy canary it lags
+    # spec.artifact until the owned Experiment promotes the new one).
+    active_artifact: ArtifactRef | None = None
     experiment: str | None = None
     conditions: list[Condition] = Field(
         default_factory=list,
