@@ -18,6 +18,13 @@ from rtml.api.model import (
 )
 
 
+# What the operator on call sets (`rtml experiment pause|resume|abort`, or kubectl annotate):
+# "true" pauses at the current weight until removed; "true" on abort sends all traffic back
+# to the champion and ends the experiment as Aborted.
+PAUSE_ANNOTATION = "rtml.dev/pause"
+ABORT_ANNOTATION = "rtml.dev/abort"
+
+
 class Candidate(ApiModel):
     version: str = Field(min_length=1, max_length=63, description="label of the challenger")
     artifact: ArtifactRef
