@@ -35,6 +35,7 @@ def _settings(
     profile: str | None,
     store_path: Path | None,
     redis_url: str | None,
+    traffic: Path | None = None,
 ) -> tuple[RuntimeSettings, FeastProfile]:
     """The process's settings: the environment, with the given options on top.
 
@@ -55,6 +56,8 @@ def _settings(
     runtime: dict[str, Any] = {"config": config.resolve()}
     if model_name is not None:
         runtime["model"] = model_name
+    if traffic is not None:
+        runtime["traffic"] = traffic.absolute()
     if manifest and "RTML_ARTIFACT_DIR" not in os.environ:
         runtime["artifact_dir"] = base / ".rtml" / "artifacts"
     try:
@@ -97,6 +100,13 @@ def _settings(
     "(in a cluster the operator does this, and the operator renders --no-register).",
 )
 @click.option(
+    "--traffic",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Follow the traffic plan (an Experiment's split) in this file, re-read when it changes; "
+    "a missing file means no experiment [default: $RTML_TRAFFIC, else none].",
+)
+@click.option(
     "--server",
     type=click.Choice(["bentoml", "uvicorn"]),
     default="bentoml",
@@ -112,6 +122,7 @@ def serve(
     store_path: Path | None,
     redis_url: str | None,
     register: bool,
+    traffic: Path | None,
     server: str,
 ) -> None:
     """Serve the Model in CONFIG: a Model manifest on one machine (its FeatureView read from
@@ -121,7 +132,7 @@ def serve(
     from rtml_runtime.bootstrap import register_features
     from rtml_runtime.config import ConfigError, load_config
 
-    settings, feast = _settings(config, model_name, profile, store_path, redis_url)
+    settings, feast = _settings(config, model_name, profile, store_path, redis_url, traffic)
     try:
         resolved = load_config(settings, feast)
     except ConfigError as e:
@@ -143,6 +154,8 @@ def serve(
     }
     if settings.model:
         env["RTML_MODEL"] = settings.model
+    if settings.traffic is not None:
+        env["RTML_TRAFFIC"] = str(settings.traffic)
     argv = _server_argv(server, host, port)
     click.echo(
         f"serving {config} on http://{host}:{port} ({server}, {feast.kind} features)", err=True

@@ -1,6 +1,9 @@
-"""The data plane, independent of transport: validate -> limit -> features -> model -> answer.
+"""The data plane, independent of transport: validate -> route -> limit -> features -> model
+-> answer.
 
-The HTTP app (app.py) and the BentoML service only translate bytes to calls on `Runtime`.
+The HTTP app (app.py) and the BentoML service only translate bytes to calls on `Runtime`. Which
+variant answers (champion or an experiment's candidate) is the active plan's decision
+(variants.py, plans.py); shadow scoring is shadow.py's.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from rtml.api.experiment import Candidate
 from rtml.api.signature import check_signature, describe
+from rtml.api.traffic import CHAMPION_ONLY, TrafficPlan
 from rtml.artifacts import ArtifactError, fetch_artifact
 from rtml.contract import TERMINATION_MESSAGE_PATH
 from rtml_runtime.breaker import CircuitBreaker, State
@@ -28,18 +33,23 @@ from rtml_runtime.errors import RequestError, bad_input
 from rtml_runtime.features import FeatureReader, merge_features
 from rtml_runtime.metrics import RuntimeMetrics, VariantMetrics
 from rtml_runtime.onnx_model import ModelError, OnnxModel
+from rtml_runtime.plans import PlanSwitch
 from rtml_runtime.ratelimit import TokenBucket
+from rtml_runtime.shadow import ShadowScorer
+from rtml_runtime.variants import CHAMPION, SHADOW, Variant, feature_row
 
 T = TypeVar("T")
 log = logging.getLogger("rtml.runtime")
-CHAMPION = "champion"
 
 
-@dataclass
+@dataclass(slots=True)
 class Prediction:
     score: float
     degraded: bool
     outcome: str  # ok | fallback
+    variant: Variant
+    # The feature values the model scored (for a shadow scoring), None for a fallback answer.
+    features: dict[str, Any] | None = None
 
 
 class Runtime:
@@ -92,6 +102,10 @@ class Runtime:
         self.timeout_s = self.spec.slo.timeout_ms / 1000
         self.feature_budget_s = self.spec.slo.feature_budget_ms / 1000
         self.columns: list[str] = []
+        self.shadow = ShadowScorer(config.settings.shadow_queue)
+
+    # Set by load(): the champion and the traffic plan in effect.
+    plans: PlanSwitch
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _breaker_changed(self, name: str, old: State, new: State) -> None:
@@ -123,6 +137,74 @@ class Runtime:
         self.model.warmup(self.spec.warmup.requests)
         if self.backup is not None:
             self.backup.warmup(min(self.spec.warmup.requests, 10))
+        champion = Variant(
+            CHAMPION,
+            self.config.version,
+            self.model,
+            self.columns,
+            self.model_breaker,
+            self.m,
+        )
+        self.plans = PlanSwitch(
+            self.config.name,
+            champion,
+            load_model=self.load_candidate,
+            make_variant=self.make_variant,
+            metrics=self.metrics,
+            sticky_field=self.entity_field,
+            sticky_alias="entity_id" if self.view is not None else None,
+            on_shadow=self.shadow.start,
+        )
+
+    def load_candidate(self, candidate: Candidate) -> OnnxModel:
+        """An experiment's candidate, fetched, verified, checked and warmed up as the champion
+        is (in a worker thread: the champion keeps serving). Raises on any failure."""
+        art = candidate.artifact
+        settings = self.config.settings
+        path = fetch_artifact(
+            art.uri,
+            art.sha256,
+            self.config.base_dir,
+            settings.artifact_dir,
+            pvc_root=settings.pvc_root,
+        )
+        model = OnnxModel(path)
+        _ = model.feature_names  # a wide input without names fails here, not on a request
+        self._check_signature(model, f"the candidate {candidate.version}'s artifact")
+        model.warmup(self.spec.warmup.requests)
+        return model
+
+    def make_variant(self, role: str, version: str, model: OnnxModel) -> Variant:
+        """A variant of its own: a model breaker from spec.circuitBreaker, metric children."""
+        name = self.config.name
+        gauge = self.metrics.breaker_state.labels(name, version, role, "model")
+
+        def changed(dependency: str, old: State, new: State) -> None:
+            log.warning(
+                "circuit breaker changed state",
+                extra={"dependency": dependency, "variant": role, "from": old.name, "to": new.name},
+            )
+            gauge.set(new.gauge)
+
+        breaker = CircuitBreaker.from_spec(
+            "model",
+            self.spec.circuit_breaker,
+            self.spec.slow_call_ms,
+            clock=self.clock,
+            on_state_change=changed,
+        )
+        gauge.set(0)
+        shadow = role == SHADOW
+        dropped = self.metrics.shadow_dropped.labels(name, version, role) if shadow else None
+        return Variant(
+            role,
+            version,
+            model,
+            model.feature_names,
+            breaker,
+            self.metrics.variant(name, version, role),
+            dropped,
+        )
 
     def _check_signature(self, model: OnnxModel, field: str) -> None:
         mismatches = check_signature(
@@ -140,15 +222,22 @@ class Runtime:
         log.error("the runtime will not become ready: %s", reason, extra={"reason": reason})
         report_termination_reason(reason)
 
-    async def start(self, reader: FeatureReader | None = None) -> None:
+    async def start(
+        self, reader: FeatureReader | None = None, plan: TrafficPlan = CHAMPION_ONLY
+    ) -> None:
         """Load and warm up; on an artifact or model error stay up, not ready, with the reason
         (served by the readiness endpoint and left for the kubelet as the termination message:
-        when the startup probe gives up, the Model's status says why)."""
+        when the startup probe gives up, the Model's status says why).
+
+        `plan` is put into effect before the pod is ready, so a pod started during an
+        experiment answers by it from its first request (a candidate that fails to load does
+        not keep the pod from becoming ready: the champion serves)."""
         try:
             await asyncio.to_thread(self.load, reader)
         except (ArtifactError, ModelError) as e:
             self.refuse(str(e))
             return
+        await self.plans.apply(plan)
         self.ready = True
         self.not_ready_reason = ""
         self.metrics.ready.labels(self.config.name).set(1)
@@ -162,13 +251,14 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await asyncio.to_thread(self.shadow.close)
         if self.reader is not None:
             await self.reader.close()
 
     # -- request path ------------------------------------------------------------------------
-    def check_rate(self) -> None:
+    def check_rate(self, m: VariantMetrics) -> None:
         if self.limiter is not None and not self.limiter.try_acquire():
-            self.m.outcomes["rate_limited"].inc()
+            m.outcomes["rate_limited"].inc()
             raise RequestError(
                 429,
                 "rate_limited",
@@ -211,13 +301,16 @@ class Runtime:
             raise bad_input(f"missing request feature {missing[0]!r}", f"{prefix}.{missing[0]}")
         return given
 
-    async def _stored_features(self, entity_id: str) -> tuple[dict[str, Any] | None, bool]:
-        """(features or None, failed) — failed means the store could not answer in time."""
+    async def _stored_features(
+        self, entity_id: str, m: VariantMetrics
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """(features or None, failed) — failed means the store could not answer in time. One
+        read per request, counted on the metrics of the variant that answers it."""
         cached = self.cache.get(entity_id)
         if cached is not None:
-            self.m.cache_hits.inc()
+            m.cache_hits.inc()
             return cached, False
-        self.m.cache_misses.inc()
+        m.cache_misses.inc()
         assert self.reader is not None
         if not self.feature_breaker.allow():
             return None, True
@@ -232,53 +325,48 @@ class Runtime:
         except Exception as e:
             elapsed = time.perf_counter() - start
             self.feature_breaker.record(elapsed, ok=False)
-            self.m.feature_duration.observe(elapsed)
+            m.feature_duration.observe(elapsed)
             log.debug("feature read failed", extra={"error": type(e).__name__})
             return None, True
         elapsed = time.perf_counter() - start
         self.feature_breaker.record(elapsed, ok=True)
-        self.m.feature_duration.observe(elapsed)
+        m.feature_duration.observe(elapsed)
         if values is not None:
             self.cache.put(entity_id, values)
         return values, False
 
-    def _row(self, values: dict[str, Any], model: OnnxModel | None = None) -> list[Any]:
-        """One row in the model's column order, NaN where a value is missing; a plain list,
-        which the model copies straight into its bound input buffers."""
-        columns = model.feature_names if model is not None else self.columns
-        get = values.get
-        return [math.nan if (v := get(n)) is None else v for n in columns]
-
-    def _score(self, predict: Callable[[], T]) -> T | None:
-        """The main model's `predict` behind its circuit breaker: None when the breaker is
+    def _score(self, variant: Variant, predict: Callable[[], T]) -> T | None:
+        """The variant's model `predict` behind its circuit breaker: None when the breaker is
         open or the call fails (and counts it)."""
-        if not self.model_breaker.allow():
+        breaker = variant.breaker
+        if not breaker.allow():
             return None
         start = time.perf_counter()
         try:
             scores = predict()
         except Exception:
-            self.model_breaker.record(time.perf_counter() - start, ok=False)
-            log.exception("model inference failed")
+            breaker.record(time.perf_counter() - start, ok=False)
+            log.exception("model inference failed", extra={"variant": variant.role})
             return None
-        self.model_breaker.record(time.perf_counter() - start, ok=True)
+        breaker.record(time.perf_counter() - start, ok=True)
         return scores
 
-    def _fallback(self, dependency: str, merged_defaults: dict[str, Any]) -> Prediction:
+    def _fallback(
+        self, dependency: str, merged_defaults: dict[str, Any], variant: Variant
+    ) -> Prediction:
         fb = self.spec.fallback
-        breaker = self.feature_breaker if dependency == "features" else self.model_breaker
+        breaker = self.feature_breaker if dependency == "features" else variant.breaker
         if fb.mode == "static" and fb.value is not None:
-            return Prediction(float(fb.value), True, "fallback")
+            return Prediction(float(fb.value), True, "fallback", variant)
         if fb.mode == "model" and self.backup is not None:
             backup = self.backup
-            score = backup.predict_one(self._row(merged_defaults, backup))
-            return Prediction(score, True, "fallback")
+            score = backup.predict_one(feature_row(merged_defaults, backup.feature_names))
+            return Prediction(score, True, "fallback", variant)
         if fb.mode == "defaultFeatures" and dependency == "features":
-            model = self.model
-            assert model is not None
-            fallback_score = self._score(lambda: model.predict_one(self._row(merged_defaults)))
+            model, row = variant.model, feature_row(merged_defaults, variant.columns)
+            fallback_score = self._score(variant, lambda: model.predict_one(row))
             if fallback_score is not None:
-                return Prediction(fallback_score, True, "fallback")
+                return Prediction(fallback_score, True, "fallback", variant)
         raise RequestError(
             503,
             f"{dependency}_unavailable",
@@ -287,23 +375,29 @@ class Runtime:
             retry_after_s=max(1.0, breaker.retry_after_s()),
         )
 
-    async def _predict_one(self, payload: dict[str, Any], prefix: str) -> Prediction:
+    async def _predict_one(
+        self, payload: dict[str, Any], prefix: str, variant: Variant
+    ) -> Prediction:
         entity = self.entity_id(payload)
         request = self.request_values(payload, prefix)
         stored: dict[str, Any] | None = None
         if entity is not None:
-            stored, failed = await self._stored_features(entity)
+            stored, failed = await self._stored_features(entity, variant.metrics)
             if failed:
                 merged, _ = merge_features(self.view, None, request)
-                return self._fallback("features", merged)
+                return self._fallback("features", merged, variant)
         merged, used_default = merge_features(self.view, stored, request)
-        model = self.model
-        assert model is not None
-        score = self._score(lambda: model.predict_one(self._row(merged)))
+        model, row = variant.model, feature_row(merged, variant.columns)
+        score = self._score(variant, lambda: model.predict_one(row))
         if score is None:
-            return self._fallback("model", merged)
+            return self._fallback("model", merged, variant)
         degraded = entity is not None and used_default
-        return Prediction(score, degraded, "fallback" if degraded else "ok")
+        return Prediction(score, degraded, "fallback" if degraded else "ok", variant, merged)
+
+    def _shadow(self, shadow: Variant | None, p: Prediction) -> None:
+        """Hand the row the champion scored to the shadow worker (never waited for)."""
+        if shadow is not None and p.features is not None:
+            self.shadow.submit(shadow, p.features)
 
     def _require_ready(self) -> None:
         if not self.ready:
@@ -313,16 +407,18 @@ class Runtime:
         self._require_ready()
         if not isinstance(payload, dict):
             raise bad_input("the body must be a JSON object", None)
-        self.check_rate()
+        plan = self.plans.active  # read once: one consistent plan for the whole request
+        variant = plan.answering(payload)
+        m = variant.metrics
+        self.check_rate(m)
         start = time.perf_counter()
-        m = self.m
         m.inflight.inc()
         try:
             # The only await inside is the feature read, already cut off at featureBudgetMs
             # (<= timeoutMs by the API's rules); scoring is synchronous and cannot be
             # interrupted. So the deadline is checked, not armed: a timer per request costs
             # ~15% of this path's CPU (py-spy) and could only fire after the work is done.
-            p = await self._predict_one(payload, "features")
+            p = await self._predict_one(payload, "features", variant)
         except RequestError as e:
             m.outcomes["rejected" if e.status == 503 else "error"].inc()
             raise
@@ -339,11 +435,13 @@ class Runtime:
         m.duration.observe(elapsed)
         m.outcomes[p.outcome].inc()
         m.score.observe(p.score)
+        if plan.shadow is not None:
+            self._shadow(plan.shadowing(payload), p)
         return {
             "score": p.score,
             "model": self.config.name,
-            "version": self.config.version,
-            "variant": CHAMPION,
+            "version": variant.version,
+            "variant": variant.role,
             "degraded": p.degraded,
             "latency_ms": round(elapsed * 1000, 3),
         }
@@ -361,46 +459,72 @@ class Runtime:
                 f"{self.config.settings.max_batch_rows} per request",
                 "instances",
             )
-        self.check_rate()
+        plan = self.plans.active
+        champion = plan.champion.metrics  # the batch as a whole: rate limit, in flight
+        self.check_rate(champion)
         start = time.perf_counter()
-        self.m.inflight.inc()
+        champion.inflight.inc()
         try:
             for i, row in enumerate(rows):
                 if not isinstance(row, dict):
                     raise bad_input("each instance must be an object", f"instances[{i}]")
             preds = await within(
                 asyncio.gather(
-                    *(self._predict_one(r, f"instances[{i}].features") for i, r in enumerate(rows))
+                    *(
+                        self._predict_one(r, f"instances[{i}].features", plan.answering(r))
+                        for i, r in enumerate(rows)
+                    )
                 ),
                 self.timeout_s,
             )
         except DeadlineExceeded as e:
-            self.m.outcomes["error"].inc()
+            champion.outcomes["error"].inc()
             raise RequestError(
                 504, "deadline_exceeded", "the batch missed spec.slo.timeoutMs"
             ) from e
         finally:
-            self.m.inflight.dec()
+            champion.inflight.dec()
         elapsed = time.perf_counter() - start
-        self.m.duration.observe(elapsed)
+        answered: set[Variant] = set()
         for p in preds:
-            self.m.outcomes[p.outcome].inc()
+            p.variant.metrics.outcomes[p.outcome].inc()
+            answered.add(p.variant)
+        for v in answered:  # the batch's latency once for each variant that answered in it
+            v.metrics.duration.observe(elapsed)
+        if plan.shadow is not None:
+            for r, p in zip(rows, preds, strict=True):
+                self._shadow(plan.shadowing(r), p)
+        only = next(iter(answered)) if len(answered) == 1 else None
         return {
-            "predictions": [{"score": p.score, "degraded": p.degraded} for p in preds],
+            "predictions": [
+                {
+                    "score": p.score,
+                    "degraded": p.degraded,
+                    "version": p.variant.version,
+                    "variant": p.variant.role,
+                }
+                for p in preds
+            ],
             "model": self.config.name,
-            "version": self.config.version,
-            "variant": CHAMPION,
+            # Who answered every row; "mixed" when the rows were split between variants.
+            "version": only.version if only is not None else "mixed",
+            "variant": only.role if only is not None else "mixed",
             "latency_ms": round(elapsed * 1000, 3),
         }
 
     async def infer_v2(self, name: str, payload: Any) -> dict[str, Any]:
-        """Open Inference Protocol v2: inputs are the model's own tensors, one row each."""
+        """Open Inference Protocol v2: inputs are the model's own tensors, one row each.
+
+        The request has no entity: during an experiment the whole request goes to one variant
+        by a random draw at the plan's weight (not sticky), and a shadow plan is not applied."""
         self._require_ready()
         if name != self.config.name:
             raise RequestError(404, "model_not_found", f"no model named {name!r}", "name")
         if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
             raise bad_input('the body must hold an "inputs" list', "inputs")
-        self.check_rate()
+        variant = self.plans.active.answering_drawn()
+        m = variant.metrics
+        self.check_rate(m)
         start = time.perf_counter()
         columns: dict[str, list[float]] = {}
         for i, t in enumerate(payload["inputs"]):
@@ -412,28 +536,30 @@ class Runtime:
                 if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                     raise bad_input("data must be finite numbers", f"inputs[{i}].data")
             columns[str(t["name"])] = flat
-        missing = [c for c in self.columns if c not in columns]
+        wanted = variant.columns
+        missing = [c for c in wanted if c not in columns]
         if missing:
             raise bad_input(f"missing input {missing[0]!r}", f"inputs.{missing[0]}")
-        n = len(columns[self.columns[0]])
-        if any(len(columns[c]) != n for c in self.columns) or n == 0:
+        n = len(columns[wanted[0]])
+        if any(len(columns[c]) != n for c in wanted) or n == 0:
             raise bad_input("every input must have the same, non-zero number of rows", "inputs")
         if n > self.config.settings.max_batch_rows:
             raise bad_input(
                 f"{n} rows is over the limit of {self.config.settings.max_batch_rows}", "inputs"
             )
-        model = self.model
-        assert model is not None
-        rows = np.asarray([columns[c] for c in self.columns], dtype=np.float32).T
-        scores = self._score(lambda: model.predict(rows))
+        model = variant.model
+        rows = np.asarray([columns[c] for c in wanted], dtype=np.float32).T
+        scores = self._score(variant, lambda: model.predict(rows))
         if scores is None:
+            m.outcomes["rejected"].inc()
             raise RequestError(503, "model_unavailable", "the model's circuit breaker is open")
-        self.m.duration.observe(time.perf_counter() - start)
-        self.m.outcomes["ok"].inc()
+        m.duration.observe(time.perf_counter() - start)
+        m.outcomes["ok"].inc()
         return {
             "model_name": self.config.name,
-            "model_version": self.config.version,
+            "model_version": variant.version,
             "id": str(payload.get("id", "")),
+            "parameters": {"variant": variant.role},
             "outputs": [
                 {
                     "name": "score",

@@ -91,6 +91,27 @@ class RuntimeMetrics:
         self.ready = Gauge(
             "rtml_ready", "1 once the model is loaded and warmed.", ("model",), registry=r
         )
+        # Experiments (docs/traffic-split.md). One label set at a time: the plan in effect.
+        self.candidate_weight = Gauge(
+            "rtml_candidate_weight",
+            "Percent of requests the candidate answers (shadow: also scores) in this pod, "
+            "under the traffic plan revision in effect.",
+            ("model", "experiment", "revision"),
+            registry=r,
+        )
+        self.candidate_load_error = Gauge(
+            "rtml_candidate_load_error",
+            "1 while the traffic plan's candidate could not be loaded (the pod serves the "
+            "champion only); reason ArtifactUnavailable or ModelInvalid.",
+            ("model", "experiment", "revision", "version", "reason"),
+            registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "rtml_shadow_dropped",
+            "Shadow scorings dropped because the shadow queue was full.",
+            LABELS,
+            registry=r,
+        )
 
     def variant(self, model: str, version: str, variant: str) -> VariantMetrics:
         labels = (model, version, variant)
