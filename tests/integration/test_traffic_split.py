@@ -147,7 +147,7 @@ def test_a_new_plan_reaches_the_running_runtime_without_failed_requests(
             )
             assert proc.metric("rtml_candidate_weight", revision=first.revision) is None
             time.sleep(1)
-    print(  # noqa: T201 - the measurement this test exists to report
+    print(  # the measurement this test exists to report
         "rename -> rtml_candidate_weight changed: "
         + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items())
         + f"; {sum(load.statuses.values())} requests, statuses {dict(load.statuses)}, "
