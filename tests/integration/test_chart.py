@@ -162,6 +162,9 @@ def test_helm_install_and_least_privilege(
             ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
             ("list", "pods"),  # read-only: why a Model's replica is not ready
             ("watch", "pods"),
+            ("patch", "pods"),  # the traffic-revision annotation (docs/experiments.md)
+            ("create", "experiments.rtml.dev"),  # a Model's own canary
+            ("patch", "experiments.rtml.dev/status"),
         ]
         for verb, resource in needed:
             assert can(verb, resource, anywhere), f"operator cannot {verb} {resource}"

@@ -22,6 +22,7 @@ def test_render_prints_exactly_what_the_operator_applies() -> None:
     docs = list(yaml.safe_load_all(out.output))
     assert [d["kind"] for d in docs] == [
         "ConfigMap",
+        "ConfigMap",
         "Deployment",
         "Service",
         "PodDisruptionBudget",

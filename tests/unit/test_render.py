@@ -23,6 +23,7 @@ def kinds(objs: list[dict]) -> list[str]:
 def test_bentoml_children_in_apply_order() -> None:
     assert kinds(render_model_children(model(), CTX)) == [
         "ConfigMap",
+        "ConfigMap",
         "Deployment",
         "Service",
         "PodDisruptionBudget",
@@ -32,6 +33,7 @@ def test_bentoml_children_in_apply_order() -> None:
 
 def test_kserve_children_are_config_and_inference_service() -> None:
     assert kinds(render_model_children(model(backend="kserve"), CTX)) == [
+        "ConfigMap",
         "ConfigMap",
         "InferenceService",
     ]
@@ -314,8 +316,8 @@ def test_feature_view_travels_in_the_config_and_rolls_pods_when_it_changes() -> 
     assert config["featureView"]["spec"]["ttl"] == "1h"
     assert config["featureView"]["metadata"] == {"name": "cards"}  # no volatile fields
     changed = {**view, "spec": {**view["spec"], "ttl": "2h"}}
-    before = children[1]["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
-    after = render_model_children(m, CTX, changed)[1]["spec"]["template"]["metadata"][
+    before = children[2]["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
+    after = render_model_children(m, CTX, changed)[2]["spec"]["template"]["metadata"][
         "annotations"
     ][CHECKSUM_ANNOTATION]
     assert before != after

@@ -106,7 +106,7 @@ def traffic_plan(name: str, spec: ExperimentSpec, status: ExperimentStatus | Non
     )
 
 
-def variant(spec: ExperimentSpec) -> str:
+def variant(spec: ExperimentSpec) -> Literal["candidate", "shadow"]:
     """The metrics variant the candidate's requests are counted under."""
     return "shadow" if spec.strategy == "shadow" else "candidate"
 

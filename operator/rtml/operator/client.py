@@ -149,6 +149,27 @@ class KubeClient:
             content_type="application/merge-patch+json",
         )
 
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Merge-patch a pod's annotations: the kubelet syncs the pod at once, refreshing its
+        ConfigMap volumes (how a new traffic weight reaches it within seconds)."""
+        with contextlib.suppress(NotFoundError):  # the pod went away meanwhile
+            self._resource("v1", "Pod").patch(
+                body={"metadata": {"annotations": annotations}},
+                name=name,
+                namespace=namespace,
+                content_type="application/merge-patch+json",
+            )
+
+    def patch_model_spec(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        """Merge-patch a Model's spec (an Experiment promoted with onSuccess: promote)."""
+        self._resource(API_VERSION, "Model").patch(
+            body={"spec": spec},
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+            field_manager=FIELD_MANAGER,
+        )
+
     def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch the status subresource of an rtml resource."""
         res = self._resource(API_VERSION, kind)

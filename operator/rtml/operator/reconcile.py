@@ -14,6 +14,7 @@ from typing import Any
 from kubernetes.client import ApiException
 from pydantic import ValidationError
 
+from rtml import API_VERSION
 from rtml.api.model import Model
 from rtml.operator.client import KubeClient
 from rtml.operator.conditions import Cond, get_condition
@@ -25,6 +26,7 @@ from rtml.operator.errors import (
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.meta import selector_labels
 from rtml.operator.render.model import OWNED_KINDS, render_model_children
+from rtml.operator.rollout import experiments_of, holder, plan_of, serving
 from rtml.operator.signature import SignatureCache, check_model_signature
 from rtml.operator.status import (
     Observed,
@@ -96,6 +98,10 @@ def reconcile_model(
         return status
 
     ctx = _context(client, base_ctx)
+    ns, name = model.metadata.namespace, model.metadata.name
+    experiments = experiments_of(name, client.list_in(API_VERSION, "Experiment", ns))
+    serve = serving(model, previous, experiments)
+    holding = holder(experiments)
     feature_view = _feature_view(client, model)
     features = check_model_signature(model, feature_view, SIGNATURES)
     # A failed (or not yet possible) check applies and prunes nothing, so the pods already
@@ -109,12 +115,13 @@ def reconcile_model(
     elif held:
         desired = []
     else:
-        desired = render_model_children(model, ctx, feature_view)
-        problem = _apply_all(client, desired)
+        desired = render_model_children(serve.model, ctx, feature_view, plan_of(holding))
+        owned = [serve.experiment] if serve.experiment is not None else []
+        problem = _apply_all(client, [*desired, *owned])
     if problem is None and kserve_installed and not held:
         _prune(client, model, desired)
+        _end_superseded(client, body, serve.superseded)
 
-    ns, name = model.metadata.namespace, model.metadata.name
     deployment = (
         client.get("apps/v1", "Deployment", ns, name) if model.spec.backend == "bentoml" else None
     )
@@ -129,9 +136,44 @@ def reconcile_model(
         features=features,
         problem=problem,
     )
-    status = compute_model_status(model, observed, previous, ctx, now)
+    status = compute_model_status(serve.model, observed, previous, ctx, now)
+    _track_champion(status, serve.model, previous, holding)
     _write_status(client, body, previous, status)
     return status
+
+
+def _track_champion(
+    status: dict[str, Any],
+    serving_model: Model,
+    previous: dict[str, Any],
+    holding: dict[str, Any] | None,
+) -> None:
+    """activeArtifact follows activeVersion (the champion that serves); `experiment` names
+    the Experiment holding the Model's traffic while one runs."""
+    spec = serving_model.spec
+    if status.get("activeVersion") == spec.version and status.get("activeVersion") is not None:
+        status["activeArtifact"] = spec.artifact.model_dump(
+            mode="json", by_alias=True, exclude_none=True, include={"uri", "sha256"}
+        )
+    elif previous.get("activeArtifact"):
+        status["activeArtifact"] = previous["activeArtifact"]
+    if holding is not None:
+        status["experiment"] = holding["metadata"]["name"]
+
+
+def _end_superseded(client: KubeClient, body: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Owned canaries of older artifacts: a revision never analysed is never promoted, so a
+    newer artifact ends the running one (its deletion sends traffic back to the champion)."""
+    meta = body["metadata"]
+    for exp in names:
+        log.info("ending a superseded canary", extra={"model": meta["name"], "experiment": exp})
+        client.delete(API_VERSION, "Experiment", meta["namespace"], exp)
+        client.event(
+            {**body, "kind": "Model"},
+            "CanarySuperseded",
+            f"Experiment {exp} ended: spec.artifact changed again, the new one starts from "
+            "the first step",
+        )
 
 
 def _pods(

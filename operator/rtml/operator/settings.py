@@ -42,6 +42,10 @@ class OperatorSettings(BaseSettings):
     watch_inactivity_timeout: float = Field(default=70.0, gt=0)
     heartbeat_stale_seconds: float = Field(default=90.0, gt=0)
     kserve_poll_seconds: float = Field(default=5.0, gt=0)
+    # How often a running Experiment is looked at (it sleeps less when waiting on pods).
+    experiment_tick_seconds: float = Field(default=5.0, gt=0)
+    # Prometheus' answer deadline for one analysis query (then onMetricsUnavailable applies).
+    prometheus_timeout_seconds: float = Field(default=5.0, gt=0)
     # The operator-wide Feast profile (Helm values `feast.*`), read with its own prefix.
     feast: FeastProfile = Field(default_factory=_feast_from_environment, exclude=True)
     # The Secret (chart value `feast.existingSecret`) pods read the Feast credentials from; it

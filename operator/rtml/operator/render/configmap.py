@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 from rtml.api.model import Model
-from rtml.contract import CONFIG_KEY
-from rtml.operator.render.meta import config_map_name, object_meta
+from rtml.api.traffic import TrafficPlan, plan_json
+from rtml.contract import CONFIG_KEY, TRAFFIC_KEY
+from rtml.operator.render.meta import config_map_name, object_meta, traffic_config_map_name
 
 
 def resolved_config(model: Model, feature_view: dict[str, Any] | None = None) -> str:
@@ -42,4 +43,15 @@ def render_config_map(model: Model, feature_view: dict[str, Any] | None = None) 
         "kind": "ConfigMap",
         "metadata": object_meta(model, config_map_name(model)),
         "data": {CONFIG_KEY: resolved_config(model, feature_view)},
+    }
+
+
+def render_traffic_config_map(model: Model, plan: TrafficPlan) -> dict[str, Any]:
+    """The traffic plan the pods follow (rtml.api.traffic). Not part of the config checksum:
+    a new weight must reach running pods without restarting them."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(model, traffic_config_map_name(model)),
+        "data": {TRAFFIC_KEY: plan_json(plan)},
     }

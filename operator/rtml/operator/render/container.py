@@ -17,6 +17,7 @@ from rtml.contract import (
     READY_PATH,
     RUNTIME_UID,
     TMP_DIR,
+    TRAFFIC_MOUNT,
     feast_env,
     runtime_args,
 )
@@ -114,15 +115,19 @@ def render_runtime_container(
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            # Its own volume, never subPath: the kubelet swaps the files in place on a change.
+            {"name": "traffic", "mountPath": TRAFFIC_MOUNT, "readOnly": True},
             {"name": "artifacts", "mountPath": ARTIFACT_DIR},
             {"name": "tmp", "mountPath": TMP_DIR},
         ],
     }
 
 
-def runtime_volumes(config_map: str) -> list[dict[str, Any]]:
+def runtime_volumes(config_map: str, traffic_config_map: str) -> list[dict[str, Any]]:
     return [
         {"name": "config", "configMap": {"name": config_map}},
+        # Optional: a missing plan means champion only, and never holds a pod in ContainerCreating.
+        {"name": "traffic", "configMap": {"name": traffic_config_map, "optional": True}},
         {"name": "artifacts", "emptyDir": {"sizeLimit": "2Gi"}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
     ]

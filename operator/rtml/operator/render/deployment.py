@@ -18,6 +18,7 @@ from rtml.operator.render.meta import (
     labels,
     object_meta,
     selector_labels,
+    traffic_config_map_name,
 )
 
 CHECKSUM_ANNOTATION = "rtml.dev/config-checksum"
@@ -55,7 +56,7 @@ def render_deployment(
                 "securityContext": dict(POD_SECURITY_CONTEXT),
                 "terminationGracePeriodSeconds": 30,
                 "containers": [render_runtime_container(model, ctx, feature_view)],
-                "volumes": runtime_volumes(config_map_name(model)),
+                "volumes": runtime_volumes(config_map_name(model), traffic_config_map_name(model)),
             },
         },
     }

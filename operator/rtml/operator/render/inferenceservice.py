@@ -22,7 +22,7 @@ from rtml.operator.render.container import (
 )
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.deployment import CHECKSUM_ANNOTATION
-from rtml.operator.render.meta import config_map_name, object_meta
+from rtml.operator.render.meta import config_map_name, object_meta, traffic_config_map_name
 
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 AUTOSCALER_CLASS = "serving.kserve.io/autoscalerClass"
@@ -81,7 +81,7 @@ def render_inference_service(
         "automountServiceAccountToken": False,
         "securityContext": dict(POD_SECURITY_CONTEXT),
         "containers": [render_runtime_container(model, ctx, feature_view, name=KSERVE_CONTAINER)],
-        "volumes": runtime_volumes(config_map_name(model)),
+        "volumes": runtime_volumes(config_map_name(model), traffic_config_map_name(model)),
     }
     if model.spec.runtime.service_account_name:
         predictor["serviceAccountName"] = model.spec.runtime.service_account_name

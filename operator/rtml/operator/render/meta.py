@@ -18,6 +18,10 @@ def config_map_name(model: Model) -> str:
     return f"{model.metadata.name}-rtml-config"
 
 
+def traffic_config_map_name(model: Model) -> str:
+    return f"{model.metadata.name}-rtml-traffic"
+
+
 def selector_labels(model: Model) -> dict[str, str]:
     """Labels that pick the predictor pods; immutable in a Deployment, so no version here."""
     return {MODEL_LABEL: model.metadata.name, "app.kubernetes.io/component": "predictor"}

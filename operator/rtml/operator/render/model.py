@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from rtml.api.model import Model
+from rtml.api.traffic import CHAMPION_ONLY, TrafficPlan
 from rtml.operator.render.autoscaler import render_autoscaler
-from rtml.operator.render.configmap import render_config_map
+from rtml.operator.render.configmap import render_config_map, render_traffic_config_map
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.deployment import render_deployment
 from rtml.operator.render.inferenceservice import render_inference_service
@@ -26,14 +27,19 @@ OWNED_KINDS: tuple[tuple[str, str], ...] = (
 
 
 def render_model_children(
-    model: Model, ctx: RenderContext, feature_view: dict[str, Any] | None = None
+    model: Model,
+    ctx: RenderContext,
+    feature_view: dict[str, Any] | None = None,
+    plan: TrafficPlan = CHAMPION_ONLY,
 ) -> list[dict[str, Any]]:
     """The exact objects the operator applies for this Model, config first.
 
-    `feature_view` is the FeatureView the Model reads (as the API server returned it), whose
-    spec travels in the resolved config.
+    `model` is what serves the champion's traffic (with a canary rollout, the Model with its
+    active artifact, rollout.serving_model); `feature_view` the FeatureView the Model reads
+    (as the API server returned it), whose spec travels in the resolved config; `plan` the
+    running Experiment's traffic plan.
     """
-    children = [render_config_map(model, feature_view)]
+    children = [render_config_map(model, feature_view), render_traffic_config_map(model, plan)]
     if model.spec.backend == "kserve":
         children.append(render_inference_service(model, ctx, feature_view))
         return children
