@@ -279,6 +279,9 @@ class FakeClient:
     def list_owned(self, *_: Any) -> list[dict[str, Any]]:
         return []
 
+    def list_in(self, *_: Any) -> list[dict[str, Any]]:
+        return []  # no Experiments
+
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
         return self.deployment if kind == "Deployment" else None
 

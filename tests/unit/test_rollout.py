@@ -1,0 +1,131 @@
+"""What serves a Model during a canary rollout, and which Experiment holds its traffic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rtml.api.traffic import TrafficPlan
+from rtml.operator.render.configmap import render_traffic_config_map
+from rtml.operator.rollout import (
+    holder,
+    owned_experiment_name,
+    plan_of,
+    render_owned_experiment,
+    serving,
+)
+from tests.unit.helpers import model
+
+pytestmark = pytest.mark.unit
+OLD = {"uri": "s3://b/v1.onnx", "sha256": "1" * 64}
+NEW = {"uri": "s3://b/v2.onnx", "sha256": "2" * 64}
+
+
+def canary_model(version: str = "v2", artifact: dict[str, str] | None = None) -> Any:
+    m = model(version=version, artifact=artifact or NEW, rollout={"strategy": "canary"})
+    return m.model_copy(
+        update={"metadata": m.metadata.model_copy(update={"uid": "uid-m", "name": "fraud"})}
+    )
+
+
+ACTIVE = {"activeVersion": "v1", "activeArtifact": OLD}
+
+
+def owned(m: Any, phase: str | None = None, artifact: dict[str, str] | None = None) -> dict[str, Any]:
+    exp = render_owned_experiment(m)
+    exp["metadata"]["creationTimestamp"] = "2026-12-02T10:00:00Z"
+    if artifact is not None:
+        exp["spec"]["candidate"]["artifact"] = artifact
+    if phase:
+        exp["status"] = {"phase": phase, "candidateWeight": 25}
+    return exp
+
+
+def test_replace_serves_the_spec_and_owns_no_experiment() -> None:
+    m = model(version="v2", artifact=NEW)
+    s = serving(m, ACTIVE, [])
+    assert s.model is m
+    assert s.experiment is None
+
+
+def test_a_new_artifact_keeps_the_champion_and_asks_for_an_owned_experiment() -> None:
+    m = canary_model()
+    s = serving(m, ACTIVE, [])
+    assert (s.model.spec.version, s.model.spec.artifact.uri) == ("v1", OLD["uri"])
+    assert m.spec.version == "v2"  # the Model's own spec is never changed
+    exp = s.experiment
+    assert exp is not None
+    assert exp["metadata"]["name"] == "fraud-v2"
+    assert exp["metadata"]["ownerReferences"][0]["uid"] == "uid-m"
+    assert exp["spec"]["candidate"] == {"version": "v2", "artifact": NEW}
+    assert (exp["spec"]["strategy"], exp["spec"]["onSuccess"]) == ("canary", "promote")
+
+
+def test_the_first_rollout_has_no_champion_to_protect() -> None:
+    s = serving(canary_model(), {}, [])
+    assert s.model.spec.version == "v2"
+    assert s.experiment is None
+
+
+def test_promoted_serves_the_spec_and_a_rollback_keeps_the_champion() -> None:
+    m = canary_model()
+    promoted = serving(m, ACTIVE, [owned(m, "Promoted")])
+    assert promoted.model.spec.artifact.uri == NEW["uri"]
+    back = serving(m, ACTIVE, [owned(m, "RolledBack")])
+    assert back.model.spec.artifact.uri == OLD["uri"]
+    assert back.superseded == ()  # the record stays until the spec changes again
+
+
+def test_a_newer_version_supersedes_the_running_canary() -> None:
+    v2 = canary_model()
+    v3 = canary_model("v3", {"uri": "s3://b/v3.onnx", "sha256": "3" * 64})
+    s = serving(v3, ACTIVE, [owned(v2, "Progressing")])
+    assert s.superseded == ("fraud-v2",)
+    assert s.experiment is not None
+    assert s.experiment["metadata"]["name"] == "fraud-v3"
+    assert s.model.spec.version == "v1"
+
+
+def test_the_same_version_with_another_artifact_after_an_ended_canary_starts_again() -> None:
+    m = canary_model()
+    s = serving(
+        m, ACTIVE, [owned(m, "RolledBack", artifact={"uri": "s3://b/x", "sha256": "9" * 64})]
+    )
+    assert s.superseded == ("fraud-v2",)
+    assert s.experiment is None  # recreated on the next pass, once the old one is gone
+
+
+def test_experiment_names_are_valid_object_names() -> None:
+    assert owned_experiment_name(canary_model("V3.1_beta")) == "fraud-v3.1-beta"
+
+
+def test_the_oldest_running_experiment_holds_the_traffic() -> None:
+    def exp(name: str, created: str, phase: str | None = None) -> dict[str, Any]:
+        e: dict[str, Any] = {"metadata": {"name": name, "creationTimestamp": created}}
+        if phase:
+            e["status"] = {"phase": phase}
+        return e
+
+    done = exp("a", "2026-01-01T00:00:00Z", "RolledBack")
+    b = exp("b", "2026-01-02T00:00:00Z", "Progressing")
+    c = exp("c", "2026-01-01T12:00:00Z")
+    assert holder([done, b, c]) is c
+    assert holder([done]) is None
+
+
+def test_the_plan_follows_the_holders_status() -> None:
+    m = canary_model()
+    exp = owned(m, "Progressing")
+    plan = plan_of(exp)
+    assert (plan.experiment, plan.weight, plan.candidate.version if plan.candidate else None) == (
+        "fraud-v2",
+        25,
+        "v2",
+    )
+    assert plan.revision
+    assert plan_of(owned(m, "RolledBack")) == TrafficPlan()
+    assert plan_of(None) == TrafficPlan()
+    cm = render_traffic_config_map(m, plan)
+    assert cm["metadata"]["name"] == "fraud-rtml-traffic"
+    assert TrafficPlan.model_validate_json(cm["data"]["traffic.json"]) == plan
