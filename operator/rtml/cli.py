@@ -11,6 +11,7 @@ import click
 import yaml
 from pydantic import ValidationError
 
+from rtml.experiment_cli import experiment
 from rtml.features.cli import add_feature_commands
 from rtml_runtime.cli import bench, serve
 
@@ -277,6 +278,7 @@ def _add_dev() -> None:
 
 _add_dev()
 add_feature_commands(main)
+main.add_command(experiment)
 main.add_command(serve)
 main.add_command(bench)
 
