@@ -8,7 +8,10 @@ Writes into DIR (default: build/ beside this file):
 - model.onnx (+ model.onnx.sha256): gradient-boosted trees over the 27 view features and the 3
   request features; 30 named float32 [N, 1] inputs, concatenated inside the graph, one output
   `score` = P(fraud), and the input order as JSON in the metadata property `rtml.features`;
-- backup.onnx: a logistic regression with the same signature, for `fallback.mode: model`.
+- backup.onnx: a logistic regression with the same signature, for `fallback.mode: model`;
+- challengers for Experiments, with the same signature (candidates.py): candidate.onnx (trees
+  retrained with another seed), slow.onnx (plus a genuinely heavier branch), erroring.onnx
+  (fails on real transactions) and shifted.onnx (scores raised by 0.3).
 
 The feature names, their order and their dtypes come from model.yaml beside this file. Values,
 labels and models depend only on --seed and --rows; --as-of (default: now, to the hour) only moves
@@ -41,6 +44,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import candidates  # noqa: E402 - beside this script, which is run as a file
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "model.yaml"
@@ -375,12 +381,26 @@ def main(argv: list[str] | None = None) -> None:
         if drift.max() > 1e-4:
             sys.exit(f"{file}: ONNX scores differ from scikit-learn's by up to {drift.max():.2e}")
         (out / file).write_bytes(model.SerializeToString())
+    challenger = GradientBoostingClassifier(
+        n_estimators=120, max_depth=3, learning_rate=0.1, subsample=0.5, random_state=args.seed + 1
+    ).fit(x_train, y_train)
+    base = to_onnx(challenger, sig.inputs, "fraud_candidate")
+    challengers = {
+        "candidate.onnx": base,
+        "slow.onnx": candidates.slow(base, args.seed),
+        "erroring.onnx": candidates.erroring(base),
+        "shifted.onnx": candidates.shifted(base),
+    }
+    for file, model in challengers.items():
+        (out / file).write_bytes(model.SerializeToString())
+    challenger_auc = roc_auc_score(y_test, challenger.predict_proba(x_test)[:, 1])
     digest = hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
     (out / "model.onnx.sha256").write_text(f"{digest}  model.onnx\n")
     print(
         f"[5/5] model.onnx ({(out / 'model.onnx').stat().st_size // 1024} KiB, sha256 "
         f"{digest[:12]}…), backup.onnx ({(out / 'backup.onnx').stat().st_size} B): "
-        f"{len(sig.inputs)} float32 [N, 1] inputs -> score [N]"
+        f"{len(sig.inputs)} float32 [N, 1] inputs -> score [N]; challengers "
+        f"{', '.join(challengers)} (candidate AUC {challenger_auc:.3f})"
     )
     print(f"built {out} in {time.perf_counter() - started:.1f}s")
 
