@@ -46,7 +46,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import candidates  # noqa: E402 - beside this script, which is run as a file
+import candidates  # beside this script, which is run as a file
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "model.yaml"
