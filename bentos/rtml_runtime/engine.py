@@ -36,7 +36,7 @@ from rtml_runtime.onnx_model import ModelError, OnnxModel
 from rtml_runtime.plans import PlanSwitch
 from rtml_runtime.ratelimit import TokenBucket
 from rtml_runtime.shadow import ShadowScorer
-from rtml_runtime.variants import CHAMPION, SHADOW, Variant, feature_row
+from rtml_runtime.variants import CHAMPION, Variant, build_variant, feature_row
 
 T = TypeVar("T")
 log = logging.getLogger("rtml.runtime")
@@ -175,35 +175,8 @@ class Runtime:
         return model
 
     def make_variant(self, role: str, version: str, model: OnnxModel) -> Variant:
-        """A variant of its own: a model breaker from spec.circuitBreaker, metric children."""
-        name = self.config.name
-        gauge = self.metrics.breaker_state.labels(name, version, role, "model")
-
-        def changed(dependency: str, old: State, new: State) -> None:
-            log.warning(
-                "circuit breaker changed state",
-                extra={"dependency": dependency, "variant": role, "from": old.name, "to": new.name},
-            )
-            gauge.set(new.gauge)
-
-        breaker = CircuitBreaker.from_spec(
-            "model",
-            self.spec.circuit_breaker,
-            self.spec.slow_call_ms,
-            clock=self.clock,
-            on_state_change=changed,
-        )
-        gauge.set(0)
-        shadow = role == SHADOW
-        dropped = self.metrics.shadow_dropped.labels(name, version, role) if shadow else None
-        return Variant(
-            role,
-            version,
-            model,
-            model.feature_names,
-            breaker,
-            self.metrics.variant(name, version, role),
-            dropped,
+        return build_variant(
+            role, version, model, self.config.name, self.spec, self.metrics, self.clock
         )
 
     def _check_signature(self, model: OnnxModel, field: str) -> None:

@@ -7,6 +7,7 @@ request ever sees a weight without its candidate loaded.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,12 +15,15 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from rtml.api.model import ModelSpec
 from rtml.api.traffic import TrafficPlan
-from rtml_runtime.breaker import CircuitBreaker
-from rtml_runtime.metrics import VariantMetrics
+from rtml_runtime.breaker import CircuitBreaker, State
+from rtml_runtime.clock import Clock
+from rtml_runtime.metrics import RuntimeMetrics, VariantMetrics
 from rtml_runtime.onnx_model import OnnxModel
 from rtml_runtime.split import Splitter
 
+log = logging.getLogger("rtml.runtime")
 CHAMPION = "champion"
 CANDIDATE = "candidate"
 SHADOW = "shadow"
@@ -91,3 +95,39 @@ def feature_row(values: Mapping[str, Any], columns: Sequence[str]) -> list[Any]:
     model copies straight into its bound input buffers."""
     get = values.get
     return [math.nan if (v := get(n)) is None else v for n in columns]
+
+
+def build_variant(
+    role: str,
+    version: str,
+    model: OnnxModel,
+    model_name: str,
+    spec: ModelSpec,
+    metrics: RuntimeMetrics,
+    clock: Clock,
+) -> Variant:
+    """A candidate or shadow variant: its own model breaker from spec.circuitBreaker, its own
+    metric children (and breaker gauge)."""
+    gauge = metrics.breaker_state.labels(model_name, version, role, "model")
+
+    def changed(dependency: str, old: State, new: State) -> None:
+        log.warning(
+            "circuit breaker changed state",
+            extra={"dependency": dependency, "variant": role, "from": old.name, "to": new.name},
+        )
+        gauge.set(new.gauge)
+
+    breaker = CircuitBreaker.from_spec(
+        "model", spec.circuit_breaker, spec.slow_call_ms, clock=clock, on_state_change=changed
+    )
+    gauge.set(0)
+    dropped = metrics.shadow_dropped.labels(model_name, version, role) if role == SHADOW else None
+    return Variant(
+        role,
+        version,
+        model,
+        model.feature_names,
+        breaker,
+        metrics.variant(model_name, version, role),
+        dropped,
+    )
