@@ -20,8 +20,11 @@ from kubernetes.client import ApiException
 from urllib3.exceptions import HTTPError
 
 from rtml import GROUP, VERSION
+from rtml.api.experiment import FINAL_PHASES
+from rtml.operator.analysis import PrometheusSource
 from rtml.operator.client import KubeClient
 from rtml.operator.errors import backoff_delay
+from rtml.operator.experiment import promote_into_model, reconcile_experiment
 from rtml.operator.featureview import (
     RegistryUnavailableError,
     materialization_requested,
@@ -60,6 +63,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.execution.default_backoff = 5
     settings.posting.level = logging.WARNING
     memo["client"] = KubeClient.from_kubeconfig(memo.get("kubeconfig"))
+    memo["metrics"] = PrometheusSource(
+        SETTINGS.prometheus_url, timeout_s=SETTINGS.prometheus_timeout_seconds
+    )
     memo["heartbeat"] = asyncio.create_task(_executor_heartbeat(settings))
 
 
@@ -383,3 +389,82 @@ def unregister(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         unregister_feature_view(
             client, dict(body), SETTINGS.feast, retry, SETTINGS.feast_delete_attempts
         )
+
+
+# -- Experiments: a Kopf timer drives each running one; all progress lives in its status --------
+EXPERIMENTS = (GROUP, VERSION, "experiments")
+
+
+def _experiment_running(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
+    return status.get("phase") not in FINAL_PHASES and not meta.get("deletionTimestamp")
+
+
+def _tick_experiment(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> None:
+    client: KubeClient = memo["client"]
+    meta = body["metadata"]
+    with _locks[meta["uid"]], _retry_on_outage(retry):
+        live = client.get(f"{GROUP}/{VERSION}", "Experiment", meta["namespace"], meta["name"])
+        if live is None or live["metadata"].get("deletionTimestamp"):
+            return
+        tick = reconcile_experiment(client, live, memo["metrics"])
+        if tick.promote:
+            promote_into_model(client, live)
+    if tick.plan_changed:
+        _reconcile_model_of(live, memo)
+
+
+def _reconcile_model_of(experiment: Mapping[str, Any], memo: kopf.Memo) -> None:
+    """The Model re-renders its traffic plan from the Experiments that name it."""
+    client: KubeClient = memo["client"]
+    ns = experiment["metadata"]["namespace"]
+    name = (experiment.get("spec") or {}).get("modelRef")
+    if not name:
+        return
+    with _next_time("could not update the Model's traffic; its resync will", model=name):
+        with _retry_on_outage(0):
+            model = client.get(f"{GROUP}/{VERSION}", "Model", ns, name)
+        if model is not None and not model["metadata"].get("deletionTimestamp"):
+            _reconcile(model, memo, retry=0)
+
+
+@kopf.on.resume(*EXPERIMENTS, id="experiment", retries=RETRIES, timeout=TIMEOUT, backoff=5)
+@kopf.on.create(*EXPERIMENTS, id="experiment", retries=RETRIES, timeout=TIMEOUT, backoff=5)
+@kopf.on.update(
+    *EXPERIMENTS,
+    id="experiment",
+    retries=RETRIES,
+    timeout=TIMEOUT,
+    backoff=5,
+    field="spec",
+)
+def experiment_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    _tick_experiment(body, memo, retry)
+
+
+@kopf.on.field(*EXPERIMENTS, id="experiment-control", field="metadata.annotations")
+def experiment_control(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """pause / resume / abort (rtml experiment ..., or kubectl annotate) act at once."""
+    with _next_time("experiment control failed; the next tick retries",
+                    experiment=body["metadata"]["name"]):  # fmt: skip
+        _tick_experiment(body, memo, retry=0)
+
+
+@kopf.timer(
+    *EXPERIMENTS,
+    id="experiment-tick",
+    interval=SETTINGS.experiment_tick_seconds,
+    idle=0,
+    when=_experiment_running,
+)
+def experiment_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    with _next_time("experiment tick failed; the next one retries",
+                    experiment=body["metadata"]["name"]):  # fmt: skip
+        _tick_experiment(body, memo, retry=0)
+
+
+@kopf.on.event(*EXPERIMENTS, id="experiment-deleted")
+def experiment_deleted(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+    """Deleting a running Experiment sends all traffic back to the champion: the Model
+    re-renders its plan without it. No finalizer: nothing outside the cluster to clean up."""
+    if type == "DELETED":
+        _reconcile_model_of(body, memo)
