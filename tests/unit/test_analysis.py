@@ -74,7 +74,7 @@ def test_label_values_are_escaped() -> None:
     w = Window('ns"x', "m\\", "candidate", W.start, W.end)
     assert 'namespace="ns\\"x",model="m\\\\"' in promql("requests", w)
     assert pods_applying_promql("ml", "fraud", 'r"1') == (
-        'rtml_candidate_weight{namespace="ml",model="fraud",revision="r\\"1"}'
+        'rtml_candidate_weight{namespace="ml",model="fraud",revision="r\\"1"} > 0'
     )
 
 
@@ -101,10 +101,10 @@ def test_the_queries_name_series_the_runtime_exports() -> None:
     # The operator may not import the runtime (import-linter); this keeps the names in step.
     runtime = RuntimeMetrics()
     runtime.variant("fraud", "v2", "candidate")
+    runtime.candidate_weight.labels("fraud", "fraud-v2", "r1").set(5)
     exported = set(re.findall(r"^(\w+)\{", generate_latest(runtime.registry).decode(), re.M))
-    queried = set()
-    for metric in METRICS:
-        queried |= set(re.findall(r"(rtml_\w+)\{", promql(metric, W)))
+    queries = [promql(m, W) for m in METRICS] + [pods_applying_promql("ml", "fraud", "r1")]
+    queried = {name for q in queries for name in re.findall(r"(rtml_\w+)\{", q)}
     assert queried <= exported
     assert {"error", "rejected", "fallback", "rate_limited"} <= set(OUTCOMES)
 

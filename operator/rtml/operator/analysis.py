@@ -128,7 +128,9 @@ def pods_applying_promql(namespace: str, model: str, revision: str) -> str:
         f"namespace={label_value(namespace)},model={label_value(model)},"
         f"revision={label_value(revision)}"
     )
-    return f"{CANDIDATE_WEIGHT}{{{sel}}}"
+    # > 0: a pod whose candidate failed to load reports the revision with weight 0 (the API
+    # never asks for a weight of 0 while an experiment runs).
+    return f"{CANDIDATE_WEIGHT}{{{sel}}} > 0"
 
 
 class MetricsSource(Protocol):
@@ -138,7 +140,8 @@ class MetricsSource(Protocol):
         ...
 
     def pods_applying(self, namespace: str, model: str, revision: str) -> set[str]:
-        """Names of the pods whose latest `rtml_candidate_weight` reports `revision`.
+        """Names of the pods whose latest `rtml_candidate_weight` reports `revision` with a
+        weight above 0 (the plan applied, its candidate loaded).
         Raises MetricsUnavailable."""
         ...
 
