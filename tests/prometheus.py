@@ -68,8 +68,10 @@ class PrometheusServer:
         port: int | None = None,
         scrape_interval: str = "1s",
         binary: Path = PROMETHEUS_BINARY,
+        host: str = "127.0.0.1",
     ) -> None:
         self.workdir = workdir
+        self.host = host  # the node's bridge address, for an operator running as a pod
         self.scrape_configs = scrape_configs
         self.port = port or _free_port()
         self.scrape_interval = scrape_interval
@@ -81,7 +83,7 @@ class PrometheusServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def config(self, scrape_configs: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -115,7 +117,7 @@ class PrometheusServer:
                     str(self.binary),
                     f"--config.file={self.config_file}",
                     f"--storage.tsdb.path={self.workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    f"--web.listen-address={self.host}:{self.port}",
                     "--web.enable-lifecycle",
                 ],
                 stdout=log,

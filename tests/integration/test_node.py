@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pandas as pd
 import pytest
 import yaml
@@ -43,6 +44,12 @@ from rtml.dev.postgres import PostgresServer
 from rtml.dev.stack import CONTAINER_SECURITY, POD_SECURITY, Stack, helm_install
 from rtml.dev.tools import ensure_node_tools, ensure_tools
 from tests.kube import REPO, condition, wait_for
+from tests.prometheus import (
+    PodDiscoveryBridge,
+    PrometheusServer,
+    api_pod_lister,
+    http_pod_scrape_config,
+)
 
 pytestmark = [pytest.mark.node, pytest.mark.images, pytest.mark.helm]
 CHART = REPO / "charts" / "rtml"
@@ -211,6 +218,8 @@ TENANT, SYSTEM, SECRET = STACK.tenant, STACK.system, STACK.secret
 REDIS_PASSWORD = f"redis-{secrets.token_hex(12)}"  # new each run: the grep below looks for it
 PG_PASSWORD = f"pg-{secrets.token_hex(12)}"
 REQUEST = json.loads((REPO / "examples/fraud/request.json").read_text())
+# examples/fraud/candidates.py: challengers with the champion's signature.
+CHALLENGERS = ("candidate.onnx", "slow.onnx", "erroring.onnx", "shifted.onnx")
 
 
 @dataclass
@@ -218,6 +227,9 @@ class Chain:
     plane: LocalControlPlane
     offline: Path  # the host folder behind the `offline-data` volume (parquet, ONNX files)
     registry: PostgresServer
+    # Debian's Prometheus on the bridge address (the operator's pod queries it), finding the
+    # tenant's pods through the API server (tests/prometheus.py: PodDiscoveryBridge).
+    prometheus: PrometheusServer
 
     def get(self, kind: str, name: str, ns: str = TENANT) -> dict[str, Any]:
         got: dict[str, Any] = json.loads(
@@ -281,7 +293,8 @@ def chain(
     plane = node_cluster
     offline = tmp_path_factory.mktemp("offline")
     offline.chmod(0o755)  # the pods run as 65532
-    for name in ("features.parquet", "model.onnx", "backup.onnx"):
+    files = ("features.parquet", "model.onnx", "backup.onnx", *CHALLENGERS)
+    for name in files:
         shutil.copy(fraud_build / name, offline / name)
         (offline / name).chmod(0o644)
     registry = PostgresServer(Path(tempfile.mkdtemp(prefix="rtml-node-pg-")),
@@ -291,11 +304,18 @@ def chain(
     registry.create_database("feast")
     registry.allow_with_password(POD_CIDR, PG_PASSWORD)
     registry_url = f"postgresql+psycopg://rtml:{PG_PASSWORD}@{BRIDGE_IP}:{registry.port}/feast"
+    api = kubernetes.config.new_client_from_config(config_file=str(plane.kubeconfig))
+    bridge = PodDiscoveryBridge(api_pod_lister(api, [TENANT]))
+    prometheus = PrometheusServer(tmp_path_factory.mktemp("prometheus"),
+                                  [http_pod_scrape_config("rtml-pods", bridge.url)],
+                                  host=BRIDGE_IP)  # fmt: skip
     try:
         apply(plane, *STACK.manifests(redis_password=REDIS_PASSWORD, registry_url=registry_url,
                                       offline=offline, images=built_images))  # fmt: skip
+        prometheus.start()
         values = offline.parent / "values.yaml"
-        values.write_text(yaml.safe_dump(STACK.chart_values()))
+        values.write_text(yaml.safe_dump({**STACK.chart_values(), "prometheusUrl": prometheus.url,
+                                          "experimentTickSeconds": 2}))  # fmt: skip
         helm = ensure_tools(lambda _m: None) / "helm"
         try:
             helm_install(helm, plane.bin_dir / "kubectl", plane.kubeconfig, CHART, values, SYSTEM)
@@ -304,8 +324,11 @@ def chain(
         for pod in ("redis", "models"):
             kubectl(plane, "-n", TENANT, "wait", "--for=condition=Ready", f"pod/{pod}",
                     "--timeout=180s")  # fmt: skip
-        yield Chain(plane, offline, registry)
+        yield Chain(plane, offline, registry, prometheus)
     finally:
+        prometheus.stop()
+        bridge.close()
+        api.close()
         registry.stop()
         shutil.rmtree(registry.workdir, ignore_errors=True)
 
@@ -618,3 +641,288 @@ def test_an_artifact_changed_behind_its_digest_never_becomes_ready(chain: Chain)
     time.sleep(20)  # and it stays so: restarts fetch the same wrong bytes
     for pod in chain.model_pods("tampered"):
         assert not any(c["ready"] for c in pod["status"].get("containerStatuses", []))
+
+
+# --- Experiments: canaries judged on live metrics from a real Prometheus ----------------------
+# Gates every experiment below uses: the slow candidate is ~25 ms a row, the others ~0.1 ms.
+GATES = [{"name": "p99LatencyMs", "max": 15}, {"name": "errorRate", "max": 0.02},
+         {"name": "scoreMeanShift", "max": 0.1}]  # fmt: skip
+STEPS = {"steps": [20, 50, 100], "stepInterval": "15s"}
+ANALYSIS = {"metrics": GATES, "minRequests": 20}
+CARDS = [f"card_{i:05d}" for i in range(5000)]
+
+
+class EntityLoad(Load):
+    """Open-loop traffic over many cards, so the sticky split has entities to split; records
+    (time, status, version or error, variant)."""
+
+    def __init__(self, url: str, rate: float) -> None:
+        super().__init__(url, rate)
+        self.variants: list[tuple[float, int, str, str]] = []
+        self._n = 0
+
+    def _one(self) -> None:
+        self._n += 1
+        body = {**REQUEST, "entity_id": CARDS[(self._n * 7919) % len(CARDS)]}
+        try:
+            code, out = _post(f"{self.url}/predict", body, timeout=5)
+            self.results.append((time.monotonic(), code, str(out.get("version", out))))
+            self.variants.append((time.monotonic(), code, str(out.get("version")),
+                                  str(out.get("variant"))))  # fmt: skip
+        except OSError as e:
+            self.results.append((time.monotonic(), 0, f"{type(e).__name__}: {e}"))
+
+    def failed(self) -> list[tuple[float, int, str]]:
+        return [r for r in self.results if r[1] != 200]
+
+
+def scorer_model(chain: Chain, artifact: str, version: str) -> dict[str, Any]:
+    """A Model rolled out by canary: a new artifact runs as an Experiment the Model owns."""
+    _, model = fraud_docs(artifact, sha256(chain.offline / artifact), name="scorer",
+                          version=version)  # fmt: skip
+    model["spec"]["rollout"] = {"strategy": "canary", **STEPS, "analysis": ANALYSIS}
+    return model  # type: ignore[no-any-return]
+
+
+def experiment(chain: Chain, name: str, artifact: str, version: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "rtml.dev/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": name, "namespace": TENANT},
+        "spec": {
+            "modelRef": "scorer",
+            "candidate": {"version": version, "artifact": {
+                "uri": f"{STACK.artifacts_url}/{artifact}",
+                "sha256": sha256(chain.offline / artifact)}},
+            "strategy": "canary",
+            "canary": STEPS,
+            "analysis": ANALYSIS,
+            **spec,
+        },
+    }  # fmt: skip
+
+
+def phase_of(chain: Chain, name: str) -> dict[str, Any]:
+    return chain.get("rexp", name).get("status") or {}
+
+
+def wait_phase(chain: Chain, name: str, phases: tuple[str, ...], timeout: float) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        st = phase_of(chain, name)
+        return st if st.get("phase") in phases else None
+
+    try:
+        return wait_until(f"Experiment {name} to reach {phases}", done, timeout, every=1)  # type: ignore[no-any-return]
+    except pytest.fail.Exception:
+        st = phase_of(chain, name)
+        events = kubectl(chain.plane, "-n", TENANT, "get", "events", "--field-selector",
+                         f"involvedObject.name={name}", "-o",
+                         "custom-columns=R:.reason,M:.message")  # fmt: skip
+        log = "\n".join(chain.operator_logs().splitlines()[-30:])
+        pytest.fail(f"Experiment {name}: {st}\n{events}\n--- operator log ---\n{log}")
+
+
+def events_of(chain: Chain, name: str) -> list[tuple[str, str]]:
+    out = json.loads(kubectl(chain.plane, "-n", TENANT, "get", "events", "--field-selector",
+                             f"involvedObject.name={name}", "-o", "json"))  # fmt: skip
+    items = sorted(out["items"], key=lambda e: e.get("firstTimestamp") or "")
+    return [(e["reason"], e["message"]) for e in items]
+
+
+def server_side_apply(chain: Chain, doc: dict[str, Any], manager: str = "argocd-controller") -> str:
+    """As Argo CD applies: server-side, its own field manager; the dry-run diff must be empty."""
+    text = yaml.safe_dump(doc)
+    diff = subprocess.run(
+        [str(chain.plane.bin_dir / "kubectl"), f"--kubeconfig={chain.plane.kubeconfig}", "diff",
+         "--server-side", f"--field-manager={manager}", "-f", "-"],
+        input=text, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert diff.returncode in (0, 1), diff.stderr
+    kubectl(chain.plane, "apply", "--server-side", f"--field-manager={manager}", "-f", "-",
+            stdin=text)  # fmt: skip
+    return diff.stdout
+
+
+def spec_managers(chain: Chain, name: str) -> dict[str, list[str]]:
+    """Which field manager owns which top-level field of the Model's spec."""
+    model = json.loads(kubectl(chain.plane, "-n", TENANT, "get", "rmodel", name, "-o", "json",
+                               "--show-managed-fields"))  # fmt: skip
+    owned: dict[str, list[str]] = {}
+    for entry in model["metadata"].get("managedFields", []):
+        spec = (entry.get("fieldsV1") or {}).get("f:spec") or {}
+        owned[entry["manager"]] = sorted(k for k in spec if k.startswith("f:"))
+    return owned
+
+
+@pytest.mark.timeout(900)
+def test_a_canary_rollout_promotes_a_good_candidate_through_every_step(chain: Chain) -> None:
+    """spec.rollout.strategy canary: the new artifact runs as an owned Experiment under load,
+    step by step on live metrics, while GitOps re-applies the Model with no conflict."""
+    v1 = scorer_model(chain, "model.onnx", "v1")
+    server_side_apply(chain, v1)
+    wait_ready(chain, "scorer")
+    url = chain.service_url("scorer")
+    v2 = scorer_model(chain, "candidate.onnx", "v2")
+    steps_seen: list[tuple[str, int | None, int | None]] = []
+    with EntityLoad(url, rate=25) as load:
+        time.sleep(3)
+        server_side_apply(chain, v2)
+        assert server_side_apply(chain, v2) == ""  # again, before the canary: no change
+
+        def promoted() -> bool:
+            st = phase_of(chain, "scorer-v2") if _exists(chain, "rexp", "scorer-v2") else {}
+            seen = (st.get("phase", ""), st.get("currentStep"), st.get("candidateWeight"))
+            if not steps_seen or steps_seen[-1] != seen:
+                steps_seen.append(seen)
+                if seen[0] == "Progressing" and seen[1] == 1:
+                    assert server_side_apply(chain, v2) == ""  # during: no change
+                    model = chain.get("rmodel", "scorer")["status"]
+                    assert (model["activeVersion"], model["experiment"]) == ("v1", "scorer-v2")
+            return seen[0] in ("Promoted", "RolledBack", "Aborted")
+
+        chain.wait("the canary of v2 to end", promoted, 480, every=1)
+        chain.wait("v2 to be the active version",
+                   lambda: chain.get("rmodel", "scorer")["status"].get("activeVersion") == "v2",
+                   300)  # fmt: skip
+        time.sleep(3)
+    status = phase_of(chain, "scorer-v2")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    split = [v for v in load.variants if v[1] == 200]
+    (RESULTS / "canary-promoted.json").write_text(json.dumps({
+        "steps": steps_seen, "analysis": status.get("analysis"), "requests": len(load.results),
+        "failed": len(load.failed()), "candidate": sum(v[3] == "candidate" for v in split),
+        "seconds": round(load.seconds, 1)}))  # fmt: skip
+    assert status["phase"] == "Promoted", (status, steps_seen)
+    weights = [w for p, _, w in steps_seen if p == "Progressing"]
+    assert [w for i, w in enumerate(weights) if i == 0 or w != weights[i - 1]] == [20, 50, 100]
+    passed = {(r["metric"], r["passed"]) for r in status["analysis"]}
+    assert passed == {("p99LatencyMs", True), ("errorRate", True), ("scoreMeanShift", True)}
+    assert load.failed() == [], load.failed()[:5]
+    assert any(v[3] == "candidate" and v[2] == "v2" for v in split)
+    reasons = [r for r, _ in events_of(chain, "scorer-v2")]
+    assert reasons[:1] == ["Started"], reasons
+    assert reasons.count("StepPassed") == 2, reasons
+    assert "Promoted" in reasons
+    # After: GitOps applies the same manifest again, nothing changes, the operator owns no spec.
+    assert server_side_apply(chain, v2) == ""
+    owners = spec_managers(chain, "scorer")
+    assert owners.get("rtml-operator", []) == [], owners
+    model = chain.get("rmodel", "scorer")
+    assert model["spec"]["version"] == "v2"
+    assert model["metadata"]["generation"] == 2  # v1, then v2: no writes of ours in between
+    assert model["status"]["activeArtifact"]["uri"].endswith("/candidate.onnx")
+
+
+def _exists(chain: Chain, kind: str, name: str) -> bool:
+    out = subprocess.run(
+        [str(chain.plane.bin_dir / "kubectl"), f"--kubeconfig={chain.plane.kubeconfig}", "-n",
+         TENANT, "get", kind, name, "-o", "name"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return out.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("artifact", "metric"),
+    [("slow.onnx", "p99LatencyMs"), ("erroring.onnx", "errorRate"),
+     ("shifted.onnx", "scoreMeanShift")],
+)  # fmt: skip
+@pytest.mark.timeout(600)
+def test_a_bad_candidate_is_rolled_back_at_the_first_step_on_its_gate(
+    chain: Chain, artifact: str, metric: str
+) -> None:
+    name = f"try-{artifact.split('.', maxsplit=1)[0]}"
+    url = chain.service_url("scorer")
+    with EntityLoad(url, rate=25) as load:
+        version = f"v-{artifact.split('.', maxsplit=1)[0]}"
+        apply(chain.plane, experiment(chain, name, artifact, version))
+        status = wait_phase(chain, name, ("RolledBack", "Promoted", "Completed"), 300)
+        time.sleep(3)
+    assert status["phase"] == "RolledBack", status
+    assert status["currentStep"] == 0  # the first step already failed
+    failed = [r for r in status["analysis"] if not r["passed"]]
+    assert [r["metric"] for r in failed] == [metric], status["analysis"]
+    value, gate = failed[0]["value"], failed[0]["max"]
+    assert value > gate
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"rolled-back-{metric}.json").write_text(json.dumps(status["analysis"]))
+    ((_reason, message),) = [(r, m) for r, m in events_of(chain, name) if r == "RolledBack"]
+    assert metric in message
+    assert f"{value:.4g}" in message  # the measured value, in the sentence
+    plan = json.loads(chain.get("cm", "scorer-rtml-traffic")["data"]["traffic.json"])
+    assert "experiment" not in plan  # all traffic back on the champion
+    if metric != "errorRate":  # the erroring candidate's own requests are its 5xx answers
+        assert load.failed() == [], load.failed()[:5]
+    assert chain.get("rmodel", "scorer")["status"]["activeVersion"] == "v2"
+
+
+@pytest.mark.timeout(600)
+def test_prometheus_down_pauses_and_a_killed_operator_resumes_at_the_same_step(
+    chain: Chain,
+) -> None:
+    name = "try-outages"
+    url = chain.service_url("scorer")
+    slow_steps = {"steps": [20, 50], "stepInterval": "20s"}
+    with EntityLoad(url, rate=25) as load:
+        apply(chain.plane, experiment(chain, name, "model.onnx", "v-again", canary=slow_steps))
+        chain.wait("the first step", lambda: phase_of(chain, name).get("windowStart"), 180)
+        chain.prometheus.stop()
+        try:
+            paused = wait_phase(chain, name, ("Paused", "RolledBack", "Promoted"), 120)
+            assert paused["phase"] == "Paused", paused
+            assert paused["pausedReason"] == "MetricsUnavailable"
+            time.sleep(15)  # never promoted while Prometheus is down
+            assert phase_of(chain, name)["phase"] == "Paused"
+        finally:
+            chain.prometheus.start()
+        wait_phase(chain, name, ("Progressing",), 120)
+        # SIGKILL the operator mid-step: its successor goes on at the same step and weight.
+        chain.wait("step 2", lambda: phase_of(chain, name).get("currentStep") == 1, 180)
+        before = phase_of(chain, name)
+        (operator,) = json.loads(kubectl(chain.plane, "-n", SYSTEM, "get", "pods", "-o",
+                                         "json"))["items"]  # fmt: skip
+        for pid in container_pids(operator["metadata"]["uid"]):
+            os.kill(pid, signal.SIGKILL)
+        chain.wait("the operator to restart", lambda: _restarts(chain) >= 1, 120)
+        after = phase_of(chain, name)
+        assert (after["currentStep"], after["candidateWeight"]) == (1, 50), (before, after)
+        final = wait_phase(chain, name, ("Completed", "RolledBack"), 240)
+    assert final["phase"] == "Completed", final
+    assert load.failed() == [], load.failed()[:5]
+    reasons = [r for r, _ in events_of(chain, name)]
+    assert "MetricsUnavailable" in reasons, reasons
+    assert "Resumed" in reasons, reasons
+
+
+def _restarts(chain: Chain) -> int:
+    (pod,) = json.loads(kubectl(chain.plane, "-n", SYSTEM, "get", "pods", "-o", "json"))["items"]
+    ready = pod["status"]["containerStatuses"][0]
+    return int(ready["restartCount"]) if ready.get("ready") else 0
+
+
+@pytest.mark.timeout(600)
+def test_deleting_a_running_experiment_sends_all_traffic_back_without_a_failed_request(
+    chain: Chain,
+) -> None:
+    name = "try-deleted"
+    url = chain.service_url("scorer")
+    with EntityLoad(url, rate=40) as load:
+        apply(chain.plane, experiment(chain, name, "model.onnx", "v-deleted"))
+        chain.wait("the candidate to answer",
+                   lambda: any(v[3] == "candidate" for v in load.variants), 180)  # fmt: skip
+        kubectl(chain.plane, "-n", TENANT, "delete", "rexp", name)
+        deleted_at = time.monotonic()
+
+        def champion_only() -> bool:
+            recent = [v for v in load.variants if v[0] > time.monotonic() - 3]
+            return bool(recent) and all(v[3] == "champion" for v in recent)
+
+        chain.wait("every answer to come from the champion", champion_only, 120)
+        back_after = time.monotonic() - deleted_at
+        time.sleep(3)
+    assert load.failed() == [], load.failed()[:5]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "experiment-deleted.json").write_text(json.dumps(
+        {"requests": len(load.results),
+         "seconds_to_champion_only": round(back_after, 1)}))  # fmt: skip
+    assert "experiment" not in chain.get("rmodel", "scorer")["status"]

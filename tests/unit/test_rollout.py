@@ -32,7 +32,9 @@ def canary_model(version: str = "v2", artifact: dict[str, str] | None = None) ->
 ACTIVE = {"activeVersion": "v1", "activeArtifact": OLD}
 
 
-def owned(m: Any, phase: str | None = None, artifact: dict[str, str] | None = None) -> dict[str, Any]:
+def owned(
+    m: Any, phase: str | None = None, artifact: dict[str, str] | None = None
+) -> dict[str, Any]:
     exp = render_owned_experiment(m)
     exp["metadata"]["creationTimestamp"] = "2026-12-02T10:00:00Z"
     if artifact is not None:

@@ -17,7 +17,6 @@ from rtml.api.model import (
     check_steps,
 )
 
-
 # What the operator on call sets (`rtml experiment pause|resume|abort`, or kubectl annotate):
 # "true" pauses at the current weight until removed; "true" on abort sends all traffic back
 # to the champion and ends the experiment as Aborted.

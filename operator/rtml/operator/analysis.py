@@ -12,8 +12,10 @@ The queries, over the analysis window `[start, end]` (`[Ns]`, evaluated at `end`
 - errorRate: (error + rejected) / every outcome but rate_limited, a fraction 0..1. A 429 is the
   caller over its budget, not the candidate failing; a rejection (open breaker) is a failure.
 - fallbackRate: fallback / the same denominator, a fraction 0..1.
-- scoreMeanShift: |mean score of the candidate (or shadow) - mean score of the champion| over
-  the same window, from the score histogram's `_sum` / `_count` (no quantile error).
+- scoreMeanShift: |mean score of the candidate (or shadow) over the window - mean score of the
+  champion since `baseline_start` (the experiment's start; default the window's)|, from the
+  score histogram's `_sum` / `_count` (no quantile error). The champion's baseline reaches back
+  because at a 100% step it answers nothing in the window itself.
 Ratios are taken of sums over pods, never averaged per pod, so a quiet pod weighs what it
 served. A missing numerator series counts as zero (`or vector(0)`); no requests at all gives
 0/0 = NaN, which `measure` reports as None: inconclusive, not passing.
@@ -60,6 +62,8 @@ class Window:
     variant: Literal["candidate", "shadow"]
     start: datetime
     end: datetime
+    # Where the champion's score baseline starts (scoreMeanShift); None: the window's start.
+    baseline_start: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.end.tzinfo is None:
@@ -104,6 +108,12 @@ def _outcome_share(w: Window, outcomes: str) -> str:
     return f"({numerator} or vector(0)) / {denominator}"
 
 
+def _baseline(w: Window) -> Window:
+    if w.baseline_start is None or w.baseline_start >= w.start:
+        return w
+    return Window(w.namespace, w.model, w.variant, w.baseline_start, w.end)
+
+
 def _score_mean(w: Window, variant: str) -> str:
     return f"({_summed(SCORE_SUM, w, variant)} / {_summed(SCORE_COUNT, w, variant)})"
 
@@ -119,7 +129,7 @@ def promql(metric: str, w: Window) -> str:
     if metric == "fallbackRate":
         return _outcome_share(w, "fallback")
     if metric == "scoreMeanShift":
-        return f"abs({_score_mean(w, w.variant)} - {_score_mean(w, 'champion')})"
+        return f"abs({_score_mean(w, w.variant)} - {_score_mean(_baseline(w), 'champion')})"
     raise ValueError(f"unknown analysis metric {metric!r}; known: {', '.join(METRICS)}")
 
 

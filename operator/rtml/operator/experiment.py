@@ -129,7 +129,9 @@ def gather_facts(
             facts["pods_applied"] = _pods_applied(client, source, model, status.traffic_revision)
         elif wants.window is not None:
             start, end = wants.window
-            w = Window(meta["namespace"], spec.model_ref, variant(spec), start, end)
+            w = Window(
+                meta["namespace"], spec.model_ref, variant(spec), start, end, status.started_at
+            )
             names = ["requests", *(m.name for m in spec.analysis.metrics)]
             facts["readings"] = {n: source.measure(n, w) for n in names}
         elif wants.probe:
