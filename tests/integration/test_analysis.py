@@ -1,10 +1,9 @@
 """The analysis queries against the real Prometheus, scraping what the runtime's own metrics
 code exports (rtml_runtime.metrics.RuntimeMetrics) with known latencies, outcomes and scores.
 
-Fake pods are loopback HTTP servers; the static scrape config sets the `namespace` and `pod`
-labels that the Kubernetes pod discovery sets in a cluster. Each weight gauge is a target of its
-own (same `pod` label), so the runtime can add `rtml_candidate_weight` to its registry without
-clashing with this test's.
+Fake pods are loopback HTTP servers, each serving one RuntimeMetrics registry (the weight gauge
+included); the static scrape config sets the `namespace` and `pod` labels that the Kubernetes
+pod discovery sets in a cluster.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import MetricsHandler
 
 from rtml.operator.analysis import MetricsUnavailable, PrometheusSource, Window
@@ -53,20 +52,6 @@ class Exporter:
         self.server.server_close()
 
 
-@dataclass
-class Pod:
-    metrics: RuntimeMetrics
-    weights: CollectorRegistry
-    weight: Gauge
-
-
-def _pod() -> Pod:
-    weights = CollectorRegistry()
-    gauge = Gauge("rtml_candidate_weight", "Weight applied.", ("model", "experiment", "revision"),
-                  registry=weights)  # fmt: skip
-    return Pod(RuntimeMetrics(), weights, gauge)
-
-
 def _observe(v: VariantMetrics, latencies: dict[float, int], outcomes: dict[str, int],
              scores: dict[float, int]) -> None:  # fmt: skip
     for seconds, n in latencies.items():
@@ -84,28 +69,24 @@ class Scraped:
     prometheus: PrometheusServer
     source: PrometheusSource
     window: Window
-    pods: dict[str, Pod]
+    pods: dict[str, RuntimeMetrics]
 
 
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     """Prometheus has scraped every series at zero, then once more after the known traffic."""
-    pods = {"pod-a": _pod(), "pod-b": _pod(), "pod-x": _pod()}
+    pods = {"pod-a": RuntimeMetrics(), "pod-b": RuntimeMetrics(), "pod-x": RuntimeMetrics()}
     namespaces = {"pod-a": NS, "pod-b": NS, "pod-x": "elsewhere"}
     variants = {
-        (name, model, variant): pod.metrics.variant(model, version, variant)
+        (name, model, variant): pod.variant(model, version, variant)
         for name, pod in pods.items()
         for model in (MODEL, "spam", "idle")
         for version, variant in (("v1", "champion"), ("v2", "candidate"), ("v2", "shadow"))
     }
-    pods["pod-a"].weight.labels(MODEL, "fraud-v2", "rev-new").set(25)
-    pods["pod-b"].weight.labels(MODEL, "fraud-v2", "rev-old").set(5)
-    exporters: dict[str, Exporter] = {}
-    targets: dict[str, dict[str, str]] = {}
-    for name, pod in pods.items():
-        for kind, registry in (("runtime", pod.metrics.registry), ("weight", pod.weights)):
-            exporters[f"{name}/{kind}"] = e = Exporter(registry)
-            targets[e.address] = {"namespace": namespaces[name], "pod": name}
+    pods["pod-a"].candidate_weight.labels(MODEL, "fraud-v2", "rev-new").set(25)
+    pods["pod-b"].candidate_weight.labels(MODEL, "fraud-v2", "rev-old").set(5)
+    exporters = {name: Exporter(pod.registry) for name, pod in pods.items()}
+    targets = {e.address: {"namespace": namespaces[n], "pod": n} for n, e in exporters.items()}
 
     start = datetime.now(UTC)
     prometheus = PrometheusServer(tmp_path_factory.mktemp("prometheus"),
@@ -196,7 +177,7 @@ def test_pods_applying_reads_each_pods_latest_revision(scraped: Scraped) -> None
     assert source.pods_applying(NS, MODEL, "rev-old") == {"pod-b"}
     assert source.pods_applying("elsewhere", MODEL, "rev-new") == set()
 
-    gauge = pods["pod-b"].weight
+    gauge = pods["pod-b"].candidate_weight
     gauge.remove(MODEL, "fraud-v2", "rev-old")
     gauge.labels(MODEL, "fraud-v2", "rev-new").set(25)
     switched = datetime.now(UTC)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -125,14 +126,16 @@ class Stub:
                 )
                 time.sleep(stub.delay)
                 status, body = stub.answers.pop(0)
-                self.send_response(status)
-                self.end_headers()
-                self.wfile.write(body.encode())
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # timed out
+                    self.send_response(status)
+                    self.end_headers()
+                    self.wfile.write(body.encode())
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.block_on_close = False  # a handler still sleeping is left behind
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
@@ -201,12 +204,12 @@ def test_what_prometheus_cannot_answer_is_unavailable(
 
 
 def test_a_slow_prometheus_times_out_as_unavailable(stub: Stub) -> None:
-    stub.delay = 1.0
+    stub.delay = 3.0
     stub.answer(_vector("1"))
     began = time.monotonic()
     with pytest.raises(MetricsUnavailable, match=r"did not answer.*timed out"):
         PrometheusSource(stub.url, timeout_s=0.2).measure("errorRate", W)
-    assert time.monotonic() - began < 0.9
+    assert time.monotonic() - began < 2.0
 
 
 def test_nothing_listening_is_unavailable() -> None:
