@@ -217,6 +217,9 @@ class OperatorProcess:
             RTML_RESYNC_SECONDS="3",
             RTML_DISCOVERY_TTL="1",
             RTML_KSERVE_POLL_SECONDS="1",
+            RTML_EXPERIMENT_TICK_SECONDS="1",
+            # Nothing listens there: an API-only cluster has no Prometheus (analysis pauses).
+            RTML_PROMETHEUS_URL="http://127.0.0.1:9",
             RTML_RUNTIME_IMAGE="registry.local/rtml-runtime:test",
             **self.env,
         )

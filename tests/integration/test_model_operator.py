@@ -413,3 +413,112 @@ def test_keda_scaled_object_replaces_hpa_for_rps(
         30,
         what="the ScaledObject to be pruned",
     )
+
+
+EXPERIMENT = ("rtml.dev/v1alpha1", "Experiment")
+
+
+def experiment(name: str, ns: str, model_ref: str, version: str = "v2") -> dict[str, Any]:
+    return {
+        "apiVersion": "rtml.dev/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "modelRef": model_ref,
+            "strategy": "canary",
+            "candidate": {
+                "version": version,
+                "artifact": {"uri": f"s3://bucket/{version}.onnx", "sha256": "d" * 64},
+            },
+            "canary": {"steps": [20, 60], "stepInterval": "2s"},
+            "analysis": {"metrics": [{"name": "errorRate", "max": 0.01}]},
+        },
+    }
+
+
+def test_a_kserve_canary_splits_by_canary_traffic_percent_and_one_experiment_holds_a_model(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    """KServe's CRD accepts what the operator renders for a canary step; a second Experiment on
+    the same Model waits with a condition; without Prometheus the first pauses, never promotes;
+    deleting it puts the champion back and lets the second start."""
+    kube.create(model("churn", namespace, backend="kserve"))
+    wait_for(lambda: kube.get(*ISVC, "churn", namespace), 30, what="the InferenceService")
+    kube.create(experiment("first", namespace, "churn"))
+    isvc = wait_for(
+        lambda: (
+            (o := kube.get(*ISVC, "churn", namespace))
+            and o["spec"]["predictor"].get("canaryTrafficPercent") == 20
+            and o
+        ),
+        30,
+        what="canaryTrafficPercent at the first step",
+    )
+    volumes = {v["name"]: v for v in isvc["spec"]["predictor"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "churn-rtml-config-candidate"
+    cm = kube.get("v1", "ConfigMap", "churn-rtml-config-candidate", namespace)
+    assert cm is not None
+    assert json.loads(cm["data"]["model.json"])["spec"]["version"] == "v2"
+    kube.create(experiment("second", namespace, "churn", version="v3"))
+    second = wait_for(
+        lambda: (
+            (o := kube.get(*EXPERIMENT, "second", namespace))
+            and condition(o, "Ready").get("reason") == "Pending"
+            and o
+        ),
+        30,
+        what="the second Experiment to wait",
+    )
+    assert "Experiment first already runs on Model churn" in condition(second, "Ready")["message"]
+    first = wait_for(
+        lambda: (
+            (o := kube.get(*EXPERIMENT, "first", namespace))
+            and o.get("status", {}).get("phase") == "Paused"
+            and o
+        ),
+        60,
+        what="the first to pause: Prometheus cannot answer",
+    )
+    assert first["status"]["pausedReason"] == "MetricsUnavailable"
+    assert first["status"]["candidateWeight"] == 20  # held, never raised or promoted
+    m = kube.get(*MODEL, "churn", namespace)
+    assert m is not None
+    assert m["status"]["experiment"] == "first"
+    kube.delete(*EXPERIMENT, "first", namespace)
+    wait_for(
+        lambda: (
+            kube.get(*EXPERIMENT, "second", namespace)["status"]["phase"]  # type: ignore[index]
+            in ("Progressing", "Paused")
+        ),
+        60,
+        what="the second Experiment to start once the first is gone",
+    )
+    isvc = wait_for(
+        lambda: (
+            (o := kube.get(*ISVC, "churn", namespace))
+            and o["spec"]["predictor"].get("canaryTrafficPercent") == 20
+            and o["metadata"]["annotations"].get("rtml.dev/config-checksum")
+            and o
+        ),
+        30,
+        what="the second candidate's canary",
+    )
+    cm = kube.get("v1", "ConfigMap", "churn-rtml-config-candidate", namespace)
+    assert cm is not None
+    assert json.loads(cm["data"]["model.json"])["spec"]["version"] == "v3"
+    kube.delete(*EXPERIMENT, "second", namespace)
+    isvc = wait_for(
+        lambda: (
+            (o := kube.get(*ISVC, "churn", namespace))
+            and "canaryTrafficPercent" not in o["spec"]["predictor"]
+            and o
+        ),
+        30,
+        what="the champion alone once no Experiment runs",
+    )
+    assert isvc["spec"]["predictor"]["volumes"][0]["configMap"]["name"] == "churn-rtml-config"
+    wait_for(
+        lambda: kube.get("v1", "ConfigMap", "churn-rtml-config-candidate", namespace) is None,
+        30,
+        what="the candidate's ConfigMap pruned",
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from rtml.api.model import Model
+from rtml.api.traffic import CHAMPION_ONLY, TrafficPlan
 from rtml.contract import HTTP_PORT
 from rtml.operator.render.autoscaler import prometheus_query, target_value
 from rtml.operator.render.configmap import config_checksum
@@ -73,21 +74,49 @@ def _scaling(model: Model, ctx: RenderContext) -> dict[str, Any]:
     return out
 
 
+def canary_model(model: Model, plan: TrafficPlan) -> Model | None:
+    """With a running canary, the Model as its candidate: what KServe's canary revision serves
+    (KServe splits by canaryTrafficPercent between revisions; not sticky, docs/experiments.md)."""
+    if not plan.active or plan.strategy != "canary" or plan.candidate is None:
+        return None
+    c = plan.candidate
+    artifact = model.spec.artifact.model_copy(
+        update={"uri": c.artifact.uri, "sha256": c.artifact.sha256}
+    )
+    spec = model.spec.model_copy(update={"version": c.version, "artifact": artifact})
+    return model.model_copy(update={"spec": spec})
+
+
+def candidate_config_map_name(model: Model) -> str:
+    return f"{config_map_name(model)}-candidate"
+
+
 def render_inference_service(
-    model: Model, ctx: RenderContext, feature_view: dict[str, Any] | None = None
+    model: Model,
+    ctx: RenderContext,
+    feature_view: dict[str, Any] | None = None,
+    plan: TrafficPlan = CHAMPION_ONLY,
 ) -> dict[str, Any]:
+    """`plan` with a canary running: the predictor is the candidate's (its own ConfigMap) and
+    `canaryTrafficPercent` the step's weight; KServe keeps the last rolled-out revision, the
+    champion, serving the rest."""
+    candidate = canary_model(model, plan)
+    serving = candidate or model
+    config = candidate_config_map_name(model) if candidate else config_map_name(model)
     predictor: dict[str, Any] = {
         **_scaling(model, ctx),
         "automountServiceAccountToken": False,
         "securityContext": dict(POD_SECURITY_CONTEXT),
-        "containers": [render_runtime_container(model, ctx, feature_view, name=KSERVE_CONTAINER)],
-        "volumes": runtime_volumes(config_map_name(model), traffic_config_map_name(model)),
+        "containers": [render_runtime_container(serving, ctx, feature_view, name=KSERVE_CONTAINER)],
+        "volumes": runtime_volumes(config, traffic_config_map_name(model)),
     }
+    if candidate is not None:
+        predictor["canaryTrafficPercent"] = plan.weight
     if model.spec.runtime.service_account_name:
         predictor["serviceAccountName"] = model.spec.runtime.service_account_name
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
-        "metadata": object_meta(model, annotations=_annotations(model, feature_view)),
+        "metadata": object_meta(model, annotations=_annotations(serving, feature_view)),
         "spec": {"predictor": predictor},
     }

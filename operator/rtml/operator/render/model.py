@@ -10,7 +10,11 @@ from rtml.operator.render.autoscaler import render_autoscaler
 from rtml.operator.render.configmap import render_config_map, render_traffic_config_map
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.deployment import render_deployment
-from rtml.operator.render.inferenceservice import render_inference_service
+from rtml.operator.render.inferenceservice import (
+    canary_model,
+    candidate_config_map_name,
+    render_inference_service,
+)
 from rtml.operator.render.service import render_pdb, render_service
 
 # Every kind a Model may own: what the operator prunes from when the desired set shrinks
@@ -41,7 +45,12 @@ def render_model_children(
     """
     children = [render_config_map(model, feature_view), render_traffic_config_map(model, plan)]
     if model.spec.backend == "kserve":
-        children.append(render_inference_service(model, ctx, feature_view))
+        candidate = canary_model(model, plan)
+        if candidate is not None:
+            cm = render_config_map(candidate, feature_view)
+            cm["metadata"]["name"] = candidate_config_map_name(model)
+            children.append(cm)
+        children.append(render_inference_service(model, ctx, feature_view, plan))
         return children
     children += [
         render_deployment(model, ctx, feature_view),
