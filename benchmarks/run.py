@@ -1,6 +1,7 @@
 """Side by side, one run: rtml against the floors, KServe and BentoML, on the same model.
 
     python benchmarks/run.py [--runs 3] [--duration 10] [--quick] [--soak] [--servers a,b]
+    python benchmarks/run.py --suite experiments     # no experiment vs 50% canary vs shadow
 
 Builds examples/fraud into a temp dir, starts a private redis-server, registers and
 materialises the FeatureView with rtml's Feast code, then starts each server pinned to CPU 0
@@ -26,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO / "operator"), str(REPO / "bentos"), str(REPO)]  # REPO: tests.redis_server
 
-from benchlib.configs import BY_KEY, CONFIGS, PYTHONPATH, ServerConfig  # noqa: E402
+from benchlib.configs import BY_KEY, PYTHONPATH, SUITES, ServerConfig  # noqa: E402
+from benchlib.experiments import experiment_targets, splits  # noqa: E402
 from benchlib.fixture import (  # noqa: E402
     Fixture,
     build_fixture,
@@ -37,7 +39,7 @@ from benchlib.machine import KSERVE, NOT_USED, machine_facts  # noqa: E402
 from benchlib.measure import measure  # noqa: E402
 from benchlib.procs import LOAD_CPU, SERVER_CPU, load_average, pinned  # noqa: E402
 from benchlib.profile import profile_rtml  # noqa: E402
-from benchlib.report import format_row, write_results_md  # noqa: E402
+from benchlib.report import format_row, write_experiments_md, write_results_md  # noqa: E402
 from benchlib.soak import run_soak  # noqa: E402
 from benchlib.summary import medians, targets  # noqa: E402
 from benchlib.venvs import venv_for  # noqa: E402
@@ -55,9 +57,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load per step")
     p.add_argument("--quick", action="store_true", help="1 run of 3 s per step: a smoke test")
     p.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        default="main",
+        help="main: rtml against the floors and anchors; experiments: rtml with no experiment, "
+        "a 50%% canary and a 100%% shadow (RESULTS.md's experiments section only)",
+    )
+    p.add_argument(
         "--servers",
-        default=",".join(c.key for c in CONFIGS),
-        help=f"comma-separated subset of: {', '.join(c.key for c in CONFIGS)}",
+        default=None,
+        help="comma-separated subset of the suite's servers (default: all of them); main: "
+        + ", ".join(c.key for c in SUITES["main"])
+        + "; experiments: "
+        + ", ".join(c.key for c in SUITES["experiments"]),
+    )
+    p.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a line for the experiments section's notes (repeatable), e.g. what else ran",
     )
     p.add_argument(
         "--soak", action="store_true", help="then 5 minutes of rtml at 70%% of saturation"
@@ -86,9 +104,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.runs, args.duration = 1, 3.0
-    unknown = [k for k in args.servers.split(",") if k not in BY_KEY]
+    suite = SUITES[args.suite]
+    if args.servers is None:
+        args.servers = ",".join(c.key for c in suite)
+    unknown = [k for k in args.servers.split(",") if BY_KEY.get(k) not in suite]
     if unknown:
-        p.error(f"unknown servers: {', '.join(unknown)}")
+        p.error(f"unknown servers in the {args.suite} suite: {', '.join(unknown)}")
+    if args.suite == "experiments" and args.soak:
+        p.error("--soak belongs to the main suite")
     return args
 
 
@@ -148,7 +171,7 @@ def run_floors(fixture: Fixture, log_dir: Path) -> dict[str, Any]:
 def merge(result: dict[str, Any], base: dict[str, Any], args: argparse.Namespace) -> None:
     """The base result with this run's servers (and soak, when run) in place of its own."""
     runs = {**base["runs"], **result["runs"]}
-    result["runs"] = {c.key: runs[c.key] for c in CONFIGS if c.key in runs}
+    result["runs"] = {c.key: runs[c.key] for c in SUITES[args.suite] if c.key in runs}
     result["merged"] = {
         "base": args.merge_into.name,
         "base_command": base["command"],
@@ -179,7 +202,9 @@ def measure_all(
         fixture.redis_pid = redis.pid
         try:
             register_features(fixture, redis_url, log)
-            result["floors"] = run_floors(fixture, log_dir)
+            experiments = args.suite == "experiments"
+            if not experiments:
+                result["floors"] = run_floors(fixture, log_dir)
             for run in range(1, args.runs + 1):
                 log(f"run {run}/{args.runs}")
                 for config in selected:
@@ -190,6 +215,10 @@ def measure_all(
             if args.merge_into:
                 merge(result, json.loads(args.merge_into.read_text()), args)
             result["summary"] = {k: medians(v) for k, v in result["runs"].items()}
+            if experiments:
+                result["splits"] = splits(result)
+                result["targets"] = [t.__dict__ for t in experiment_targets(result)]
+                return
             if args.soak:
                 result["soak"] = run_soak(
                     fixture, result["summary"], log_dir, args.soak_seconds, log
@@ -205,9 +234,9 @@ def measure_all(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:
-        md = write_results_md(
-            json.loads(args.report_only.read_text()), HERE / "RESULTS.md", args.report_only
-        )
+        earlier = json.loads(args.report_only.read_text())
+        write = write_experiments_md if earlier.get("suite") == "experiments" else write_results_md
+        md = write(earlier, HERE / "RESULTS.md", args.report_only)
         log(f"wrote {md.relative_to(REPO)} from {args.report_only}")
         return 0
     preflight()
@@ -219,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     log_dir = RESULTS / "logs" / stamp
     log_dir.mkdir(parents=True)
-    log(f"rtml benchmarks {stamp}: {len(selected)} servers x {args.runs} runs x {args.duration:g}s")
+    log(
+        f"rtml benchmarks {stamp} ({args.suite}): {len(selected)} servers x {args.runs} runs x "
+        f"{args.duration:g}s"
+    )
 
     kserve_python = (
         venv_for(HERE / "requirements-kserve.txt", "venv-bench-kserve", log)
@@ -228,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     result: dict[str, Any] = {
         "command": command,
+        "suite": args.suite,
         "started": stamp,
+        "notes": args.note,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": machine_facts(kserve_python),
         "runs": {c.key: [] for c in selected},
@@ -239,8 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     json_path = RESULTS / f"{stamp}.json"
     json_path.write_text(json.dumps(result, indent=1))
     log(f"wrote {json_path.relative_to(REPO)} ({result['elapsed_s']:.0f}s in all)")
+    if args.suite == "experiments":
+        for t in result["targets"]:
+            met = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+            log(f"  {t['name']}: {t['measured']} ({t['limit']}) {met}")
     if not args.no_markdown:
-        md = write_results_md(result, HERE / "RESULTS.md", json_path)
+        write = write_experiments_md if args.suite == "experiments" else write_results_md
+        md = write(result, HERE / "RESULTS.md", json_path)
         log(f"wrote {md.relative_to(REPO)}")
     failed = [k for k, runs in result["runs"].items() if any("error" in r for r in runs)]
     if failed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ class ServerConfig:
     family: str  # bare | kserve | bentoml | rtml
     features: bool  # every request reads the entity's features from Redis
     cached: bool = False  # rtml's L1 cache on (its defaults)
+    # rtml following a traffic plan file (--traffic): "none" (a plan without an experiment),
+    # "canary" (the candidate answers `percent` of requests) or "shadow" (it also scores
+    # `percent` of them off the response path); None: no --traffic at all.
+    traffic: str | None = None
+    percent: int = 0
 
     @property
     def url_path(self) -> str:
@@ -91,6 +97,8 @@ class ServerConfig:
                     "--store-path",
                     str(fixture.store_path),
                 ]
+            if self.traffic is not None:
+                argv += ["--traffic", str(self.write_plan(fixture))]
             if not self.cached:
                 env["RTML_CACHE_ENTRIES"] = "0"
             marker = r"^serving .* on http"  # the CLI hands over to the server it starts
@@ -102,6 +110,33 @@ class ServerConfig:
             log_path=log_dir / f"{self.key}.log",
             marker=marker,
         )
+
+    def write_plan(self, fixture: Fixture) -> Path:
+        """The traffic plan file this server follows, as the operator renders it (plan_json):
+        the example's candidate.onnx (same signature as model.onnx) as the challenger."""
+        from rtml.api.traffic import CHAMPION_ONLY, TrafficPlan, plan_json
+
+        plan = CHAMPION_ONLY
+        if self.traffic in ("canary", "shadow"):
+            candidate = fixture.candidate_path
+            plan = TrafficPlan.model_validate(
+                {
+                    "experiment": f"bench-{self.traffic}",
+                    "strategy": self.traffic,
+                    "candidate": {
+                        "version": "candidate",
+                        "artifact": {
+                            "uri": f"file://{candidate}",
+                            "sha256": hashlib.sha256(candidate.read_bytes()).hexdigest(),
+                        },
+                    },
+                    "weight": self.percent if self.traffic == "canary" else 0,
+                    "shadowSampleRate": self.percent if self.traffic == "shadow" else 0,
+                }
+            )
+        path = fixture.root / f"traffic-{self.key}.json"
+        path.write_text(plan_json(plan))
+        return path
 
 
 CONFIGS = [
@@ -117,4 +152,29 @@ CONFIGS = [
         "rtml-cached", "rtml runtime + Redis, L1 cache on (cached)", "rtml", True, cached=True
     ),
 ]
-BY_KEY = {c.key: c for c in CONFIGS}
+# `--suite experiments`: the example's Model + FeatureView as `rtml-redis` (a Redis read per
+# request, L1 cache off, a random one of the materialised cards per request: the entity id is
+# the sticky key), each following a traffic plan file.
+EXPERIMENT_CONFIGS = [
+    ServerConfig(
+        "rtml-plan-none", "rtml + Redis, plan without an experiment", "rtml", True, traffic="none"
+    ),
+    ServerConfig(
+        "rtml-canary-50",
+        "rtml + Redis, canary: candidate answers 50%",
+        "rtml",
+        True,
+        traffic="canary",
+        percent=50,
+    ),
+    ServerConfig(
+        "rtml-shadow-100",
+        "rtml + Redis, shadow: candidate also scores 100%",
+        "rtml",
+        True,
+        traffic="shadow",
+        percent=100,
+    ),
+]
+SUITES = {"main": CONFIGS, "experiments": EXPERIMENT_CONFIGS}
+BY_KEY = {c.key: c for c in CONFIGS + EXPERIMENT_CONFIGS}

@@ -44,6 +44,11 @@ class Fixture:
     redis_url: str = ""
     redis_pid: int | None = None
 
+    @property
+    def candidate_path(self) -> Path:
+        """The example's challenger (build.py writes it beside model.onnx, same signature)."""
+        return self.model_path.parent / "candidate.onnx"
+
     def body_for(self, entity_id: str) -> str:
         return self.entity_body.replace(ENTITY_PLACEHOLDER, entity_id)
 
@@ -172,7 +177,8 @@ def register_features(fixture: Fixture, redis_url: str, log: Callable[[str], Non
 def feature_store_yaml(profile: Any) -> dict[str, Any]:
     """The feature_store.yaml equivalent of rtml's RepoConfig for PROFILE (same registry, same
     Redis, same key serialisation), so the anchors use the plain SDK on the same data."""
-    from rtml.features.store import ENTITY_KEY_SERIALIZATION_VERSION, redis_connection_string
+    from rtml.contract import FEAST_ENTITY_KEY_VERSION
+    from rtml.features.store import redis_connection_string
 
     return {
         "project": FEAST_PROJECT,
@@ -187,7 +193,7 @@ def feature_store_yaml(profile: Any) -> dict[str, Any]:
             "connection_string": redis_connection_string(profile),
         },
         "offline_store": {"type": "file"},
-        "entity_key_serialization_version": ENTITY_KEY_SERIALIZATION_VERSION,
+        "entity_key_serialization_version": FEAST_ENTITY_KEY_VERSION,
     }
 
 

@@ -100,7 +100,43 @@ def rtml_counters(base_url: str) -> dict[str, float]:
         outcome = re.search(r'outcome="(\w+)"', labels)
         key = f"{name}:{outcome[1]}" if outcome else name
         totals[key] = totals.get(key, 0.0) + value
+        # Per variant too (champion, candidate, shadow), as NAME[VARIANT](:OUTCOME); these keys
+        # never start with "NAME:", so the totals by outcome above are unchanged.
+        variant = re.search(r'variant="(\w+)"', labels)
+        if variant:
+            vkey = f"{name}[{variant[1]}]" + (f":{outcome[1]}" if outcome else "")
+            totals[vkey] = totals.get(vkey, 0.0) + value
     return totals
+
+
+def _gauges(base_url: str, name: str) -> list[tuple[str, float]]:
+    """The label sets and values of gauge NAME in the runtime's /metrics."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as r:  # noqa: S310 - loopback
+        text = r.read().decode()
+    return [
+        (m[1], float(m[2]))
+        for m in re.finditer(rf"^{name}\{{([^}}]*)\}}\s+([\d.eE+-]+)$", text, re.M)
+    ]
+
+
+def wait_for_plan(config: ServerConfig, base_url: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Wait until the runtime applies CONFIG's traffic plan (`rtml_candidate_weight` says its
+    percent, no candidate load error); what the gauges said. A pod started during an
+    experiment loads the candidate before it is ready, so this should hold at once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        weights = _gauges(base_url, "rtml_candidate_weight")
+        errors = [(labels, v) for labels, v in _gauges(base_url, "rtml_candidate_load_error") if v]
+        if errors:
+            raise ServerError(f"{config.key}: the candidate did not load: {errors}")
+        if any(v == config.percent for _, v in weights):
+            return {"rtml_candidate_weight": weights}
+        if time.monotonic() > deadline:
+            raise ServerError(
+                f"{config.key}: rtml_candidate_weight is {weights}, not {config.percent}, "
+                f"{timeout_s:.0f}s after ready"
+            )
+        time.sleep(0.2)
 
 
 def _cpu_snapshot(server_pid: int, redis_pid: int | None) -> dict[str, float]:
@@ -186,6 +222,8 @@ def measure(
             out["ready_after_handover_s"] = round(ready_s - server.marker_at, 3)
         if config.is_rtml and config.features and answer.get("degraded"):
             raise ServerError(f"{config.key} answered from defaults (degraded): {answer}")
+        if config.traffic is not None:
+            out["plan"] = wait_for_plan(config, base_url)
         run_wrk(base_url, script, 4, WARMUP_S)
         time.sleep(2)
         rss_kib, procs = tree_rss(server.pid)
