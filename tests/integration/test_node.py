@@ -764,20 +764,20 @@ def test_a_canary_rollout_promotes_a_good_candidate_through_every_step(chain: Ch
     url = chain.service_url("scorer")
     v2 = scorer_model(chain, "candidate.onnx", "v2")
     steps_seen: list[tuple[str, int | None, int | None]] = []
+    during: list[tuple[str, dict[str, Any]]] = []  # (diff of a GitOps re-apply, Model status)
     with EntityLoad(url, rate=25) as load:
         time.sleep(3)
         server_side_apply(chain, v2)
-        assert server_side_apply(chain, v2) == ""  # again, before the canary: no change
+        before = server_side_apply(chain, v2)  # again, before the canary has started
 
         def promoted() -> bool:
             st = phase_of(chain, "scorer-v2") if _exists(chain, "rexp", "scorer-v2") else {}
             seen = (st.get("phase", ""), st.get("currentStep"), st.get("candidateWeight"))
             if not steps_seen or steps_seen[-1] != seen:
                 steps_seen.append(seen)
-                if seen[0] == "Progressing" and seen[1] == 1:
-                    assert server_side_apply(chain, v2) == ""  # during: no change
-                    model = chain.get("rmodel", "scorer")["status"]
-                    assert (model["activeVersion"], model["experiment"]) == ("v1", "scorer-v2")
+                if seen[0] == "Progressing" and seen[1] == 1 and not during:
+                    diff = server_side_apply(chain, v2)  # during the canary
+                    during.append((diff, chain.get("rmodel", "scorer")["status"]))
             return seen[0] in ("Promoted", "RolledBack", "Aborted")
 
         chain.wait("the canary of v2 to end", promoted, 480, every=1)
@@ -785,6 +785,10 @@ def test_a_canary_rollout_promotes_a_good_candidate_through_every_step(chain: Ch
                    lambda: chain.get("rmodel", "scorer")["status"].get("activeVersion") == "v2",
                    300)  # fmt: skip
         time.sleep(3)
+    assert before == "", before
+    assert during, steps_seen
+    assert during[0][0] == "", during[0][0]
+    assert (during[0][1]["activeVersion"], during[0][1].get("experiment")) == ("v1", "scorer-v2")
     status = phase_of(chain, "scorer-v2")
     RESULTS.mkdir(parents=True, exist_ok=True)
     split = [v for v in load.variants if v[1] == 200]
