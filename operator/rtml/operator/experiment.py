@@ -28,13 +28,14 @@ from rtml.operator.canary import Decision, Facts, decide, needs, variant
 from rtml.operator.client import KubeClient
 from rtml.operator.conditions import Cond, merge_conditions
 from rtml.operator.errors import describe_validation_error
-from rtml.operator.render.meta import selector_labels
+from rtml.operator.render.meta import MODEL_LABEL
 from rtml.operator.rollout import experiments_of, holder, owned_by_a_model
 
 log = logging.getLogger("rtml.operator.experiment")
 # Annotating a pod makes its kubelet sync it at once, which refreshes its ConfigMap volumes:
 # a new weight reaches the pod in seconds instead of the kubelet's sync period (1 min by
-# default). docs/experiments.md has the measurements.
+# default). docs/experiments.md has the measurements. The value: the traffic ConfigMap's
+# resourceVersion, which changes with every plan (the end of an experiment included).
 TRAFFIC_ANNOTATION = "rtml.dev/traffic-revision"
 
 
@@ -73,17 +74,32 @@ def _blocked(
     return None, model
 
 
-def _ready_pods(client: KubeClient, model: Model) -> list[dict[str, Any]]:
-    pods = client.list_selected("v1", "Pod", model.metadata.namespace, selector_labels(model))
-    return [
-        p
-        for p in pods
-        if not p["metadata"].get("deletionTimestamp")
-        and any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in (p.get("status") or {}).get("conditions") or []
-        )
-    ]
+def _ready(pod: dict[str, Any]) -> bool:
+    return not pod["metadata"].get("deletionTimestamp") and any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+def nudge_pods(client: KubeClient, namespace: str, model_name: str) -> list[dict[str, Any]]:
+    """Annotate the Model's pods with the traffic ConfigMap's resourceVersion (it changes with
+    every plan), so each kubelet syncs its pod and refreshes the volume now. Returns the pods."""
+    cm = client.get("v1", "ConfigMap", namespace, f"{model_name}-rtml-traffic")
+    pods = client.list_selected(
+        "v1",
+        "Pod",
+        namespace,
+        {MODEL_LABEL: model_name, "app.kubernetes.io/component": "predictor"},
+    )
+    version = (cm or {}).get("metadata", {}).get("resourceVersion")
+    if version is None:
+        return pods
+    for pod in pods:
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        if (pod["metadata"].get("annotations") or {}).get(TRAFFIC_ANNOTATION) != version:
+            client.annotate_pod(namespace, pod["metadata"]["name"], {TRAFFIC_ANNOTATION: version})
+    return pods
 
 
 def _pods_applied(
@@ -92,16 +108,12 @@ def _pods_applied(
     """Every ready pod of the Model reports `revision` (at least one pod)."""
     if model.spec.backend == "kserve":
         return True  # KServe routes by canaryTrafficPercent; its pods hold no plan
-    pods = _ready_pods(client, model)
-    if not pods or not revision:
+    ns, name = model.metadata.namespace, model.metadata.name
+    ready = [p for p in nudge_pods(client, ns, name) if _ready(p)]
+    if not ready or not revision:
         return False
-    for pod in pods:  # nudge the kubelets that have not refreshed the volume yet
-        if (pod["metadata"].get("annotations") or {}).get(TRAFFIC_ANNOTATION) != revision:
-            client.annotate_pod(
-                model.metadata.namespace, pod["metadata"]["name"], {TRAFFIC_ANNOTATION: revision}
-            )
-    applying = source.pods_applying(model.metadata.namespace, model.metadata.name, revision)
-    return {p["metadata"]["name"] for p in pods} <= applying
+    applying = source.pods_applying(ns, name, revision)
+    return {p["metadata"]["name"] for p in ready} <= applying
 
 
 def gather_facts(

@@ -24,7 +24,7 @@ from rtml.api.experiment import FINAL_PHASES
 from rtml.operator.analysis import PrometheusSource
 from rtml.operator.client import KubeClient
 from rtml.operator.errors import backoff_delay
-from rtml.operator.experiment import promote_into_model, reconcile_experiment
+from rtml.operator.experiment import nudge_pods, promote_into_model, reconcile_experiment
 from rtml.operator.featureview import (
     RegistryUnavailableError,
     materialization_requested,
@@ -425,6 +425,8 @@ def _reconcile_model_of(experiment: Mapping[str, Any], memo: kopf.Memo) -> None:
             model = client.get(f"{GROUP}/{VERSION}", "Model", ns, name)
         if model is not None and not model["metadata"].get("deletionTimestamp"):
             _reconcile(model, memo, retry=0)
+            with _retry_on_outage(0):  # the new plan reaches the pods now, not at a kubelet sync
+                nudge_pods(client, ns, name)
 
 
 @kopf.on.resume(*EXPERIMENTS, id="experiment", retries=RETRIES, timeout=TIMEOUT, backoff=5)
