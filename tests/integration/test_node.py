@@ -766,6 +766,7 @@ def test_a_canary_rollout_promotes_a_good_candidate_through_every_step(chain: Ch
     v2 = scorer_model(chain, "candidate.onnx", "v2")
     steps_seen: list[tuple[str, int | None, int | None]] = []
     during: list[tuple[str, dict[str, Any]]] = []  # (diff of a GitOps re-apply, Model status)
+    reached: dict[int, float] = {}  # step -> seconds from writing its weight to every pod on it
     with EntityLoad(url, rate=25) as load:
         time.sleep(3)
         server_side_apply(chain, v2)
@@ -774,6 +775,11 @@ def test_a_canary_rollout_promotes_a_good_candidate_through_every_step(chain: Ch
         def promoted() -> bool:
             st = phase_of(chain, "scorer-v2") if _exists(chain, "rexp", "scorer-v2") else {}
             seen = (st.get("phase", ""), st.get("currentStep"), st.get("candidateWeight"))
+            if st.get("windowStart") and st.get("stepStartedAt"):
+                reached[st["currentStep"]] = (
+                    datetime.fromisoformat(st["windowStart"])
+                    - datetime.fromisoformat(st["stepStartedAt"])
+                ).total_seconds()
             if not steps_seen or steps_seen[-1] != seen:
                 steps_seen.append(seen)
                 if seen[0] == "Progressing" and seen[1] == 1 and not during:
@@ -796,6 +802,7 @@ def test_a_canary_rollout_promotes_a_good_candidate_through_every_step(chain: Ch
     (RESULTS / "canary-promoted.json").write_text(json.dumps({
         "steps": steps_seen, "analysis": status.get("analysis"), "requests": len(load.results),
         "failed": len(load.failed()), "candidate": sum(v[3] == "candidate" for v in split),
+        "weight_reached_seconds": reached,
         "seconds": round(load.seconds, 1)}))  # fmt: skip
     assert status["phase"] == "Promoted", (status, steps_seen)
     weights = [w for p, _, w in steps_seen if p == "Progressing"]
