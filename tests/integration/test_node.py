@@ -852,9 +852,13 @@ def test_a_bad_candidate_is_rolled_back_at_the_first_step_on_its_gate(
         time.sleep(3)
     assert status["phase"] == "RolledBack", status
     assert status["currentStep"] == 0  # the first step already failed
-    failed = [r for r in status["analysis"] if not r["passed"]]
-    assert [r["metric"] for r in failed] == [metric], status["analysis"]
-    value, gate = failed[0]["value"], failed[0]["max"]
+    failed = {r["metric"]: r for r in status["analysis"] if not r["passed"]}
+    assert metric in failed, status["analysis"]
+    if metric == "scoreMeanShift":  # the only thing wrong with it
+        assert list(failed) == [metric], status["analysis"]
+    # The slow candidate also trips its own model breaker (every call slower than the SLO),
+    # whose rejections count as errors; the erroring one answers no score to average.
+    value, gate = failed[metric]["value"], failed[metric]["max"]
     assert value > gate
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"rolled-back-{metric}.json").write_text(json.dumps(status["analysis"]))
@@ -863,7 +867,7 @@ def test_a_bad_candidate_is_rolled_back_at_the_first_step_on_its_gate(
     assert f"{value:.4g}" in message  # the measured value, in the sentence
     plan = json.loads(chain.get("cm", "scorer-rtml-traffic")["data"]["traffic.json"])
     assert "experiment" not in plan  # all traffic back on the champion
-    if metric != "errorRate":  # the erroring candidate's own requests are its 5xx answers
+    if metric == "scoreMeanShift":  # the others' own requests fail while they are tried
         assert load.failed() == [], load.failed()[:5]
     assert chain.get("rmodel", "scorer")["status"]["activeVersion"] == "v2"
 
