@@ -339,3 +339,14 @@ def test_the_same_pods_give_the_same_status() -> None:
 def test_deployment_available_is_when_pods_are_not_read(dep: dict | None, available: bool) -> None:
     m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})
     assert deployment_available(m, dep) is available
+
+
+def test_a_running_experiment_keeps_a_ready_model_reconciling() -> None:
+    m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})
+    obs = Observed(deployment=deployment(), experiment=("fraud-v2", "step 2 at 50%: analysing"))
+    s = compute_model_status(m, obs, None, CTX, NOW)
+    assert s["phase"] == "Ready"
+    assert cond(s, "Ready")["status"] == "True"  # the champion serves
+    reconciling = cond(s, "Reconciling")
+    assert (reconciling["status"], reconciling["reason"]) == ("True", "ExperimentRunning")
+    assert reconciling["message"] == "Experiment fraud-v2: step 2 at 50%: analysing"

@@ -135,11 +135,21 @@ def reconcile_model(
         feature_view=feature_view,
         features=features,
         problem=problem,
+        experiment=_running(holding),
     )
     status = compute_model_status(serve.model, observed, previous, ctx, now)
     _track_champion(status, serve.model, previous, holding)
     _write_status(client, body, previous, status)
     return status
+
+
+def _running(holding: dict[str, Any] | None) -> tuple[str, str] | None:
+    if holding is None:
+        return None
+    status = holding.get("status") or {}
+    return holding["metadata"]["name"], status.get("lastVerdict") or status.get(
+        "phase"
+    ) or "Pending"
 
 
 def _track_champion(

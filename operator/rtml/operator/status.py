@@ -26,6 +26,8 @@ class Observed:
     problem: Cond | None = None  # a user-fixable error met while applying (e.g. 422 from the API)
     # The Model's pods, read only while its Deployment is not fully available (bentoml).
     pods: list[dict[str, Any]] | None = None
+    # The Experiment holding the Model's traffic while one runs: (name, its last verdict).
+    experiment: tuple[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -262,16 +264,19 @@ def compute_model_status(
         phase = "Failed"
     stalled = phase == "Failed"
     reconciling = phase in ("Pending", "Progressing")
+    if reconciling:
+        working = Cond("Reconciling", "True", "RollingOut", r.rolled_out.message)
+    elif obs.experiment is not None and not stalled:
+        # A canary or A/B test is still deciding what serves: work under way (kstatus).
+        name, verdict = obs.experiment
+        working = Cond("Reconciling", "True", "ExperimentRunning", f"Experiment {name}: {verdict}")
+    else:
+        working = Cond("Reconciling", "False", "Settled", "no work under way")
     conds = [
         features,
         r.rolled_out,
         ready,
-        Cond(
-            "Reconciling",
-            "True" if reconciling else "False",
-            "RollingOut" if reconciling else "Settled",
-            r.rolled_out.message if reconciling else "no work under way",
-        ),
+        working,
         Cond(
             "Stalled",
             "True" if stalled else "False",
