@@ -19,14 +19,16 @@ command -v go >/dev/null || {
 
 # Debian packages: Redis (the Feast online store in tests), PostgreSQL (the Feast SQL registry
 # in tests, as in a cluster; Debian keeps its binaries off PATH), wrk (the benchmarks' load
-# generator), the image tools (mmdebstrap, buildah, podman, umoci, runc: docs/images.md) and what
-# the node's runc is built with (pkg-config, libseccomp-dev: docs/local-control-plane.md).
+# generator), the image tools (mmdebstrap, buildah, podman, umoci, runc: docs/images.md), what
+# the node's runc is built with (pkg-config, libseccomp-dev: docs/local-control-plane.md) and
+# Prometheus (Experiments' analysis: docs/experiments.md).
 missing=()
 for pkg in redis-server wrk mmdebstrap buildah podman umoci runc pkg-config; do
   command -v "$pkg" >/dev/null || [[ -x "/usr/sbin/$pkg" ]] || missing+=("$pkg")  # runc: sbin
 done
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 [[ -e /usr/include/seccomp.h ]] || missing+=(libseccomp-dev)
+[[ -x /usr/bin/prometheus ]] || missing+=(prometheus)
 if ((${#missing[@]})); then
   say "installing ${missing[*]} from Debian's packages"
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
