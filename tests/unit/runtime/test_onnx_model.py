@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from rtml.onnx_inputs import DECLARED_FEATURES
-from rtml_runtime.onnx_model import OnnxModel
+from rtml_runtime.onnx_model import MAX_BOUND_ROWS, OnnxModel
 
 pytestmark = pytest.mark.unit
 
@@ -66,6 +66,11 @@ LAYOUTS: dict[str, Layout] = {
         ("c", TensorProto.INT64, [None, 1]),
         ("d", TensorProto.INT32, [None]),
     ],
+    "named [N] and [N,1] floats": [
+        ("a", TensorProto.FLOAT, [None]),
+        ("b", TensorProto.FLOAT, [None, 1]),
+        ("c", TensorProto.FLOAT, [None]),
+    ],
     "one wide input": [("x", TensorProto.FLOAT, [None, 6])],
 }
 
@@ -82,6 +87,25 @@ def test_one_row_scores_match_the_batch_path_and_session_run(layout: str, tmp_pa
     np.testing.assert_allclose(one_by_one, expected, rtol=1e-6)
     # A later row leaves nothing of an earlier one behind in the shared buffers.
     assert model.predict(np.zeros((1, width), dtype=np.float32))[0] == 0.0
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_predict_rows_scores_what_one_row_at_a_time_scores(layout: str, tmp_path: Path) -> None:
+    model = OnnxModel(_weighted_sum_model(tmp_path / "m.onnx", LAYOUTS[layout]))
+    width = len(model.feature_names)
+    rng = np.random.default_rng(2)
+    for n in (0, 1, 2, 7, MAX_BOUND_ROWS, MAX_BOUND_ROWS + 1):  # the last: predict's path
+        rows = (np.round(rng.random((n, width)) * 10) + 0.25).tolist()
+        assert model.predict_rows(rows) == [model.predict_one(r) for r in rows], n
+    # A later batch of the same size reuses the buffers and leaves nothing behind.
+    assert model.predict_rows([[0.0] * width] * 7) == [0.0] * 7
+
+
+def test_predict_rows_refuses_a_value_that_is_not_a_number(tmp_path: Path) -> None:
+    model = OnnxModel(_weighted_sum_model(tmp_path / "m.onnx", LAYOUTS["named [N,1] floats"]))
+    with pytest.raises(ValueError, match="could not convert"):
+        model.predict_rows([[1.0] * 5, [1.0, 2.0, "x", 4.0, 5.0]])  # type: ignore[list-item]
+    assert model.predict_rows([[1.0] * 5, [2.0] * 5]) == [15.0, 30.0]
 
 
 def test_one_row_scoring_from_many_threads_keeps_rows_apart(tmp_path: Path) -> None:
