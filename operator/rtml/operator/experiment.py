@@ -59,7 +59,11 @@ def _blocked(
     raw = client.get(API_VERSION, "Model", ns, spec.model_ref)
     if raw is None:
         return ("ModelNotFound", f"Model {spec.model_ref} does not exist in namespace {ns}"), None
-    model = Model.model_validate({k: v for k, v in raw.items() if k != "status"})
+    try:
+        model = Model.model_validate({k: v for k, v in raw.items() if k != "status"})
+    except ValidationError as e:  # the Model's own status says what; this one waits for a fix
+        why = f"Model {spec.model_ref} is invalid: {describe_validation_error(e)}"
+        return ("ModelInvalid", why), None
     if model.spec.backend == "kserve" and spec.strategy != "canary":
         why = f"the kserve backend splits traffic only as a canary, not {spec.strategy}"
         return ("StrategyUnsupported", why), model
