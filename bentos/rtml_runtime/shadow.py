@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -41,6 +42,15 @@ _STOP = None
 MAX_BATCH = 64
 LINGER_S = 0.002
 Item = tuple[Variant, Mapping[str, Any]]
+
+
+def lowest_priority() -> None:
+    """Run this thread at nice 19: on a shared core the kernel then hands the CPU to the
+    request path as soon as it needs it, and shadow work fills only what is left. Linux
+    schedules threads separately, so only this thread is lowered; raising one's own nice value
+    needs no privilege. Elsewhere (no per-thread priority) it is a no-op."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 class ShadowScorer:
@@ -74,6 +84,7 @@ class ShadowScorer:
         return self._queue.qsize()
 
     def _run(self) -> None:
+        lowest_priority()
         q = self._queue
         while not self._stopping.is_set():
             item = q.get()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -223,3 +224,19 @@ def test_close_stops_after_the_batch_being_scored_and_drops_the_rest(model: Onnx
     assert scorer._thread is None
     assert recording.calls == [1]  # the row in hand was scored; the queued ones were not
     assert sample(metrics, "rtml_requests_total", outcome="ok") == 1
+
+
+def test_the_worker_thread_alone_runs_at_the_lowest_priority() -> None:
+    from rtml_runtime.shadow import lowest_priority
+
+    seen: list[int] = []
+
+    def worker() -> None:
+        lowest_priority()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [19]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # not the caller's
