@@ -50,6 +50,7 @@ from tests.prometheus import (
     api_pod_lister,
     http_pod_scrape_config,
 )
+from tests.runtime_proc import run_rtml
 
 pytestmark = [pytest.mark.node, pytest.mark.images, pytest.mark.helm]
 CHART = REPO / "charts" / "rtml"
@@ -869,6 +870,10 @@ def test_a_bad_candidate_is_rolled_back_at_the_first_step_on_its_gate(
     assert "experiment" not in plan  # all traffic back on the champion
     if metric == "scoreMeanShift":  # the others' own requests fail while they are tried
         assert load.failed() == [], load.failed()[:5]
+    # What the engineer on call reads: the history as a table, the gate that failed in it.
+    shown = rtml_experiment(chain, "status", name)
+    assert "RolledBack" in shown
+    assert any(metric in line and line.rstrip().endswith("no") for line in shown.splitlines())
     assert chain.get("rmodel", "scorer")["status"]["activeVersion"] == "v2"
 
 
@@ -910,6 +915,13 @@ def test_prometheus_down_pauses_and_a_killed_operator_resumes_at_the_same_step(
     assert "Resumed" in reasons, reasons
 
 
+def rtml_experiment(chain: Chain, verb: str, name: str) -> str:
+    out = run_rtml("experiment", verb, name, "-n", TENANT, "--kubeconfig",
+                   str(chain.plane.kubeconfig))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def _restarts(chain: Chain) -> int:
     (pod,) = json.loads(kubectl(chain.plane, "-n", SYSTEM, "get", "pods", "-o", "json"))["items"]
     ready = pod["status"]["containerStatuses"][0]
@@ -926,6 +938,12 @@ def test_deleting_a_running_experiment_sends_all_traffic_back_without_a_failed_r
         apply(chain.plane, experiment(chain, name, "model.onnx", "v-deleted"))
         chain.wait("the candidate to answer",
                    lambda: any(v[3] == "candidate" for v in load.variants), 180)  # fmt: skip
+        # The engineer on call pauses it (the weight holds) and resumes it, with the CLI.
+        rtml_experiment(chain, "pause", name)
+        paused = wait_phase(chain, name, ("Paused",), 60)
+        assert (paused["pausedReason"], paused["candidateWeight"]) == ("PausedByUser", 20)
+        rtml_experiment(chain, "resume", name)
+        wait_phase(chain, name, ("Progressing",), 60)
         kubectl(chain.plane, "-n", TENANT, "delete", "rexp", name)
         deleted_at = time.monotonic()
 
