@@ -44,6 +44,7 @@ from rtml.contract import (
 from rtml.features.store import apply_views, make_store
 from rtml.operator.render import RenderContext, render_model_children
 from rtml.operator.render.cronjob import render_materialization_cronjob
+from rtml.operator.render.meta import config_map_name
 from tests.images import podman_logs, podman_rm, podman_run
 from tests.kube import resolve_env as kube_resolve_env
 from tests.runtime_proc import LOGS, REPO, RedisServer, rtml_env, write_manifest
@@ -89,8 +90,10 @@ def render(build: Path, redis: RedisServer, registry: str, feast_path: Path) -> 
         registry=registry,
     )
     ctx = RenderContext(feast=profile, feast_secret=SECRET)
-    children = render_model_children(Model.model_validate(model_doc), ctx, view_doc)
+    model = Model.model_validate(model_doc)
+    children = render_model_children(model, ctx, view_doc)
     by_kind = {c["kind"]: c for c in children}
+    (config_map,) = [c for c in children if c["metadata"]["name"] == config_map_name(model)]
     (runtime,) = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"]
     view = FeatureView.model_validate(view_doc)
     cronjob = render_materialization_cronjob(view, ctx)
@@ -98,7 +101,7 @@ def render(build: Path, redis: RedisServer, registry: str, feast_path: Path) -> 
     # What the operator's reconcile does before the CronJob's first run: register the view.
     apply_views(make_store(profile), [view])
     return Rendered(
-        config_json=by_kind["ConfigMap"]["data"][CONFIG_KEY],
+        config_json=config_map["data"][CONFIG_KEY],
         runtime=runtime,
         cronjob=job,
         secret={SECRET.redis_password_key: PASSWORD, SECRET.registry_key: registry},
