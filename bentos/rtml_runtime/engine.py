@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from rtml.api.common import ArtifactRef
 from rtml.api.experiment import Candidate
 from rtml.api.signature import check_signature, describe
 from rtml.api.traffic import CHAMPION_ONLY, TrafficPlan
@@ -119,24 +120,14 @@ class Runtime:
 
     def load(self, reader: FeatureReader | None = None) -> None:
         """Fetch, verify, load, check the signature and warm up. Raises on any failure."""
-        art = self.spec.artifact
-        cache_dir = self.config.settings.artifact_dir
-        pvc = self.config.settings.pvc_root
-        path = fetch_artifact(art.uri, art.sha256, self.config.base_dir, cache_dir, pvc_root=pvc)
-        self.model = OnnxModel(path)
-        if self.spec.fallback.mode == "model" and self.spec.fallback.artifact is not None:
-            b = self.spec.fallback.artifact
-            self.backup = OnnxModel(
-                fetch_artifact(b.uri, b.sha256, self.config.base_dir, cache_dir, pvc_root=pvc)
-            )
+        self.model = self._load_checked(self.spec.artifact, "spec.artifact")
         self.columns = self.model.feature_names
-        self._check_signature(self.model, "spec.artifact")
-        if self.backup is not None:
-            self._check_signature(self.backup, "spec.fallback.artifact")
+        fallback = self.spec.fallback
+        if fallback.mode == "model" and fallback.artifact is not None:
+            self.backup = self._load_checked(
+                fallback.artifact, "spec.fallback.artifact", min(self.spec.warmup.requests, 10)
+            )
         self.reader = reader
-        self.model.warmup(self.spec.warmup.requests)
-        if self.backup is not None:
-            self.backup.warmup(min(self.spec.warmup.requests, 10))
         champion = Variant(
             CHAMPION,
             self.config.version,
@@ -159,7 +150,13 @@ class Runtime:
     def load_candidate(self, candidate: Candidate) -> OnnxModel:
         """An experiment's candidate, fetched, verified, checked and warmed up as the champion
         is (in a worker thread: the champion keeps serving). Raises on any failure."""
-        art = candidate.artifact
+        return self._load_checked(
+            candidate.artifact, f"the candidate {candidate.version}'s artifact"
+        )
+
+    def _load_checked(self, art: ArtifactRef, field: str, warmup: int | None = None) -> OnnxModel:
+        """One artifact: fetched and digest-checked, loaded, its signature checked against the
+        Model's features (`field` names it in the error), warmed up."""
         settings = self.config.settings
         path = fetch_artifact(
             art.uri,
@@ -170,8 +167,8 @@ class Runtime:
         )
         model = OnnxModel(path)
         _ = model.feature_names  # a wide input without names fails here, not on a request
-        self._check_signature(model, f"the candidate {candidate.version}'s artifact")
-        model.warmup(self.spec.warmup.requests)
+        self._check_signature(model, field)
+        model.warmup(self.spec.warmup.requests if warmup is None else warmup)
         return model
 
     def make_variant(self, role: str, version: str, model: OnnxModel) -> Variant:
