@@ -321,3 +321,10 @@ class Model(ApiModel):
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> Model:
         return cls.model_validate(manifest)
+
+    def serving(self, version: str, artifact: ArtifactRef) -> Model:
+        """This Model with another version and artifact (its format and the rest of its spec
+        kept): what a canary's champion or candidate pods are rendered from."""
+        art = self.spec.artifact.model_copy(update={"uri": artifact.uri, "sha256": artifact.sha256})
+        spec = self.spec.model_copy(update={"version": version, "artifact": art})
+        return self.model_copy(update={"spec": spec})

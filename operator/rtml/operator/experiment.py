@@ -28,8 +28,9 @@ from rtml.operator.canary import Decision, Facts, decide, needs, variant
 from rtml.operator.client import KubeClient
 from rtml.operator.conditions import Cond, merge_conditions
 from rtml.operator.errors import describe_validation_error
-from rtml.operator.render.meta import MODEL_LABEL
+from rtml.operator.render.meta import selector_labels, traffic_config_map_name
 from rtml.operator.rollout import experiments_of, holder, owned_by_a_model
+from rtml.operator.status import status_patch
 
 log = logging.getLogger("rtml.operator.experiment")
 # Annotating a pod makes its kubelet sync it at once, which refreshes its ConfigMap volumes:
@@ -88,13 +89,8 @@ def _ready(pod: dict[str, Any]) -> bool:
 def nudge_pods(client: KubeClient, namespace: str, model_name: str) -> list[dict[str, Any]]:
     """Annotate the Model's pods with the traffic ConfigMap's resourceVersion (it changes with
     every plan), so each kubelet syncs its pod and refreshes the volume now. Returns the pods."""
-    cm = client.get("v1", "ConfigMap", namespace, f"{model_name}-rtml-traffic")
-    pods = client.list_selected(
-        "v1",
-        "Pod",
-        namespace,
-        {MODEL_LABEL: model_name, "app.kubernetes.io/component": "predictor"},
-    )
+    cm = client.get("v1", "ConfigMap", namespace, traffic_config_map_name(model_name))
+    pods = client.list_selected("v1", "Pod", namespace, selector_labels(model_name))
     version = (cm or {}).get("metadata", {}).get("resourceVersion")
     if version is None:
         return pods
@@ -228,9 +224,9 @@ def reconcile_experiment(
 def _write(
     client: KubeClient, body: dict[str, Any], previous: dict[str, Any], status: dict[str, Any]
 ) -> None:
-    if previous == status:
+    patch = status_patch(previous, status)
+    if patch is None:
         return
-    patch = {**{k: None for k in previous if k not in status}, **status}
     meta = body["metadata"]
     client.patch_status("Experiment", meta["namespace"], meta["name"], patch)
 

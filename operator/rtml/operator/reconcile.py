@@ -34,7 +34,7 @@ from rtml.operator.status import (
     deployment_available,
     holds_rollout,
     invalid_spec_status,
-    status_changed,
+    status_patch,
 )
 
 log = logging.getLogger("rtml.operator.reconcile")
@@ -219,11 +219,10 @@ def _feature_view(client: KubeClient, model: Model) -> dict[str, Any] | None:
 def _write_status(
     client: KubeClient, body: dict[str, Any], previous: dict[str, Any], status: dict[str, Any]
 ) -> None:
-    if not status_changed(previous, status):
+    patch = status_patch(previous, status)
+    if patch is None:
         return
     meta = body["metadata"]
-    # Fields that are no longer reported must be removed explicitly in a merge patch.
-    patch = {**{k: None for k in previous if k not in status}, **status}
     client.patch_model_status(meta["namespace"], meta["name"], patch)
     before = (get_condition(previous.get("conditions"), "Ready") or {}).get("status")
     after = get_condition(status["conditions"], "Ready") or {}

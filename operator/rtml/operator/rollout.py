@@ -88,9 +88,13 @@ def serving(model: Model, previous: dict[str, Any], experiments: list[dict[str, 
         return Serving(model)  # the first rollout has no champion to protect
     owned = [e for e in experiments if _owned_by(e, model)]
     name = owned_experiment_name(model)
-    superseded = tuple(e["metadata"]["name"] for e in owned if e["metadata"]["name"] != name)
+    # Canaries of other artifacts still running: a newer spec ends them. Ended ones stay, as
+    # the record of what was tried.
+    superseded = tuple(
+        e["metadata"]["name"] for e in owned if e["metadata"]["name"] != name and running(e)
+    )
     if _same(active, spec.artifact) and active_version == spec.version:
-        return Serving(model, superseded=tuple(n for n in superseded if _alive(owned, n)))
+        return Serving(model, superseded=superseded)
     current = next((e for e in owned if e["metadata"]["name"] == name), None)
     desired: dict[str, Any] | None = render_owned_experiment(model)
     if current is not None and _phase(current) == "Promoted" and _candidate_is(current, model):
@@ -103,22 +107,7 @@ def serving(model: Model, previous: dict[str, Any], experiments: list[dict[str, 
         # The same version name with another artifact after the last one ended: a new canary.
         superseded = (*superseded, name)
         desired = None
-    champion = model.model_copy(
-        update={
-            "spec": spec.model_copy(
-                update={"version": active_version, "artifact": _artifact(spec, active)}
-            )
-        }
-    )
-    return Serving(champion, desired, superseded)
-
-
-def _alive(owned: list[dict[str, Any]], name: str) -> bool:
-    return any(e["metadata"]["name"] == name and running(e) for e in owned)
-
-
-def _artifact(spec: Any, active: ArtifactRef) -> Any:
-    return spec.artifact.model_copy(update={"uri": active.uri, "sha256": active.sha256})
+    return Serving(model.serving(active_version, active), desired, superseded)
 
 
 def _owned_by(exp: dict[str, Any], model: Model) -> bool:

@@ -320,3 +320,11 @@ def invalid_spec_status(
 
 def status_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     return (old or {}) != new
+
+
+def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any] | None:
+    """The merge patch taking a status subresource from `old` to `new` (None: unchanged).
+    Fields no longer reported must be removed explicitly in a merge patch."""
+    if not status_changed(old, new):
+        return None
+    return {**{k: None for k in old or {} if k not in new}, **new}

@@ -79,12 +79,7 @@ def canary_model(model: Model, plan: TrafficPlan) -> Model | None:
     (KServe splits by canaryTrafficPercent between revisions; not sticky, docs/experiments.md)."""
     if not plan.active or plan.strategy != "canary" or plan.candidate is None:
         return None
-    c = plan.candidate
-    artifact = model.spec.artifact.model_copy(
-        update={"uri": c.artifact.uri, "sha256": c.artifact.sha256}
-    )
-    spec = model.spec.model_copy(update={"version": c.version, "artifact": artifact})
-    return model.model_copy(update={"spec": spec})
+    return model.serving(plan.candidate.version, plan.candidate.artifact)
 
 
 def candidate_config_map_name(model: Model) -> str:

@@ -18,13 +18,17 @@ def config_map_name(model: Model) -> str:
     return f"{model.metadata.name}-rtml-config"
 
 
-def traffic_config_map_name(model: Model) -> str:
-    return f"{model.metadata.name}-rtml-traffic"
+def traffic_config_map_name(model: Model | str) -> str:
+    """The traffic plan's ConfigMap of a Model (or of the Model of that name)."""
+    name = model if isinstance(model, str) else model.metadata.name
+    return f"{name}-rtml-traffic"
 
 
-def selector_labels(model: Model) -> dict[str, str]:
-    """Labels that pick the predictor pods; immutable in a Deployment, so no version here."""
-    return {MODEL_LABEL: model.metadata.name, "app.kubernetes.io/component": "predictor"}
+def selector_labels(model: Model | str) -> dict[str, str]:
+    """Labels that pick the predictor pods of a Model (or of the Model of that name);
+    immutable in a Deployment, so no version here."""
+    name = model if isinstance(model, str) else model.metadata.name
+    return {MODEL_LABEL: name, "app.kubernetes.io/component": "predictor"}
 
 
 def labels(model: Model) -> dict[str, str]:
