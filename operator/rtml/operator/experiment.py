@@ -28,6 +28,7 @@ from rtml.operator.canary import Decision, Facts, decide, needs, variant
 from rtml.operator.client import KubeClient
 from rtml.operator.conditions import Cond, merge_conditions
 from rtml.operator.errors import describe_validation_error
+from rtml.operator.pods import pod_serving
 from rtml.operator.render.meta import selector_labels, traffic_config_map_name
 from rtml.operator.rollout import experiments_of, holder, owned_by_a_model
 from rtml.operator.status import status_patch
@@ -79,13 +80,6 @@ def _blocked(
     return None, model
 
 
-def _ready(pod: dict[str, Any]) -> bool:
-    return not pod["metadata"].get("deletionTimestamp") and any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in (pod.get("status") or {}).get("conditions") or []
-    )
-
-
 def nudge_pods(client: KubeClient, namespace: str, model_name: str) -> list[dict[str, Any]]:
     """Annotate the Model's pods with the traffic ConfigMap's resourceVersion (it changes with
     every plan), so each kubelet syncs its pod and refreshes the volume now. Returns the pods."""
@@ -109,7 +103,7 @@ def _pods_applied(
     if model.spec.backend == "kserve":
         return True  # KServe routes by canaryTrafficPercent; its pods hold no plan
     ns, name = model.metadata.namespace, model.metadata.name
-    ready = [p for p in nudge_pods(client, ns, name) if _ready(p)]
+    ready = [p for p in nudge_pods(client, ns, name) if pod_serving(p)]
     if not ready or not revision:
         return False
     applying = source.pods_applying(ns, name, revision)

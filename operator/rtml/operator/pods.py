@@ -39,6 +39,14 @@ def pod_problem(pods: Iterable[dict[str, Any]]) -> str | None:
     return f"pod {name}: {detail}"
 
 
+def pod_serving(pod: dict[str, Any]) -> bool:
+    """Ready and not terminating: the pod takes traffic from its Service."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
 def _one_pod(st: dict[str, Any]) -> tuple[int, str] | None:
     phase = st.get("phase")
     if phase in ("Failed", "Succeeded"):  # e.g. evicted; the ReplicaSet has replaced it
