@@ -86,6 +86,7 @@ def make_runtime(
     reader = DictReader({"c1": {"a": 1.0, "b": 2.0}})
     asyncio.run(runtime.start(reader))
     assert runtime.ready, runtime.not_ready_reason
+    reader.calls = 0  # the warm-up's reads
     return runtime, reader
 
 
@@ -199,6 +200,34 @@ def test_rate_limit_429(tmp_path: Path) -> None:
         except RequestError as e:
             statuses.append(e.status)
     assert statuses == [200, 200, 429, 429, 429]
+
+
+def test_start_opens_the_feature_store_before_ready(tmp_path: Path) -> None:
+    path = write_sum_model(tmp_path / "m.onnx", ["a", "b", "amount"])
+    model = Model.model_validate(
+        {
+            "metadata": {"name": "fraud"},
+            "spec": {
+                "version": "v1",
+                "artifact": {"uri": f"file://{path}"},
+                "features": {"featureViewRef": "cards", "requestFeatures": ["amount"]},
+                "warmup": {"requests": 1},
+            },
+        }
+    )
+    settings = RuntimeSettings.model_construct(cache_entries=0, artifact_dir=tmp_path / "art")
+    config = RuntimeConfig(model=model, feature_view=VIEW, base_dir=tmp_path, settings=settings)
+    warm = DictReader({})
+    rt = Runtime(config, clock=FakeClock())
+    asyncio.run(rt.start(warm))
+    assert rt.ready
+    assert warm.calls == 3
+    down = DictReader({})
+    down.fail = True
+    rt = Runtime(config, clock=FakeClock())
+    asyncio.run(rt.start(down))
+    assert rt.ready, "a store that is down at start is the breaker's business, not readiness'"
+    assert down.calls == 1  # the first failure ends the warm-up
 
 
 def test_l1_cache_spares_the_store(tmp_path: Path) -> None:
