@@ -144,6 +144,19 @@ class CircuitBreaker:
             on_state_change=on_state_change,
         )
 
+    def settings(self) -> dict[str, float | int]:
+        """The constructor's thresholds, to build the same breaker elsewhere (the shadow
+        worker process builds its own from the serving process's)."""
+        return {
+            "failure_rate_threshold": self.failure_rate_threshold,
+            "slow_call_ms": self.slow_call_ms,
+            "slow_call_rate_threshold": self.slow_call_rate_threshold,
+            "window_size": self.window_size,
+            "minimum_calls": self.minimum_calls,
+            "open_duration_s": self.open_duration_s,
+            "half_open_calls": self.half_open_calls,
+        }
+
     # -- reading -------------------------------------------------------------------------------
 
     @property

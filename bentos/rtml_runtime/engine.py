@@ -147,7 +147,7 @@ class Runtime:
             metrics=self.metrics,
             sticky_field=self.entity_field,
             sticky_alias="entity_id" if self.view is not None else None,
-            on_shadow=self.shadow.start,
+            on_shadow=self.shadow.use,
         )
 
     def load_candidate(self, candidate: Candidate) -> OnnxModel:

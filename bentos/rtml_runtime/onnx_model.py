@@ -46,6 +46,7 @@ class OnnxModel:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        self.path = path
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
@@ -123,7 +124,7 @@ class OnnxModel:
         (out,) = self.session.run([self.output_name], feed)
         return _scores(out)
 
-    def predict_rows(self, rows: Sequence[Sequence[float]]) -> list[float]:
+    def predict_rows(self, rows: Sequence[Sequence[float]] | np.ndarray) -> list[float]:
         """The scores of a few rows (values in `feature_names` order), in one model call.
 
         The one-row path's technique for a batch: preallocated buffers of `len(rows)` rows,

@@ -55,7 +55,7 @@ class PlanSwitch:
         metrics: RuntimeMetrics,
         sticky_field: str,
         sticky_alias: str | None = None,
-        on_shadow: Callable[[], None] | None = None,
+        on_shadow: Callable[[Variant | None], None] | None = None,
         retry_s: float = 30.0,
     ) -> None:
         self.model_name = model_name
@@ -121,8 +121,6 @@ class PlanSwitch:
             sticky_field=plan.sticky_key or self.sticky_field,
             sticky_alias=None if plan.sticky_key else self.sticky_alias,
         )
-        if role == SHADOW and self.on_shadow is not None:
-            self.on_shadow()
         self.failed = None
         self._swap(active)
         log.info(
@@ -160,6 +158,8 @@ class PlanSwitch:
         self._swap(ActivePlan(plan, self.champion), error_reason=reason)
 
     def _swap(self, active: ActivePlan, error_reason: str | None = None) -> None:
+        if self.on_shadow is not None:
+            self.on_shadow(active.shadow)  # before the plan: its first rows find the worker
         self.active = active
         self._export(active, error_reason)
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from rtml.api.model import ModelSpec
 from rtml.api.traffic import TrafficPlan
@@ -40,6 +40,9 @@ class Variant:
     breaker: CircuitBreaker
     metrics: VariantMetrics
     dropped: Counter | None = None  # shadow only: scorings the full queue refused
+    # rtml_circuit_breaker_state of this variant's model breaker (the shadow worker process
+    # runs its own breaker and reports the state, which the serving process exports here).
+    breaker_gauge: Gauge | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -130,4 +133,5 @@ def build_variant(
         breaker,
         metrics.variant(model_name, version, role),
         dropped,
+        gauge,
     )

@@ -12,7 +12,6 @@ import pytest
 
 from rtml.api.traffic import CHAMPION_ONLY, TrafficPlan, with_revision
 from rtml_runtime.engine import Runtime
-from rtml_runtime.shadow import ShadowScorer
 from tests.unit.runtime.onnx_fixtures import write_sum_model
 from tests.unit.runtime.test_engine import make_runtime, sigmoid
 
@@ -223,19 +222,20 @@ def test_shadow_scores_off_the_response_path(tmp_path: Path) -> None:
     assert total / scored == pytest.approx(candidate_score(0.5))  # the candidate's scores
     assert weight_gauge(rt, "fraud-v2", p.revision) == 50
     asyncio.run(rt.close())
-    assert rt.shadow._thread is None
+    assert rt.shadow.process is None
 
 
-def test_a_full_shadow_queue_drops_and_counts(tmp_path: Path) -> None:
+def test_ending_the_shadow_plan_stops_its_worker_and_later_rows_are_not_shadowed(
+    tmp_path: Path,
+) -> None:
     rt, _ = make_runtime(tmp_path)
     asyncio.run(rt.plans.apply(plan(tmp_path, strategy="shadow", weight=100)))
-    variant = rt.plans.active.shadow
-    assert variant is not None
-    scorer = ShadowScorer(2)  # never started: nothing drains it
-    rt.shadow = scorer
+    worker = rt.shadow.process
+    assert worker is not None
+    asyncio.run(rt.plans.apply(CHAMPION_ONLY))
+    assert rt.shadow.process is None
+    assert worker.proc.returncode is not None
     answers = [predict(rt, e) for e in ENTITIES[:10]]
     assert all(a["score"] == pytest.approx(champion_score(0.5)) for a in answers)
-    assert scorer.pending == 2
-    dropped = {"model": "fraud", "version": "v2", "variant": "shadow"}
-    assert sample(rt, "rtml_shadow_dropped_total", **dropped) == 8
-    scorer.close()
+    shadow = {"model": "fraud", "version": "v2", "variant": "shadow"}
+    assert sample(rt, "rtml_shadow_dropped_total", **shadow) == 0

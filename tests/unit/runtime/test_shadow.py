@@ -1,11 +1,12 @@
-"""The shadow worker: micro-batches, per-row metrics, errors, drops and a clean stop."""
+"""The shadow worker: batch scoring semantics (pure), the result frames, and the real child
+process (started with the real interpreter and a real ONNX model): scores, drops, priority, stop.
+"""
 
 from __future__ import annotations
 
 import os
-import threading
+import signal
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,7 +16,17 @@ import pytest
 from rtml_runtime.breaker import CircuitBreaker
 from rtml_runtime.metrics import RuntimeMetrics
 from rtml_runtime.onnx_model import OnnxModel
-from rtml_runtime.shadow import ShadowScorer, score_batch
+from rtml_runtime.shadow import (
+    ERROR,
+    OK,
+    REJECTED,
+    BatchResults,
+    Rows,
+    ShadowScorer,
+    decode_results,
+    record_frames,
+    score_rows,
+)
 from rtml_runtime.variants import SHADOW, Variant
 from tests.unit.runtime.onnx_fixtures import write_sum_model
 from tests.unit.runtime.test_engine import sigmoid
@@ -25,21 +36,15 @@ LABELS = {"model": "fraud", "version": "v2", "variant": "shadow"}
 
 
 class Recording:
-    """A real model whose batch calls are counted, and can be held until released."""
+    """A real model whose batch calls are counted; `fail` makes every call raise."""
 
     def __init__(self, model: OnnxModel, fail: bool = False) -> None:
         self.model = model
-        self.feature_names = model.feature_names
         self.calls: list[int] = []
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.release.set()
         self.fail = fail
 
-    def predict_rows(self, rows: Sequence[Sequence[float]]) -> list[float]:
+    def predict_rows(self, rows: Rows) -> list[float]:
         self.calls.append(len(rows))
-        self.entered.set()
-        assert self.release.wait(5)
         if self.fail:
             raise RuntimeError("the candidate cannot score")
         return self.model.predict_rows(rows)
@@ -50,8 +55,8 @@ def model(tmp_path: Path) -> OnnxModel:
     return OnnxModel(write_sum_model(tmp_path / "c.onnx", ["amount"]))
 
 
-def make_variant(model: Any, metrics: RuntimeMetrics, window: int = 1000) -> Variant:
-    breaker = CircuitBreaker(
+def make_breaker(window: int = 1000) -> CircuitBreaker:
+    return CircuitBreaker(
         "model",
         failure_rate_threshold=50,
         slow_call_ms=1000,
@@ -61,14 +66,18 @@ def make_variant(model: Any, metrics: RuntimeMetrics, window: int = 1000) -> Var
         open_duration_s=60,
         half_open_calls=1,
     )
+
+
+def make_variant(model: OnnxModel, metrics: RuntimeMetrics, window: int = 1000) -> Variant:
     return Variant(
         SHADOW,
         "v2",
         model,
         ["amount"],
-        breaker,
+        make_breaker(window),
         metrics.variant("fraud", "v2", SHADOW),
         metrics.shadow_dropped.labels("fraud", "v2", SHADOW),
+        metrics.breaker_state.labels("fraud", "v2", SHADOW, "model"),
     )
 
 
@@ -76,167 +85,192 @@ def sample(metrics: RuntimeMetrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, {**LABELS, **labels}) or 0.0
 
 
-def wait_for(condition: Any, timeout: float = 5.0) -> None:
+def wait_for(condition: Any, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
+        time.sleep(0.01)
 
 
-@pytest.mark.parametrize("linger_s", [0.0, 0.002])
-def test_what_queued_while_the_worker_scored_is_scored_in_batches(
-    model: OnnxModel, linger_s: float
-) -> None:
-    metrics = RuntimeMetrics()
-    recording = Recording(model)
-    variant = make_variant(recording, metrics)
-    scorer = ShadowScorer(1000, max_batch=64, linger_s=linger_s)
-    scorer.start()
-    recording.release.clear()
-    assert scorer.submit(variant, {"amount": 0.0})
-    assert recording.entered.wait(5)  # the worker holds the first row
-    amounts = [i / 100 for i in range(1, 101)]
-    for a in amounts:
-        assert scorer.submit(variant, {"amount": a})
-    recording.release.set()
-    wait_for(lambda: sample(metrics, "rtml_requests_total", outcome="ok") == 101)
-    scorer.close()
-    assert recording.calls == [1, 64, 36]  # 101 rows, 3 model calls, none over the cap
-    assert sample(metrics, "rtml_prediction_score_count") == 101
-    assert sample(metrics, "rtml_request_duration_seconds_count") == 101
-    expected = sigmoid(0.0) + sum(sigmoid(a) for a in amounts)
-    assert sample(metrics, "rtml_prediction_score_sum") == pytest.approx(expected, rel=1e-6)
-    assert sample(metrics, "rtml_requests_total", outcome="error") == 0
-    assert variant.breaker.buffered_calls == 101  # one breaker record per row
-
-
-def test_a_batch_records_each_row_with_the_batch_time_divided_among_them(
+# -- scoring a batch (what the child runs), in process --------------------------------------------
+def test_a_batch_is_one_model_call_with_its_time_divided_among_the_rows(
     model: OnnxModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    metrics = RuntimeMetrics()
-    variant = make_variant(model, metrics)
+    recording = Recording(model)
     ticks = iter([10.0, 10.8])  # the batch of 4 took 0.8 s
-    clock = SimpleNamespace(perf_counter=lambda: next(ticks))
-    monkeypatch.setattr("rtml_runtime.shadow.time", clock)
-    score_batch([(variant, {"amount": 1.0})] * 4)
-    assert sample(metrics, "rtml_request_duration_seconds_count") == 4
-    assert sample(metrics, "rtml_request_duration_seconds_sum") == pytest.approx(0.8)
-    assert sample(metrics, "rtml_request_duration_seconds_bucket", le="0.25") == 4
-
-
-def test_a_failing_batch_counts_an_error_per_row_and_the_worker_carries_on(
-    model: OnnxModel,
-) -> None:
-    metrics = RuntimeMetrics()
-    failing = Recording(model, fail=True)
-    variant = make_variant(failing, metrics)
-    scorer = ShadowScorer(1000, linger_s=0.0)
-    scorer.start()
-    failing.release.clear()
-    scorer.submit(variant, {"amount": 0.0})
-    assert failing.entered.wait(5)
-    for _ in range(20):
-        scorer.submit(variant, {"amount": 1.0})
-    failing.release.set()
-    wait_for(lambda: sample(metrics, "rtml_requests_total", outcome="error") == 21)
-    assert failing.calls[:2] == [1, 20]  # the batch of 20, then each of its rows alone
-    assert sample(metrics, "rtml_request_duration_seconds_count") == 21
-    assert sample(metrics, "rtml_prediction_score_count") == 0
-    # The worker is alive: the next rows (of a model that works) are scored.
-    healthy = make_variant(model, metrics)
-    scorer.submit(healthy, {"amount": 2.0})
-    wait_for(lambda: sample(metrics, "rtml_requests_total", outcome="ok") == 1)
-    scorer.close()
-    assert sample(metrics, "rtml_prediction_score_sum") == pytest.approx(sigmoid(2.0))
+    monkeypatch.setattr(
+        "rtml_runtime.shadow.time", SimpleNamespace(perf_counter=lambda: next(ticks))
+    )
+    out = BatchResults()
+    breaker = make_breaker()
+    score_rows(recording, breaker, [[1.0]] * 4, out)
+    assert recording.calls == [4]
+    assert out.frames == [(OK, 4, pytest.approx(0.2), [pytest.approx(sigmoid(1.0))] * 4)]
+    assert breaker.buffered_calls == 4  # one breaker record per row
 
 
 def test_a_row_the_model_refuses_is_the_only_error_of_its_batch(model: OnnxModel) -> None:
-    metrics = RuntimeMetrics()
-    variant = make_variant(model, metrics)
-    rows = [{"amount": 1.0}] * 5 + [{"amount": "not a number"}] + [{"amount": 1.0}] * 5
-    score_batch([(variant, r) for r in rows])
-    assert sample(metrics, "rtml_requests_total", outcome="ok") == 10
-    assert sample(metrics, "rtml_requests_total", outcome="error") == 1
-    assert sample(metrics, "rtml_prediction_score_sum") == pytest.approx(10 * sigmoid(1.0))
+    out = BatchResults()
+    rows: list[list[Any]] = [[1.0]] * 5 + [["not a number"]] + [[1.0]] * 5
+    score_rows(model, make_breaker(), rows, out)
+    kinds = [f[0] for f in out.frames]
+    assert kinds.count(ERROR) == 1
+    assert sum(f[1] for f in out.frames if f[0] == OK) == 10
+
+
+def test_a_failing_batch_counts_an_error_per_row(model: OnnxModel) -> None:
+    failing = Recording(model, fail=True)
+    out = BatchResults()
+    score_rows(failing, make_breaker(), [[1.0]] * 20, out)
+    assert failing.calls == [20] + [1] * 20  # the batch, then each of its rows alone
+    assert [f[0] for f in out.frames] == [ERROR] * 20
 
 
 def test_an_open_breaker_rejects_each_row_without_a_model_call(model: OnnxModel) -> None:
-    metrics = RuntimeMetrics()
     failing = Recording(model, fail=True)
-    variant = make_variant(failing, metrics, window=4)
-    score_batch([(variant, {"amount": 1.0})] * 4)  # 4 failures of 4: the breaker opens
+    breaker = make_breaker(window=4)
+    score_rows(failing, breaker, [[1.0]] * 4, BatchResults())  # 4 failures of 4: open
     calls = len(failing.calls)
-    score_batch([(variant, {"amount": 1.0})] * 10)
+    out = BatchResults()
+    score_rows(failing, breaker, [[1.0]] * 10, out)
     assert len(failing.calls) == calls
-    assert sample(metrics, "rtml_requests_total", outcome="error") == 4
-    assert sample(metrics, "rtml_requests_total", outcome="rejected") == 10
+    assert [(f[0], f[1]) for f in out.frames] == [(REJECTED, 10)]
+    assert out.breaker_state == 1  # open
 
 
-def test_a_batch_of_two_plans_scores_each_variant_with_its_own_model(
+def test_result_frames_survive_any_cut_of_the_stream() -> None:
+    out = BatchResults()
+    out.ok(0.001, [0.25, 0.5])
+    out.error(0.002)
+    out.rejected(3)
+    out.breaker_state = 2
+    data = out.encode()
+    for cut in range(len(data) + 1):
+        first, rest = decode_results(data[:cut])
+        second, left = decode_results(rest + data[cut:])
+        assert left == b""
+        assert first + second == [
+            (OK, 2, 2, 0.001, [0.25, 0.5]),
+            (ERROR, 2, 1, 0.002, []),
+            (REJECTED, 2, 3, 0.0, []),
+        ]
+
+
+def test_results_land_on_the_shadow_variants_metrics(model: OnnxModel) -> None:
+    metrics = RuntimeMetrics()
+    variant = make_variant(model, metrics)
+    out = BatchResults()
+    out.ok(0.5, [0.25, 0.75])
+    out.error(0.1)
+    out.rejected(4)
+    out.breaker_state = 1
+    frames, _ = decode_results(out.encode())
+    assert record_frames(variant, frames) == 7
+    assert sample(metrics, "rtml_requests_total", outcome="ok") == 2
+    assert sample(metrics, "rtml_requests_total", outcome="error") == 1
+    assert sample(metrics, "rtml_requests_total", outcome="rejected") == 4
+    assert sample(metrics, "rtml_prediction_score_sum") == pytest.approx(1.0)
+    assert sample(metrics, "rtml_request_duration_seconds_count") == 3
+    assert sample(metrics, "rtml_request_duration_seconds_sum") == pytest.approx(1.1)
+    state = metrics.registry.get_sample_value(
+        "rtml_circuit_breaker_state", {**LABELS, "dependency": "model"}
+    )
+    assert state == 1
+
+
+# -- the child process -----------------------------------------------------------------------------
+def test_the_child_scores_what_is_submitted_and_stops_on_close(model: OnnxModel) -> None:
+    metrics = RuntimeMetrics()
+    variant = make_variant(model, metrics)
+    scorer = ShadowScorer(1000)
+    scorer.use(variant)
+    proc = scorer.process
+    assert proc is not None
+    amounts = [i / 100 for i in range(101)]
+    assert all(scorer.submit(variant, {"amount": a}) for a in amounts)
+    wait_for(lambda: sample(metrics, "rtml_requests_total", outcome="ok") == 101)
+    assert scorer.pending == 0
+    expected = sum(sigmoid(a) for a in amounts)
+    assert sample(metrics, "rtml_prediction_score_sum") == pytest.approx(expected, rel=1e-6)
+    assert sample(metrics, "rtml_request_duration_seconds_count") == 101
+    assert os.getpriority(os.PRIO_PROCESS, proc.proc.pid) == 19  # the child, not this process
+    assert os.getpriority(os.PRIO_PROCESS, 0) < 19
+    scorer.close()
+    assert scorer.process is None
+    assert proc.proc.returncode is not None
+    assert not scorer.submit(variant, {"amount": 1.0})  # no worker: dropped and counted
+    assert sample(metrics, "rtml_shadow_dropped_total") == 1
+
+
+def test_a_full_queue_drops_and_counts_while_the_child_is_busy(model: OnnxModel) -> None:
+    metrics = RuntimeMetrics()
+    variant = make_variant(model, metrics)
+    scorer = ShadowScorer(1)  # the smallest pipe the kernel gives: one page, 512 rows of 8 bytes
+    scorer.use(variant)
+    proc = scorer.process
+    assert proc is not None
+    assert scorer.submit(variant, {"amount": 0.0})
+    wait_for(lambda: sample(metrics, "rtml_requests_total", outcome="ok") == 1)
+    os.kill(proc.proc.pid, signal.SIGSTOP)  # a candidate that cannot keep up
+    try:
+        accepted = sum(scorer.submit(variant, {"amount": 1.0}) for _ in range(2000))
+    finally:
+        os.kill(proc.proc.pid, signal.SIGCONT)
+    assert 0 < accepted < 2000
+    assert sample(metrics, "rtml_shadow_dropped_total") == 2000 - accepted
+    wait_for(lambda: sample(metrics, "rtml_requests_total", outcome="ok") == 1 + accepted)
+    scorer.close()
+
+
+def test_a_value_that_is_not_a_number_is_an_error_of_its_row(model: OnnxModel) -> None:
+    metrics = RuntimeMetrics()
+    variant = make_variant(model, metrics)
+    scorer = ShadowScorer(100)
+    scorer.use(variant)
+    assert scorer.submit(variant, {"amount": "x"})
+    assert scorer.submit(variant, {"amount": None})  # missing: NaN, which the model takes
+    wait_for(lambda: sample(metrics, "rtml_requests_total", outcome="ok") == 1)
+    assert sample(metrics, "rtml_requests_total", outcome="error") == 1
+    scorer.close()
+
+
+def test_a_new_variant_gets_a_new_child_and_the_old_one_stops(
     model: OnnxModel, tmp_path: Path
 ) -> None:
     metrics = RuntimeMetrics()
     first = make_variant(model, metrics)
-    other_model = OnnxModel(write_sum_model(tmp_path / "d.onnx", ["amount"], bias=1.0))
+    other = OnnxModel(write_sum_model(tmp_path / "d.onnx", ["amount"], bias=1.0))
     other_metrics = RuntimeMetrics()
-    second = make_variant(other_model, other_metrics)
-    score_batch([(first, {"amount": 0.0}), (second, {"amount": 0.0}), (first, {"amount": 0.0})])
-    assert sample(metrics, "rtml_prediction_score_sum") == pytest.approx(2 * sigmoid(0.0))
-    assert sample(other_metrics, "rtml_prediction_score_sum") == pytest.approx(sigmoid(1.0))
-
-
-def test_a_full_queue_drops_and_counts_while_the_worker_scores(model: OnnxModel) -> None:
-    metrics = RuntimeMetrics()
-    recording = Recording(model)
-    variant = make_variant(recording, metrics)
-    scorer = ShadowScorer(3, linger_s=0.0)
-    scorer.start()
-    recording.release.clear()
-    scorer.submit(variant, {"amount": 0.0})
-    assert recording.entered.wait(5)
-    accepted = [scorer.submit(variant, {"amount": 1.0}) for _ in range(10)]
-    assert accepted == [True] * 3 + [False] * 7
-    assert scorer.pending == 3
-    assert sample(metrics, "rtml_shadow_dropped_total") == 7
-    recording.release.set()
-    wait_for(lambda: sample(metrics, "rtml_requests_total", outcome="ok") == 4)
+    second = make_variant(other, other_metrics)
+    scorer = ShadowScorer(100)
+    scorer.use(first)
+    old = scorer.process
+    assert old is not None
+    scorer.use(first)
+    assert scorer.process is old  # the same variant keeps its child
+    scorer.use(second)
+    assert old.proc.returncode is not None
+    assert not scorer.submit(first, {"amount": 0.0})  # a row for the old plan: dropped
+    assert scorer.submit(second, {"amount": 0.0})
+    wait_for(
+        lambda: (
+            (other_metrics.registry.get_sample_value("rtml_prediction_score_sum", LABELS) or 0.0)
+            > 0
+        )
+    )
+    assert other_metrics.registry.get_sample_value(
+        "rtml_prediction_score_sum", LABELS
+    ) == pytest.approx(sigmoid(1.0))
     scorer.close()
-    assert recording.calls == [1, 3]
 
 
-def test_close_stops_after_the_batch_being_scored_and_drops_the_rest(model: OnnxModel) -> None:
-    metrics = RuntimeMetrics()
-    recording = Recording(model)
-    variant = make_variant(recording, metrics)
-    scorer = ShadowScorer(100, linger_s=0.0)
-    scorer.start()
-    recording.release.clear()
-    scorer.submit(variant, {"amount": 0.0})
-    assert recording.entered.wait(5)
-    for _ in range(10):
-        scorer.submit(variant, {"amount": 1.0})
-    closing = threading.Thread(target=scorer.close)
-    closing.start()
-    wait_for(scorer._stopping.is_set)
-    recording.release.set()
-    closing.join(5)
-    assert not closing.is_alive()
-    assert scorer._thread is None
-    assert recording.calls == [1]  # the row in hand was scored; the queued ones were not
-    assert sample(metrics, "rtml_requests_total", outcome="ok") == 1
-
-
-def test_the_worker_thread_alone_runs_at_the_lowest_priority() -> None:
-    from rtml_runtime.shadow import lowest_priority
-
-    seen: list[int] = []
-
-    def worker() -> None:
-        lowest_priority()
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-
-    t = threading.Thread(target=worker)
-    t.start()
-    t.join()
-    assert seen == [19]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # not the caller's
+def test_the_child_exits_when_the_serving_process_closes_its_queue(model: OnnxModel) -> None:
+    variant = make_variant(model, RuntimeMetrics())
+    scorer = ShadowScorer(100)
+    scorer.use(variant)
+    proc = scorer.process
+    assert proc is not None
+    os.close(proc._rows)  # what the kernel does when the serving process dies
+    proc._rows = -1
+    assert proc.proc.wait(20) == 0
+    proc._reader.join(5)

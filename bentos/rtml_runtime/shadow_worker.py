@@ -1,0 +1,97 @@
+"""The shadow child process (shadow.py starts it): read rows from a pipe, score them in
+micro-batches with the candidate, write the results back. At nice 19, so on a shared core the
+kernel hands the CPU to the serving process as soon as it needs it.
+
+The micro-batches (docs/traffic-split.md): wait for a row, sleep `lingerS` (2 ms) when fewer
+than a batch are queued, take what is queued (up to `maxBatch`, 64), score it with one ONNX
+Runtime call. Exits at the end of its input (the serving process closed the pipe or is gone)
+or on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtml.logs import configure_logging
+from rtml_runtime.breaker import CircuitBreaker, State
+from rtml_runtime.onnx_model import OnnxModel
+from rtml_runtime.shadow import BatchResults, score_rows
+
+log = logging.getLogger("rtml.runtime.shadow")
+
+
+def read_rows(fd: int, pending: bytearray, width: int, wait: bool) -> bool:
+    """Append what the pipe holds to `pending` (waiting for something when `wait`); False at
+    the end of the input."""
+    if wait:
+        select.select([fd], [], [])
+    while True:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        pending += data
+
+
+def run(config: dict[str, Any]) -> None:
+    with_priority = getattr(os, "nice", None)
+    if with_priority is not None:
+        with_priority(19)
+    model = OnnxModel(Path(config["model"]))
+    columns = config["columns"]
+
+    def changed(dependency: str, old: State, new: State) -> None:
+        log.warning(
+            "circuit breaker changed state",
+            extra={"dependency": dependency, "variant": "shadow", "from": old.name, "to": new.name},
+        )
+
+    breaker = CircuitBreaker("model", **config["breaker"], on_state_change=changed)
+    rows_fd, results_fd = int(config["rowsFd"]), int(config["resultsFd"])
+    max_batch, linger_s = int(config["maxBatch"]), float(config["lingerS"])
+    os.set_blocking(rows_fd, False)
+    width = 8 * len(columns)
+    pending = bytearray()
+    open_input = True
+    while open_input or len(pending) >= width:
+        if len(pending) < width:
+            open_input = read_rows(rows_fd, pending, width, wait=True)
+            if len(pending) // width < max_batch and linger_s > 0 and open_input:
+                time.sleep(linger_s)
+                open_input = read_rows(rows_fd, pending, width, wait=False)
+            if not open_input:
+                return  # the serving process is gone or closed the queue: drop what is left
+        n = min(len(pending) // width, max_batch)
+        rows = np.frombuffer(bytes(pending[: n * width]), dtype="<f8").reshape(n, len(columns))
+        del pending[: n * width]
+        out = BatchResults()
+        score_rows(model, breaker, rows, out)
+        data = out.encode()
+        while data:
+            data = data[os.write(results_fd, data) :]
+
+
+def main(argv: list[str]) -> int:
+    configure_logging(logging.WARNING)
+    try:
+        run(json.loads(argv[0]))
+    except BrokenPipeError:
+        return 0  # the serving process stopped reading: nothing left to report to
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
