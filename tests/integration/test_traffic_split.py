@@ -8,6 +8,7 @@ request may fail, and `rtml_candidate_weight` must move to the new revision.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 from collections import Counter
@@ -158,3 +159,44 @@ def test_a_new_plan_reaches_the_running_runtime_without_failed_requests(
     assert load.variants["champion"] > 0
     # The third plan (a new candidate load after the experiment was removed) also served.
     assert proc.metric("rtml_requests_total", variant="candidate", outcome="ok")
+
+
+def shadow(where: Path, rate: int) -> TrafficPlan:
+    plan = canary(where, 0).model_dump(by_alias=True, exclude_none=True)
+    plan.update(strategy="shadow", weight=0, shadowSampleRate=rate)
+    plan.pop("revision", None)
+    return with_revision(TrafficPlan.model_validate(plan))
+
+
+def test_a_shadow_plan_scores_in_its_worker_process_and_never_answers(
+    served: tuple[RuntimeProcess, Path], tmp_path: Path
+) -> None:
+    proc, volume = served
+    plan = shadow(tmp_path, 100)
+    with Load(proc) as load:
+        kubelet_write(volume, "traffic.json", plan_json(plan), 2)
+        wait_for_weight(proc, plan, 100, time.monotonic())
+        time.sleep(0.5)  # requests routed by the canary plan before it have finished
+        by_candidate = load.variants["candidate"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not proc.metric(
+            "rtml_requests_total", variant="shadow", outcome="ok"
+        ):
+            time.sleep(0.1)
+        time.sleep(1)
+    scored = proc.metric("rtml_requests_total", variant="shadow", outcome="ok")
+    dropped = proc.metric("rtml_shadow_dropped_total", variant="shadow") or 0.0
+    print(f"shadow: {scored} scored, {dropped} dropped of {sum(load.variants.values())} answers")
+    assert load.failures == []
+    assert scored
+    assert scored > 0
+    assert load.variants["candidate"] == by_candidate  # the shadow never answers
+    # The shadow's scores are the candidate's (bias -1: sigmoid(0.5 + 1 - 1)), not the champion's.
+    total = proc.metric("rtml_prediction_score_sum", variant="shadow")
+    count = proc.metric("rtml_prediction_score_count", variant="shadow")
+    assert total is not None
+    assert count
+    assert total / count == pytest.approx(1 / (1 + math.exp(-0.5)), rel=1e-4)
+    # Back to the champion alone: the worker process goes.
+    kubelet_write(volume, "traffic.json", plan_json(CHAMPION_ONLY), 3)
+    wait_for_weight(proc, CHAMPION_ONLY, 0, time.monotonic())
