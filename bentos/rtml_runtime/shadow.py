@@ -46,7 +46,7 @@ from rtml_runtime.variants import Variant, feature_row
 
 log = logging.getLogger("rtml.runtime.shadow")
 MAX_BATCH = 64
-LINGER_S = 0.002
+LINGER_S = 0.005  # the child wakes at most once per 5 ms: the writer pays each wake-up
 ROW_DTYPE = "d"  # float64: any number a feature holds, within float64's precision
 # One result frame: kind, the breaker's state after it (gauge value), rows, seconds; the
 # scores of an `ok` frame follow as float64s.

@@ -2,7 +2,7 @@
 micro-batches with the candidate, write the results back. At nice 19, so on a shared core the
 kernel hands the CPU to the serving process as soon as it needs it.
 
-The micro-batches (docs/traffic-split.md): wait for a row, sleep `lingerS` (2 ms) when fewer
+The micro-batches (docs/traffic-split.md): wait for a row, sleep `lingerS` (5 ms) when fewer
 than a batch are queued, take what is queued (up to `maxBatch`, 64), score it with one ONNX
 Runtime call. Exits at the end of its input (the serving process closed the pipe or is gone)
 or on SIGTERM.
