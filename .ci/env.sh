@@ -20,8 +20,9 @@ command -v go >/dev/null || {
 # Debian packages: Redis (the Feast online store in tests), PostgreSQL (the Feast SQL registry
 # in tests, as in a cluster; Debian keeps its binaries off PATH), wrk (the benchmarks' load
 # generator), the image tools (mmdebstrap, buildah, podman, umoci, runc: docs/images.md), what
-# the node's runc is built with (pkg-config, libseccomp-dev: docs/local-control-plane.md) and
-# Prometheus (Experiments' analysis: docs/experiments.md).
+# the node's runc is built with (pkg-config, libseccomp-dev: docs/local-control-plane.md),
+# Prometheus (Experiments' analysis: docs/experiments.md) and Lua 5.1 (the Argo CD health
+# checks' tests: docs/gitops.md).
 missing=()
 for pkg in redis-server wrk mmdebstrap buildah podman umoci runc pkg-config; do
   command -v "$pkg" >/dev/null || [[ -x "/usr/sbin/$pkg" ]] || missing+=("$pkg")  # runc: sbin
@@ -29,6 +30,7 @@ done
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 [[ -e /usr/include/seccomp.h ]] || missing+=(libseccomp-dev)
 [[ -x /usr/bin/prometheus ]] || missing+=(prometheus)
+[[ -x /usr/bin/lua5.1 ]] || missing+=(lua5.1)
 if ((${#missing[@]})); then
   say "installing ${missing[*]} from Debian's packages"
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
