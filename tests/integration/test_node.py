@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -36,6 +37,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from rtml.dev.addons import start_prometheus_adapter
 from rtml.dev.cluster import LocalControlPlane
 from rtml.dev.errors import DevError
 from rtml.dev.node import KUBELET_SYSCTLS
@@ -315,8 +317,9 @@ def chain(
                                       offline=offline, images=built_images))  # fmt: skip
         prometheus.start()
         values = offline.parent / "values.yaml"
-        values.write_text(yaml.safe_dump({**STACK.chart_values(), "prometheusUrl": prometheus.url,
-                                          "experimentTickSeconds": 2}))  # fmt: skip
+        values.write_text(yaml.safe_dump({
+            **STACK.chart_values(), "prometheusUrl": prometheus.url, "experimentTickSeconds": 2,
+            "autoscaling": {"scaleDownStabilizationSeconds": 30}}))  # fmt: skip
         helm = ensure_tools(lambda _m: None) / "helm"
         try:
             helm_install(helm, plane.bin_dir / "kubectl", plane.kubeconfig, CHART, values, SYSTEM)
@@ -960,3 +963,163 @@ def test_deleting_a_running_experiment_sends_all_traffic_back_without_a_failed_r
         {"requests": len(load.results),
          "seconds_to_champion_only": round(back_after, 1)}))  # fmt: skip
     assert "experiment" not in chain.get("rmodel", "scorer")["status"]
+
+
+# --- autoscaling: metrics-server, prometheus-adapter and the HPA controller, on real pods ---------
+ADAPTER_RULES = CHART / "files" / "prometheus-adapter-rules.yaml"
+# Per-pod targets a load on this 2-core machine clearly exceeds, and an idle pod clearly meets.
+SCALING = {
+    "concurrency": {"target": 1},  # requests in flight per pod, averaged over a minute
+    "rps": {"target": 40},  # requests per second per pod
+    "cpu": {"target": 50},  # percent of the pod's CPU request (100m below)
+}
+
+
+@pytest.fixture(scope="module")
+def custom_metrics(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> LocalControlPlane:
+    """prometheus-adapter (built from its Go module, as metrics-server, which the cluster runs)
+    serving custom.metrics.k8s.io from the chain's Prometheus with the chart's adapter rules."""
+    plane = chain.plane
+    assert plane.node_bin is not None
+    start_prometheus_adapter(
+        plane.launch_addon,
+        lambda docs: plane.apply_docs("prometheus-adapter", docs),
+        plane.node_bin / "prometheus-adapter",
+        plane.certs,
+        plane.kubeconfig,
+        tmp_path_factory.mktemp("prometheus-adapter"),
+        chain.prometheus.url,
+        ADAPTER_RULES,
+    )
+    chain.wait("the custom metrics API to be served",
+               lambda: _raw(plane, "/apis/custom.metrics.k8s.io/v1beta1"), 120)  # fmt: skip
+    return plane
+
+
+def _raw(plane: LocalControlPlane, path: str) -> dict[str, Any] | None:
+    result = subprocess.run(
+        [str(plane.bin_dir / "kubectl"), f"--kubeconfig={plane.kubeconfig}", "get", "--raw",
+         path], capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def autoscaled_model(chain: Chain, metric: str) -> dict[str, Any]:
+    _, model = fraud_docs("model.onnx", sha256(chain.offline / "model.onnx"),
+                          name=f"scale-{metric}")  # fmt: skip
+    model["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "metric": metric,
+                                    **SCALING[metric]}  # fmt: skip
+    # A small CPU request: three Models of three pods fit the node beside the rest.
+    model["spec"]["runtime"] = {"resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                              "limits": {"memory": "1Gi"}}}  # fmt: skip
+    return model  # type: ignore[no-any-return]
+
+
+class Wrk:
+    """wrk against one URL until stopped (SIGINT makes it print its summary): the heavy part of
+    the ramp; its summary counts non-2xx answers and socket errors."""
+
+    def __init__(self, url: str, connections: int, script: Path) -> None:
+        self.proc = subprocess.Popen(
+            ["wrk", "-t1", f"-c{connections}", "-d600s", "-s", str(script), f"{url}/predict"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def stop(self) -> dict[str, int]:
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=30)
+        requests = re.search(r"(\d+) requests in", out)
+        assert requests, f"wrk printed no summary:\n{out}"
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        errors = re.search(
+            r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+        )
+        return {
+            "requests": int(requests.group(1)),
+            "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": sum(int(n) for n in errors.groups()) if errors else 0,
+        }
+
+
+def replicas(chain: Chain, name: str) -> int:
+    """Ready pods of the Model (not terminating)."""
+    return sum(
+        1
+        for p in chain.model_pods(name)
+        for c in p.get("status", {}).get("conditions", [])
+        if c["type"] == "Ready" and c["status"] == "True"
+    )
+
+
+@pytest.mark.timeout(1200)
+def test_models_scale_out_under_load_and_back_in_after_it(
+    chain: Chain, custom_metrics: LocalControlPlane, tmp_path: Path
+) -> None:
+    """concurrency and rps through prometheus-adapter, cpu through metrics-server, each read by
+    the real HPA controller; light traffic runs throughout and no request may fail."""
+    names = {metric: f"scale-{metric}" for metric in SCALING}
+    apply(chain.plane, *(autoscaled_model(chain, m) for m in SCALING))
+    for name in names.values():
+        wait_ready(chain, name)
+    script = tmp_path / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(json.dumps(REQUEST))}\n"
+    )
+    urls = {m: chain.service_url(n) for m, n in names.items()}
+    light = {m: Load(u, rate=5) for m, u in urls.items()}
+    timings: dict[str, dict[str, float]] = {m: {} for m in SCALING}
+    heavy: dict[str, dict[str, int]] = {}
+    for load in light.values():
+        load.__enter__()
+    try:
+        # The ramp: a little more load, then a lot, until every Model has three ready pods.
+        loads = {m: Wrk(u, 2, script) for m, u in urls.items()}
+        time.sleep(20)
+        for m, w in loads.items():
+            heavy[f"{m}@2"] = w.stop()
+        loads = {m: Wrk(u, 12, script) for m, u in urls.items()}
+        started = time.monotonic()
+        try:
+            while len([m for m in SCALING if "up_seconds" in timings[m]]) < len(SCALING):
+                for m, name in names.items():
+                    if "up_seconds" not in timings[m] and replicas(chain, name) >= 3:
+                        timings[m]["up_seconds"] = round(time.monotonic() - started, 1)
+                if time.monotonic() - started > 420:
+                    hpas = kubectl(chain.plane, "-n", TENANT, "describe", "hpa")
+                    pytest.fail(f"not every Model reached 3 pods in 420 s: {timings}\n{hpas}")
+                time.sleep(2)
+        finally:
+            for m, w in loads.items():
+                heavy[f"{m}@12"] = w.stop()
+        stopped = time.monotonic()
+        while len([m for m in SCALING if "down_seconds" in timings[m]]) < len(SCALING):
+            for m, name in names.items():
+                pods = chain.model_pods(name)
+                if "down_seconds" not in timings[m] and len(pods) == 1:
+                    timings[m]["down_seconds"] = round(time.monotonic() - stopped, 1)
+            if time.monotonic() - stopped > 480:
+                hpas = kubectl(chain.plane, "-n", TENANT, "describe", "hpa")
+                pytest.fail(f"not every Model went back to 1 pod in 480 s: {timings}\n{hpas}")
+            time.sleep(2)
+        time.sleep(5)
+    finally:
+        for load in light.values():
+            load.__exit__(None, None, None)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "autoscaling.json").write_text(json.dumps(
+        {"timings": timings, "heavy": heavy,
+         "light": {m: len(load.results) for m, load in light.items()}}, indent=1))  # fmt: skip
+    for m, load in light.items():
+        assert [r for r in load.results if r[1] != 200] == [], m
+    for key, summary in heavy.items():
+        assert summary["requests"] > 0, key
+        assert (summary["non2xx"], summary["socket_errors"]) == (0, 0), (key, summary)
+    for name in names.values():
+        hpa = chain.get("hpa", name)
+        assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 30
+        # The HPA owns the replica count: the operator's applies never set it.
+        fields = chain.get("deployment", name)["metadata"]["managedFields"]
+        ours = [f for f in fields if f["manager"] == "rtml-operator"]
+        assert ours, fields
+        assert all("f:replicas" not in f["fieldsV1"].get("f:spec", {}) for f in ours), ours

@@ -199,7 +199,7 @@ def test_hpa_metric_per_autoscaling_metric(
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 5)
 
 
-@pytest.mark.parametrize("metric", ["rps", "p99Latency"])
+@pytest.mark.parametrize("metric", ["concurrency", "rps", "p99Latency"])
 def test_keda_scaled_object_when_keda_installed(metric: str) -> None:
     so = render_autoscaler(model(autoscaling={"metric": metric, "maxReplicas": 7}), KEDA)
     assert so is not None
@@ -208,14 +208,26 @@ def test_keda_scaled_object_when_keda_installed(metric: str) -> None:
     (trigger,) = so["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
     assert 'model="fraud"' in trigger["metadata"]["query"]
-    assert trigger["metricType"] == ("AverageValue" if metric == "rps" else "Value")
+    assert trigger["metricType"] == ("Value" if metric == "p99Latency" else "AverageValue")
+    behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
 
 
-@pytest.mark.parametrize("metric", ["cpu", "concurrency"])
-def test_keda_not_used_for_metrics_an_hpa_serves(metric: str) -> None:
-    hpa = render_autoscaler(model(autoscaling={"metric": metric}), KEDA)
+def test_keda_not_used_for_cpu() -> None:
+    hpa = render_autoscaler(model(autoscaling={"metric": "cpu"}), KEDA)
     assert hpa is not None
     assert hpa["kind"] == "HorizontalPodAutoscaler"
+
+
+def test_scale_down_waits_for_the_stabilization_window() -> None:
+    default = render_autoscaler(model(autoscaling={"metric": "cpu"}), CTX)
+    assert default is not None
+    assert default["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    quick = RenderContext(scale_down_stabilization_seconds=30)
+    hpa = render_autoscaler(model(autoscaling={"metric": "cpu"}), quick)
+    assert hpa is not None
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 30
+    assert "scaleUp" not in hpa["spec"]["behavior"]  # as fast as the HPA's defaults allow
 
 
 def test_p99_target_defaults_to_headroom_under_slo() -> None:

@@ -85,6 +85,15 @@ def test_node_cache_is_beside_not_inside_the_control_plane_cache(
     assert tools.node_bin_dir() == tmp_path / "node-tools" / tools.node_cache_key(GO) / "bin"
 
 
+@pytest.mark.parametrize("module", tools.ADDON_MODULES)
+def test_addon_pins_change_the_addon_key_only(modules: Path, module: str) -> None:
+    keys = (tools.cache_key(GO, modules), tools.node_cache_key(GO, modules))
+    addon = tools.addon_cache_key(GO, modules)
+    _touch(modules / module / "go.mod")
+    assert (tools.cache_key(GO, modules), tools.node_cache_key(GO, modules)) == keys
+    assert tools.addon_cache_key(GO, modules) != addon
+
+
 def _required(module: str, path: str) -> str:
     text = (tools.GOTOOLS_DIR / module / "go.mod").read_text()
     match = re.search(rf"^(?:require\s+|\t){re.escape(path)} (v\S+)$", text, re.MULTILINE)
@@ -101,6 +110,8 @@ def _required(module: str, path: str) -> str:
         ("runc", "github.com/opencontainers/runc", tools.RUNC_VERSION),
         ("cni", "github.com/containernetworking/plugins", tools.CNI_PLUGINS_VERSION),
         ("coredns", "github.com/coredns/coredns", tools.COREDNS_VERSION),
+        ("metricsserver", "sigs.k8s.io/metrics-server", tools.METRICS_SERVER_VERSION),
+        ("promadapter", "sigs.k8s.io/prometheus-adapter", tools.PROMETHEUS_ADAPTER_VERSION),
     ],
 )
 def test_version_constants_match_the_pins(module: str, path: str, version: str) -> None:

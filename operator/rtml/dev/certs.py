@@ -29,6 +29,7 @@ SERVING_DNS_NAMES = (
 # 10.244.0.1: the node's bridge, where pods reach the API server (rtml.dev.nodeconfig.BRIDGE_IP).
 SERVING_IPS = ("127.0.0.1", FIRST_SERVICE_IP, "10.244.0.1")
 APISERVER_KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
+FRONT_PROXY_USER = "front-proxy-client"
 _VALIDITY = dt.timedelta(days=365)
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 

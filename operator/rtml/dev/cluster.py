@@ -14,7 +14,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from rtml.dev import certs, probe
+import yaml
+
+from rtml.dev import addons, certs, probe
 from rtml.dev.errors import ControlPlaneError
 from rtml.dev.kubeconfig import write_kubeconfig
 from rtml.dev.node import NODE_STATE, LocalNode
@@ -110,6 +112,7 @@ class LocalControlPlane:
             self._start_controller_manager(deadline, etcd, apiserver)
             if self.node is not None:
                 self._start_node(deadline)
+                self._start_metrics_server(deadline)
         except BaseException:
             self.stop()
             raise
@@ -132,6 +135,9 @@ class LocalControlPlane:
         shutil.rmtree(self.logs_dir, ignore_errors=True)
         self.logs_dir.mkdir()
         certs.generate(self.certs.directory)
+        # The aggregation layer's client certificate: how the API server proxies to the
+        # metrics APIs (rtml.dev.addons), asserting the caller in X-Remote-* headers.
+        certs.issue_client_cert(self.certs, certs.FRONT_PROXY_USER, (), *self._front_proxy)
         self.ports = {name: free_port() for name in ("etcd-client", "etcd-peer", "apiserver")}
         if self.node_bin is not None:
             self.node = LocalNode(self.workdir, self.node_bin, self.certs, self.server)
@@ -143,6 +149,58 @@ class LocalControlPlane:
                 self.certs.directory / "apiserver-kubelet-client.crt",
                 self.certs.directory / "apiserver-kubelet-client.key",
             )
+
+    @property
+    def _front_proxy(self) -> tuple[Path, Path]:
+        directory = self.certs.directory
+        return directory / "front-proxy-client.crt", directory / "front-proxy-client.key"
+
+    def _aggregation_flags(self) -> list[str]:
+        cert, key = self._front_proxy
+        return [
+            f"--requestheader-client-ca-file={self.certs.ca_cert}",
+            f"--requestheader-allowed-names={certs.FRONT_PROXY_USER}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={cert}",
+            f"--proxy-client-key-file={key}",
+            # To the add-on's endpoint (the host's bridge address), not its ClusterIP.
+            "--enable-aggregator-routing=true",
+        ]
+
+    def apply_docs(self, name: str, docs: list[dict[str, Any]]) -> None:
+        """`kubectl apply` these objects as the admin (the add-ons' registrations)."""
+        path = self.workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump_all(docs))
+        result = subprocess.run(
+            [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", "apply", "-f",
+             str(path)], capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise ControlPlaneError(f"kubectl apply -f {path}: {result.stderr.strip()}")
+
+    def launch_addon(self, name: str, argv: list[str]) -> Managed:
+        """Start a process that lives and dies with the cluster (stopped by `stop`)."""
+        process = spawn(name, argv, self.logs_dir / f"{name}.log", self.workdir)
+        self.processes.append(process)
+        self._write_state()
+        return process
+
+    def _start_metrics_server(self, deadline: float) -> None:
+        assert self.node_bin is not None
+        process = addons.start_metrics_server(
+            self.launch_addon,
+            lambda docs: self.apply_docs("metrics-server", docs),
+            self.node_bin / "metrics-server",
+            self.certs,
+            self.kubeconfig,
+            self.workdir,
+        )
+        self._wait_for_api(
+            "metrics-server to serve metrics.k8s.io", "/apis/metrics.k8s.io/v1beta1",
+            deadline, self.processes, process,
+        )  # fmt: skip
 
     def _launch(self, name: str, argv: list[str]) -> Managed:
         binary = self.bin_dir / argv[0]
@@ -221,6 +279,7 @@ class LocalControlPlane:
                 f"--service-account-key-file={files.service_account_pub}",
                 f"--service-account-signing-key-file={files.service_account_key}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                *self._aggregation_flags(),
                 "--allow-privileged=false",
                 "--profiling=false",
             ],

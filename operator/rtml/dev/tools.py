@@ -138,6 +138,24 @@ NODE_BINARIES = (
     GoBinary("coredns", "coredns", "github.com/coredns/coredns"),
 )
 
+# The autoscaling add-ons (metrics-server for the resource metrics API, prometheus-adapter for
+# the custom metrics API): their own modules and key, so adding or bumping them rebuilds neither
+# the control plane nor the node. `ensure_node_tools` builds them and links them into the node's
+# bin directory, where the local cluster and the tests find them.
+ADDON_MODULES = ("metricsserver", "promadapter")
+ADDON_RECIPE = "1"
+METRICS_SERVER_VERSION = "v0.8.0"
+PROMETHEUS_ADAPTER_VERSION = "v0.12.0"
+ADDON_BINARIES = (
+    GoBinary(
+        "metrics-server",
+        "metricsserver",
+        "sigs.k8s.io/metrics-server/cmd/metrics-server",
+        f"-X k8s.io/client-go/pkg/version.gitVersion={METRICS_SERVER_VERSION}",  # its Makefile's
+    ),
+    GoBinary("prometheus-adapter", "promadapter", "sigs.k8s.io/prometheus-adapter/cmd/adapter"),
+)
+
 
 def cache_root() -> Path:
     """``$RTML_CACHE_DIR``, else ``$XDG_CACHE_HOME/rtml``, else ``~/.cache/rtml``."""
@@ -158,6 +176,11 @@ def node_cache_key(go_version: str, modules_dir: Path = GOTOOLS_DIR) -> str:
     return _pins_key(
         NODE_MODULES, f"node-{NODE_RECIPE}-pause-{PAUSE_VERSION}", go_version, modules_dir
     )
+
+
+def addon_cache_key(go_version: str, modules_dir: Path = GOTOOLS_DIR) -> str:
+    """The same for the autoscaling add-ons."""
+    return _pins_key(ADDON_MODULES, f"addons-{ADDON_RECIPE}", go_version, modules_dir)
 
 
 def _pins_key(modules: Iterable[str], recipe: str, go_version: str, modules_dir: Path) -> str:
@@ -206,6 +229,11 @@ def node_bin_dir() -> Path:
     return cache_root() / "node-tools" / node_cache_key(go_version()) / "bin"
 
 
+def addon_bin_dir() -> Path:
+    """Where the autoscaling add-ons for the current pins and Go version live (built or not)."""
+    return cache_root() / "addon-tools" / addon_cache_key(go_version()) / "bin"
+
+
 def ensure_tools(progress: Progress = print) -> Path:
     """Build whichever binaries are missing and return the directory holding all five."""
     target = bin_dir()
@@ -220,7 +248,8 @@ def ensure_node_tools(progress: Progress = print) -> Path:
     """Build whichever node binaries are missing and return the directory holding them.
 
     It holds kubelet, kube-scheduler, kube-proxy, containerd, containerd-shim-runc-v2, ctr, runc,
-    coredns and pause, and the CNI plugins (bridge, host-local, loopback, portmap) in ``cni/``.
+    coredns and pause, the CNI plugins (bridge, host-local, loopback, portmap) in ``cni/``, and
+    links to the autoscaling add-ons (metrics-server, prometheus-adapter), cached apart.
     runc needs cgo with libseccomp, and pause a static C build: gcc, pkg-config and Debian's
     libc6-dev and libseccomp-dev (checked first, before any build starts).
     """
@@ -234,7 +263,23 @@ def ensure_node_tools(progress: Progress = print) -> Path:
         for binary in NODE_BINARIES:
             _ensure_binary(target, binary, progress)
         _ensure_pause(target, progress)
+    addons = addon_bin_dir()
+    addons.mkdir(parents=True, exist_ok=True)
+    with build_lock(addons.parent / ".build.lock"):
+        for binary in ADDON_BINARIES:
+            _ensure_binary(addons, binary, progress)
+            _link(target / binary.name, addons / binary.name)
     return target
+
+
+def _link(link: Path, to: Path) -> None:
+    """Point `link` at `to` (replacing an older link: the add-ons' pins may have moved)."""
+    if link.is_symlink() and link.readlink() == to:
+        return
+    tmp = link.with_name(link.name + ".link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(to)
+    tmp.replace(link)
 
 
 def _executable(path: Path) -> bool:

@@ -44,6 +44,9 @@ class OperatorSettings(BaseSettings):
     kserve_poll_seconds: float = Field(default=5.0, gt=0)
     # How often a running Experiment is looked at (it sleeps less when waiting on pods).
     experiment_tick_seconds: float = Field(default=5.0, gt=0)
+    # The autoscalers' scale-down stabilization window (chart value
+    # `autoscaling.scaleDownStabilizationSeconds`).
+    scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
     # Prometheus' answer deadline for one analysis query (then onMetricsUnavailable applies).
     prometheus_timeout_seconds: float = Field(default=5.0, gt=0)
     # The operator-wide Feast profile (Helm values `feast.*`), read with its own prefix.
@@ -95,6 +98,7 @@ class OperatorSettings(BaseSettings):
         return RenderContext(
             runtime_image=self.runtime_image,
             prometheus_url=self.prometheus_url,
+            scale_down_stabilization_seconds=self.scale_down_stabilization_seconds,
             feast=self.feast,
             feast_secret=self.feast_secret_ref(),
             materialize_volumes=tuple(self.materialize_volumes),

@@ -1,8 +1,12 @@
 """The autoscaler of a bentoml-backend Model: an HPA (autoscaling/v2) or a KEDA ScaledObject.
 
-KEDA is chosen when its CRD is installed and the metric is one only Prometheus can answer
-(`rps`, `p99Latency`); `cpu` and `concurrency` stay on a plain HPA, which needs no extra
-component for `cpu` and a custom-metrics adapter for `concurrency`.
+`cpu` is an HPA on resource metrics (metrics-server). `concurrency`, `rps` and `p99Latency` come
+from Prometheus: a KEDA ScaledObject with a Prometheus trigger when KEDA's CRD is installed,
+else an HPA on Pods metrics that prometheus-adapter serves with the rules the chart ships
+(charts/rtml/files/prometheus-adapter-rules.yaml; the metric names below are theirs).
+Scale-down waits for `scale_down_stabilization_seconds` of lower recommendations (operator
+setting, default 300 s, the HPA's own default made explicit): a burst is not followed by a
+flap. docs/autoscaling.md.
 """
 
 from __future__ import annotations
@@ -14,7 +18,13 @@ from rtml.operator.render.context import RenderContext
 from rtml.operator.render.deployment import autoscaler_owns_replicas
 from rtml.operator.render.meta import object_meta
 
-KEDA_METRICS = ("rps", "p99Latency")
+KEDA_METRICS = ("concurrency", "rps", "p99Latency")
+# The Pods metrics prometheus-adapter serves (its rules in the chart compute the last two).
+ADAPTER_METRICS = {
+    "concurrency": "rtml_inflight_requests",
+    "rps": "rtml_requests_per_second",
+    "p99Latency": "rtml_request_p99_latency_ms",
+}
 DEFAULT_CONCURRENCY = 4.0
 DEFAULT_RPS = 200.0
 DEFAULT_CPU_PERCENT = 70.0
@@ -44,8 +54,13 @@ def _quantity(value: float) -> str:
 
 def prometheus_query(model: Model) -> str:
     sel = f'namespace="{model.metadata.namespace}",model="{model.metadata.name}"'
-    if model.spec.autoscaling.metric == "rps":
+    metric = model.spec.autoscaling.metric
+    if metric == "rps":
         return f"sum(rate(rtml_requests_total{{{sel}}}[1m]))"
+    if metric == "concurrency":
+        # Requests in flight, averaged over a minute (Knative's stable window): the gauge alone
+        # is one instant per scrape.
+        return f"sum(avg_over_time(rtml_inflight_requests{{{sel}}}[1m]))"
     return (
         "1000 * histogram_quantile(0.99, sum by (le) "
         f"(rate(rtml_request_duration_seconds_bucket{{{sel}}}[2m])))"
@@ -63,12 +78,8 @@ def _hpa_metric(model: Model) -> dict[str, Any]:
                 "target": {"type": "Utilization", "averageUtilization": round(target)},
             },
         }
-    # Per-pod custom metrics, served by a custom-metrics adapter from the runtime's /metrics.
-    name = {
-        "concurrency": "rtml_inflight_requests",
-        "rps": "rtml_requests_per_second",
-        "p99Latency": "rtml_request_p99_latency_ms",
-    }[metric]
+    # Per-pod custom metrics, served by prometheus-adapter from the runtime's /metrics.
+    name = ADAPTER_METRICS[metric]
     return {
         "type": "Pods",
         "pods": {
@@ -78,7 +89,13 @@ def _hpa_metric(model: Model) -> dict[str, Any]:
     }
 
 
-def render_hpa(model: Model) -> dict[str, Any]:
+def behavior(ctx: RenderContext) -> dict[str, Any]:
+    """Scale up as fast as the HPA allows; scale down to the highest recommendation of the
+    stabilization window (the HPA's own rule, with the window the operator is set to)."""
+    return {"scaleDown": {"stabilizationWindowSeconds": ctx.scale_down_stabilization_seconds}}
+
+
+def render_hpa(model: Model, ctx: RenderContext) -> dict[str, Any]:
     a = model.spec.autoscaling
     return {
         "apiVersion": "autoscaling/v2",
@@ -93,13 +110,14 @@ def render_hpa(model: Model) -> dict[str, Any]:
             "minReplicas": a.min_replicas,
             "maxReplicas": a.max_replicas,
             "metrics": [_hpa_metric(model)],
+            "behavior": behavior(ctx),
         },
     }
 
 
 def render_scaled_object(model: Model, ctx: RenderContext) -> dict[str, Any]:
     a = model.spec.autoscaling
-    rps = a.metric == "rps"
+    per_replica = a.metric != "p99Latency"
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -112,11 +130,12 @@ def render_scaled_object(model: Model, ctx: RenderContext) -> dict[str, Any]:
             },
             "minReplicaCount": a.min_replicas,
             "maxReplicaCount": a.max_replicas,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior(ctx)}},
             "triggers": [
                 {
                     "type": "prometheus",
-                    # rps is shared out per replica; p99 is a property of the whole Model.
-                    "metricType": "AverageValue" if rps else "Value",
+                    # Load is shared out per replica; p99 is a property of the whole Model.
+                    "metricType": "AverageValue" if per_replica else "Value",
                     "metadata": {
                         "serverAddress": ctx.prometheus_url,
                         "query": prometheus_query(model),
@@ -134,4 +153,4 @@ def render_autoscaler(model: Model, ctx: RenderContext) -> dict[str, Any] | None
         return None
     if uses_keda(model, ctx):
         return render_scaled_object(model, ctx)
-    return render_hpa(model)
+    return render_hpa(model, ctx)

@@ -22,6 +22,8 @@ class RenderContext:
     keda_installed: bool = False
     prometheus_url: str = DEFAULT_PROMETHEUS_URL
     cluster_domain: str = "cluster.local"
+    # How long an autoscaler waits before acting on a lower recommendation (HPA behavior).
+    scale_down_stabilization_seconds: int = 300
     # The defaults when not given: a renderer never reads the environment.
     feast: FeastProfile = field(default_factory=FeastProfile.model_construct)
     feast_secret: FeastSecretRef | None = None
