@@ -333,6 +333,20 @@ def test_final_phases_do_nothing() -> None:
     assert shell.status == before
 
 
+def test_a_spec_changed_after_the_end_is_observed_and_changes_nothing_else() -> None:
+    shell = Shell(spec())
+    shell.tick()
+    shell.abort = True
+    shell.tick()
+    ended = shell.st
+    shell.generation = 2
+    shell.spec = spec(candidate={"version": "v3", "artifact": {"uri": "file:///m/v3.onnx"}})
+    d = shell.advance(60)
+    assert d.events == []
+    assert shell.st.observed_generation == 2  # kstatus: not In Progress forever
+    assert shell.st.model_copy(update={"observed_generation": 1}) == ended
+
+
 def test_abtest_is_one_step_over_its_duration() -> None:
     shell = Shell(spec(strategy="abtest", abtest={"candidateWeight": 30, "duration": "10m"}))
     shell.tick()

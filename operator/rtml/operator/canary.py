@@ -324,7 +324,11 @@ def decide(  # noqa: PLR0911 - one return per transition
     status = status or ExperimentStatus()
     now = facts.now
     if status.phase in FINAL_PHASES:
-        return Decision(status)
+        if facts.generation is None or facts.generation == status.observed_generation:
+            return Decision(status)
+        # An ended experiment stays as it ended; a later spec change is observed (kstatus: the
+        # status is for this generation, not stuck In Progress) and changes nothing else.
+        return Decision(status.model_copy(update={"observed_generation": facts.generation}))
     if facts.abort_requested:
         weight = status.candidate_weight or 0
         message = f"aborted by request at {weight}%; traffic is back on the champion"
