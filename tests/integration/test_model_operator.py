@@ -266,7 +266,7 @@ def test_kserve_backend_renders_a_valid_inference_service(
         60,
     )
     assert pred["containers"][0]["securityContext"]["runAsNonRoot"] is True
-    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
     assert kube.get(*DEPLOY, "churn", namespace) is None
     # Status rolls up what KServe reports.
     kube.patch(

@@ -236,40 +236,60 @@ def test_p99_target_defaults_to_headroom_under_slo() -> None:
 
 
 @pytest.mark.parametrize(
-    ("metric", "mode", "klass", "scale"),
+    ("metric", "klass", "scale"),
     [
-        (
-            "cpu",
-            "RawDeployment",
-            "hpa",
-            {"scaleMetric": "cpu", "scaleTarget": 70, "scaleMetricType": "Utilization"},
-        ),
-        ("concurrency", "Serverless", None, {"scaleMetric": "concurrency", "scaleTarget": 4}),
-        ("rps", "Serverless", None, {"scaleMetric": "rps", "scaleTarget": 200}),
+        ("cpu", "hpa", {"scaleMetric": "cpu", "scaleTarget": 70, "scaleMetricType": "Utilization"}),
+        ("concurrency", "keda", {}),
+        ("rps", "keda", {}),
+        ("p99Latency", "keda", {}),
     ],
 )
-def test_kserve_scaling_mapping(metric: str, mode: str, klass: str | None, scale: dict) -> None:
+def test_kserve_defaults_to_standard_mode(metric: str, klass: str, scale: dict) -> None:
+    """KServe's recommended mode, no Knative: HPA for cpu, KEDA on Prometheus for the rest."""
     isvc = render_inference_service(model(backend="kserve", autoscaling={"metric": metric}), CTX)
     ann = isvc["metadata"]["annotations"]
-    assert ann["serving.kserve.io/deploymentMode"] == mode
-    assert ann.get("serving.kserve.io/autoscalerClass") == klass
+    assert ann["serving.kserve.io/deploymentMode"] == "Standard"
+    assert ann["serving.kserve.io/autoscalerClass"] == klass
     pred = isvc["spec"]["predictor"]
-    assert pred["minReplicas"] == 1
-    assert pred["maxReplicas"] == 5
+    assert (pred["minReplicas"], pred["maxReplicas"]) == (1, 5)
     for k, v in scale.items():
         assert pred[k] == v
+    if klass == "keda":
+        assert "scaleMetric" not in pred
+        (external,) = pred["autoScaling"]["metrics"]
+        assert external["type"] == "External"
+        assert external["external"]["metric"]["backend"] == "prometheus"
+        assert 'model="fraud"' in external["external"]["metric"]["query"]
+        kind = "Value" if metric == "p99Latency" else "AverageValue"
+        assert external["external"]["target"]["type"] == kind
 
 
-def test_kserve_p99_uses_keda_external_metric() -> None:
+def test_kserve_p99_target_is_the_slo_headroom_or_the_models() -> None:
     isvc = render_inference_service(
         model(backend="kserve", autoscaling={"metric": "p99Latency", "target": 25}), CTX
     )
-    pred = isvc["spec"]["predictor"]
-    assert "scaleMetric" not in pred
-    (metric,) = pred["autoScaling"]["metrics"]
-    assert metric["type"] == "External"
+    (metric,) = isvc["spec"]["predictor"]["autoScaling"]["metrics"]
     assert metric["external"]["target"] == {"type": "Value", "value": "25"}
-    assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
+
+
+@pytest.mark.parametrize("asked", ["Knative", "Serverless"])
+@pytest.mark.parametrize(("metric", "target"), [("concurrency", 4), ("rps", 200), ("cpu", 70)])
+def test_kserve_knative_only_when_the_model_asks(asked: str, metric: str, target: int) -> None:
+    m = model(backend="kserve", autoscaling={"metric": metric})
+    m.metadata.annotations["serving.kserve.io/deploymentMode"] = asked
+    isvc = render_inference_service(m, CTX)
+    ann = isvc["metadata"]["annotations"]
+    assert ann["serving.kserve.io/deploymentMode"] == "Knative"
+    assert "serving.kserve.io/autoscalerClass" not in ann
+    pred = isvc["spec"]["predictor"]
+    assert (pred["scaleMetric"], pred["scaleTarget"]) == (metric, target)
+
+
+def test_kserve_p99_stays_standard_even_when_knative_is_asked() -> None:
+    m = model(backend="kserve", autoscaling={"metric": "p99Latency"})
+    m.metadata.annotations["serving.kserve.io/deploymentMode"] = "Knative"
+    isvc = render_inference_service(m, CTX)
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
 
 
 def test_kserve_predictor_runs_the_runtime_container_restricted() -> None:

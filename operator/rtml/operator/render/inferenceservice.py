@@ -1,10 +1,14 @@
 """The kserve backend: one serving.kserve.io/v1beta1 InferenceService running the rtml runtime.
 
-Mapping of spec.autoscaling (see docs/kserve-backend.md for why):
-- cpu          -> RawDeployment, autoscalerClass hpa, scaleMetric cpu (Utilization)
-- concurrency  -> Serverless (Knative KPA scales on in-flight requests natively)
-- rps          -> Serverless, scaleMetric rps
-- p99Latency   -> RawDeployment, autoscalerClass keda, an external Prometheus metric
+Deployment mode (docs/kserve-backend.md): KServe's `Standard` (a Deployment with an HPA or KEDA,
+no Knative; KServe's recommended mode, formerly `RawDeployment`) unless the Model carries
+KServe's own annotation `serving.kserve.io/deploymentMode: Knative` (or the older `Serverless`).
+Mapping of spec.autoscaling:
+- Standard: cpu -> autoscalerClass hpa, scaleMetric cpu (Utilization); concurrency, rps and
+  p99Latency -> autoscalerClass keda with an External Prometheus metric (the queries of the
+  bentoml backend's ScaledObject).
+- Knative: concurrency and rps -> Knative's KPA (scaleMetric), cpu -> scaleMetric cpu;
+  p99Latency has no Knative scaler and stays Standard with KEDA (said in the docs).
 """
 
 from __future__ import annotations
@@ -30,18 +34,30 @@ AUTOSCALER_CLASS = "serving.kserve.io/autoscalerClass"
 KSERVE_CONTAINER = "kserve-container"
 
 
+STANDARD, KNATIVE = "Standard", "Knative"
+_REQUESTED = {"Knative": KNATIVE, "Serverless": KNATIVE}  # KServe's names, the new and the old
+
+
+def deployment_mode(model: Model) -> str:
+    """Standard, unless the Model asks for Knative with KServe's annotation (and a metric
+    Knative can scale on)."""
+    asked = (model.metadata.annotations or {}).get(DEPLOYMENT_MODE, "")
+    if _REQUESTED.get(asked) == KNATIVE and model.spec.autoscaling.metric != "p99Latency":
+        return KNATIVE
+    return STANDARD
+
+
 def _annotations(model: Model, feature_view: dict[str, Any] | None) -> dict[str, str]:
     metric = model.spec.autoscaling.metric
+    mode = deployment_mode(model)
     out = {
         CHECKSUM_ANNOTATION: config_checksum(model, feature_view),
         "serving.kserve.io/enable-prometheus-scraping": "true",
         "prometheus.io/port": str(HTTP_PORT),
         "prometheus.io/path": "/metrics",
+        DEPLOYMENT_MODE: mode,
     }
-    if metric in ("concurrency", "rps"):
-        out[DEPLOYMENT_MODE] = "Serverless"
-    else:
-        out[DEPLOYMENT_MODE] = "RawDeployment"
+    if mode == STANDARD:
         out[AUTOSCALER_CLASS] = "hpa" if metric == "cpu" else "keda"
     return out
 
@@ -50,27 +66,30 @@ def _scaling(model: Model, ctx: RenderContext) -> dict[str, Any]:
     a = model.spec.autoscaling
     out: dict[str, Any] = {"minReplicas": a.min_replicas, "maxReplicas": a.max_replicas}
     target = target_value(model)
-    if a.metric == "p99Latency":
-        out["autoScaling"] = {
-            "metrics": [
-                {
-                    "type": "External",
-                    "external": {
-                        "metric": {
-                            "backend": "prometheus",
-                            "serverAddress": ctx.prometheus_url,
-                            "query": prometheus_query(model),
-                        },
-                        "target": {"type": "Value", "value": str(round(target))},
-                    },
-                }
-            ]
-        }
+    if a.metric == "cpu" or deployment_mode(model) == KNATIVE:
+        out["scaleMetric"] = a.metric
+        out["scaleTarget"] = max(1, round(target))
+        if a.metric == "cpu":
+            out["scaleMetricType"] = "Utilization"
         return out
-    out["scaleMetric"] = a.metric
-    out["scaleTarget"] = max(1, round(target))
-    if a.metric == "cpu":
-        out["scaleMetricType"] = "Utilization"
+    # Standard mode: KEDA on the runtime's Prometheus series. Load is shared per replica; the
+    # p99 is the whole Model's.
+    kind = "Value" if a.metric == "p99Latency" else "AverageValue"
+    out["autoScaling"] = {
+        "metrics": [
+            {
+                "type": "External",
+                "external": {
+                    "metric": {
+                        "backend": "prometheus",
+                        "serverAddress": ctx.prometheus_url,
+                        "query": prometheus_query(model),
+                    },
+                    "target": {"type": kind, kind[0].lower() + kind[1:]: f"{target:g}"},
+                },
+            }
+        ]
+    }
     return out
 
 
