@@ -11,9 +11,10 @@ import click
 import yaml
 from pydantic import ValidationError
 
+from rtml.bench_cli import bench
 from rtml.experiment_cli import experiment
 from rtml.features.cli import add_feature_commands
-from rtml_runtime.cli import bench, serve
+from rtml_runtime.cli import serve
 
 if TYPE_CHECKING:
     from rtml.api import FeatureView, Model
