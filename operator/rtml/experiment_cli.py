@@ -7,6 +7,7 @@ writing status: the operator owns status and acts on the annotation at its next 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -60,17 +61,28 @@ def format_analysis(results: Sequence[AnalysisResult]) -> str:
     return format_table(RESULT_COLUMNS, rows, right={2, 3})
 
 
+def _requested(meta: dict[str, Any]) -> list[str]:
+    """The steering annotations set to "true" that the operator has yet to act on, or has."""
+    annotations = meta.get("annotations") or {}
+    return [a for a in (PAUSE_ANNOTATION, ABORT_ANNOTATION) if annotations.get(a) == "true"]
+
+
+def _steps(spec: dict[str, Any]) -> int | None:
+    steps = (spec.get("canary") or {}).get("steps") or []
+    return len(steps) if spec.get("strategy") == "canary" and steps else None
+
+
 def format_status(obj: dict[str, Any]) -> str:
     """An Experiment (API JSON) as `rtml experiment status` prints it."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     status = ExperimentStatus.model_validate(obj.get("status") or {})
     strategy = spec.get("strategy", "?")
-    steps = (spec.get("canary") or {}).get("steps") or []
+    steps = _steps(spec)
     step = "-"
     if status.current_step is not None:
         step = str(status.current_step + 1)
-        if strategy == "canary" and steps:
-            step += f" of {len(steps)}"
+        if steps is not None:
+            step += f" of {steps}"
     weight = "-" if status.candidate_weight is None else f"{status.candidate_weight}%"
     fields = [
         ("phase", status.phase or "Pending"),
@@ -80,8 +92,7 @@ def format_status(obj: dict[str, Any]) -> str:
     ]
     if status.paused_reason:
         fields.append(("paused", status.paused_reason))
-    annotations = meta.get("annotations") or {}
-    asked = [a for a in (PAUSE_ANNOTATION, ABORT_ANNOTATION) if annotations.get(a) == "true"]
+    asked = _requested(meta)
     if asked:
         fields.append(("requested", ", ".join(f"{a}=true" for a in asked)))
     width = max(len(k) for k, _ in fields) + 1
@@ -92,6 +103,33 @@ def format_status(obj: dict[str, Any]) -> str:
     )
     body = "\n".join(f"{(k + ':').ljust(width)} {v}" for k, v in fields)
     return f"{head}\n{body}\n\n{format_analysis(status.analysis)}"
+
+
+def _analysis_json(r: AnalysisResult) -> dict[str, Any]:
+    return {"time": _time(r.time), "metric": r.metric, "value": r.value, "max": r.max,
+            "passed": r.passed}  # fmt: skip
+
+
+def status_json(obj: dict[str, Any]) -> dict[str, Any]:
+    """An Experiment (API JSON) as `rtml experiment status --json` prints it: the same facts as
+    the table, keys as listed in the command's help."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    status = ExperimentStatus.model_validate(obj.get("status") or {})
+    return {
+        "name": meta.get("name"),
+        "namespace": meta.get("namespace"),
+        "strategy": spec.get("strategy"),
+        "model": spec.get("modelRef"),
+        "candidate": (spec.get("candidate") or {}).get("version"),
+        "phase": status.phase or "Pending",
+        "step": None if status.current_step is None else status.current_step + 1,
+        "steps": _steps(spec),
+        "weight": status.candidate_weight,
+        "last_verdict": status.last_verdict,
+        "paused_reason": status.paused_reason,
+        "requested": _requested(meta),
+        "analysis": [_analysis_json(r) for r in status.analysis],
+    }
 
 
 class Experiments:
@@ -159,11 +197,35 @@ def experiment() -> None:
 @click.argument("name")
 @NAMESPACE_OPTION
 @KUBECONFIG_OPTION
-def status(name: str, namespace: str | None, kubeconfig: str | None) -> None:
-    """Phase, step, weight, last verdict and the analysis history."""
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document on stdout (keys below) instead of the table.",
+)
+def status(name: str, namespace: str | None, kubeconfig: str | None, as_json: bool) -> None:
+    """Phase, step, weight, last verdict and the analysis history.
+
+    \b
+    --json prints one object with these keys (null where the table shows "-"):
+      name, namespace, strategy, model, candidate
+                     the Experiment, its Model and the candidate's version
+      phase          Pending until the operator sets one
+      step           the current step, counted from 1 (the status's currentStep + 1)
+      steps          how many steps a canary has (null for other strategies)
+      weight         the candidate's traffic share in percent
+      last_verdict   the operator's last decision, in short
+      paused_reason  why it is paused
+      requested      steering annotations set to "true" (rtml.dev/pause, rtml.dev/abort)
+      analysis       [{time, metric, value, max, passed}], oldest first; time in UTC
+                     (RFC 3339), value null when the analysis could not measure it
+    """
     obj = Experiments(kubeconfig, namespace).get(name)
     try:
-        click.echo(format_status(obj))
+        if as_json:
+            click.echo(json.dumps(status_json(obj), allow_nan=False))
+        else:
+            click.echo(format_status(obj))
     except ValidationError as e:
         raise click.ClickException(
             f"Experiment {name} has a status this rtml cannot read: {e}"

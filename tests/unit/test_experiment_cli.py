@@ -3,6 +3,7 @@ fake in place of the API server)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -125,3 +126,48 @@ def test_status_command_prints_the_formatted_status(fake: type[FakeExperiments])
     out = CliRunner().invoke(main, ["experiment", "status", "running"])
     assert out.exit_code == 0, out.output
     assert out.output.startswith("Experiment fraud-v2 in namespace ml: canary")
+
+
+STATUS_JSON_KEYS = {
+    "name", "namespace", "strategy", "model", "candidate", "phase", "step", "steps", "weight",
+    "last_verdict", "paused_reason", "requested", "analysis",
+}  # fmt: skip
+
+
+def test_status_json_is_one_document_with_the_table_s_facts(fake: type[FakeExperiments]) -> None:
+    fake.objects["running"] = _experiment({
+        "phase": "Paused", "currentStep": 1, "candidateWeight": 25, "pausedReason": "asked",
+        "lastVerdict": "step 1 failed: errorRate 0.0123 > 0.01", "analysis": HISTORY,
+    }, **{PAUSE_ANNOTATION: "true"})  # fmt: skip
+    out = CliRunner().invoke(main, ["experiment", "status", "running", "--json"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert set(doc) == STATUS_JSON_KEYS
+    assert doc["name"] == "fraud-v2"
+    assert doc["model"] == "fraud"
+    assert doc["candidate"] == "v2"
+    assert (doc["phase"], doc["step"], doc["steps"], doc["weight"]) == ("Paused", 2, 4, 25)
+    assert doc["paused_reason"] == "asked"
+    assert doc["requested"] == [PAUSE_ANNOTATION]
+    assert doc["analysis"][1] == {"time": "2026-11-27T12:01:00Z", "metric": "errorRate",
+                                  "value": 0.0123, "max": 0.01, "passed": False}  # fmt: skip
+    assert doc["analysis"][2]["value"] is None
+
+
+def test_status_json_of_a_new_experiment_uses_null(fake: type[FakeExperiments]) -> None:
+    fake.objects["new"] = _experiment(None)
+    out = CliRunner().invoke(main, ["experiment", "status", "new", "--json"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert doc["phase"] == "Pending"
+    assert doc["step"] is None
+    assert doc["weight"] is None
+    assert doc["last_verdict"] is None
+    assert doc["requested"] == []
+    assert doc["analysis"] == []
+
+
+def test_status_help_documents_every_json_key() -> None:
+    text = CliRunner().invoke(main, ["experiment", "status", "--help"]).output
+    for key in STATUS_JSON_KEYS:
+        assert key in text, key
