@@ -2,6 +2,14 @@
 
 Only this module imports kopf. Handler ids are explicit so renaming a function never resets
 the progress Kopf stores on objects.
+
+Finalizers only where the operator keeps state outside the cluster: a FeatureView's entry in
+the Feast registry (its on.delete handler). Kopf adds its finalizer to every object that a
+non-optional on.delete handler, a timer or a daemon serves, so Models and Experiments have
+none of these: their periodic work (resync, the KServe poll, an Experiment's tick) runs in
+operator-wide loops (rtml.operator.ticker) over Kopf indices, and what their deletion must do
+(traffic back to the champion) an on.event DELETED handler does. Owner references do the rest.
+Without the operator (`helm uninstall`), they delete like any object (docs/gitops.md).
 """
 
 from __future__ import annotations
@@ -12,8 +20,9 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
+from typing import Any, NamedTuple
 
 import kopf
 from kubernetes.client import ApiException
@@ -35,6 +44,7 @@ from rtml.operator.featureview import (
 from rtml.operator.reconcile import KSERVE, reconcile_model
 from rtml.operator.render.meta import MODEL_LABEL
 from rtml.operator.settings import OperatorSettings
+from rtml.operator.ticker import Ticker
 
 log = logging.getLogger("rtml.operator")
 SETTINGS = OperatorSettings.load()  # once per process; run_operator reports a bad value
@@ -42,8 +52,47 @@ _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _heartbeat = {"executor": time.monotonic()}
 
 
+class Ref(NamedTuple):
+    """A Model or an Experiment as the periodic loops see it: a value of a Kopf index."""
+
+    namespace: str
+    name: str
+    uid: str
+    kserve: bool = False  # a Model with spec.backend kserve: its InferenceService is polled
+    running: bool = False  # an Experiment not finished: it is ticked
+
+    def body(self) -> dict[str, Any]:
+        """Enough of the object for the reconcilers, which read it afresh anyway."""
+        return {"metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid}}
+
+
+def _ref(body: kopf.Body, **flags: bool) -> dict[str, Ref]:
+    meta = body["metadata"]
+    return {meta["uid"]: Ref(meta["namespace"], meta["name"], meta["uid"], **flags)}
+
+
+@kopf.index(GROUP, VERSION, "models", id="rtml_models")
+async def index_models(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, Ref]:
+    """Which Models exist (what the resync and the KServe poll visit). An index, unlike a
+    timer or a daemon, puts no finalizer on the object."""
+    return _ref(body, kserve=spec.get("backend") == "kserve")
+
+
+@kopf.index(GROUP, VERSION, "experiments", id="rtml_experiments")
+async def index_experiments(
+    body: kopf.Body, status: kopf.Status, meta: kopf.Meta, **_: Any
+) -> dict[str, Ref]:
+    """Which Experiments exist and which still run (what the tick visits)."""
+    running = status.get("phase") not in FINAL_PHASES and not meta.get("deletionTimestamp")
+    return _ref(body, running=running)
+
+
+def _refs(index: kopf.Index[str, Ref]) -> list[Ref]:
+    return [ref for store in index.values() for ref in store]
+
+
 @kopf.on.startup(id="configure")
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     # Kopf's defaults are tuned for demos; these are set on purpose (docs/operator-settings.md).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -67,6 +116,37 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         SETTINGS.prometheus_url, timeout_s=SETTINGS.prometheus_timeout_seconds
     )
     memo["heartbeat"] = asyncio.create_task(_executor_heartbeat(settings))
+    # In place of per-object timers and daemons, which would put Kopf's finalizer on every
+    # Model and Experiment (rtml.operator.ticker). Kopf's indices are filled by its watch.
+    pool = partial(getattr, settings.execution, "executor")  # read each round, as Kopf does
+    memo["tickers"] = [
+        asyncio.create_task(ticker.run(due, pool))
+        for ticker, due in _tickers(memo, kwargs["rtml_models"], kwargs["rtml_experiments"])
+    ]
+
+
+def _tickers(
+    memo: kopf.Memo, models: kopf.Index[str, Ref], experiments: kopf.Index[str, Ref]
+) -> list[tuple[Ticker[Ref], Callable[[], list[Ref]]]]:
+    """Each periodic loop, with what it visits each round."""
+    resync_every = SETTINGS.resync_seconds
+    return [
+        # The first resync one period after start-up: the resume handlers have just run.
+        (
+            Ticker("resync", resync_every, partial(resync, memo), initial_delay=resync_every),
+            partial(_refs, models),
+        ),
+        (
+            Ticker("kserve-status", SETTINGS.kserve_poll_seconds, partial(poll_kserve, memo)),
+            partial(_kserve_models, models),
+        ),
+        (
+            Ticker(
+                "experiment-tick", SETTINGS.experiment_tick_seconds, partial(experiment_tick, memo)
+            ),
+            partial(_running_experiments, experiments),
+        ),
+    ]
 
 
 async def _executor_heartbeat(settings: kopf.OperatorSettings) -> None:
@@ -89,9 +169,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup(id="close-client")
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("heartbeat")
-    if task:
-        task.cancel()
+    for task in [memo.get("heartbeat"), *memo.get("tickers", [])]:
+        if task:
+            task.cancel()
     if memo.get("client"):
         memo["client"].close()
 
@@ -169,18 +249,11 @@ def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     _reconcile(body, memo, retry)
 
 
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "models",
-    id="resync",
-    interval=SETTINGS.resync_seconds,
-    idle=0,
-    initial_delay=SETTINGS.resync_seconds,
-)
-def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Level-triggered safety net: converges even if an event was missed."""
-    _reconcile(body, memo, retry=0)
+def resync(memo: kopf.Memo, model: Ref) -> None:
+    """Level-triggered safety net: converges even if an event was missed (every
+    resync_seconds, the "resync" Ticker)."""
+    with _next_time("Model resync failed; the next one will retry", model=model.name):
+        _reconcile(model.body(), memo, retry=0)
 
 
 def _owner_model(obj: Mapping[str, Any]) -> str | None:
@@ -228,56 +301,49 @@ def child_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) 
     _on_child(body, memo, type)
 
 
-def _is_kserve(spec: kopf.Spec, **_: Any) -> bool:
-    return spec.get("backend") == "kserve"
+# The InferenceService's resourceVersion each KServe Model's poll saw last (by the Model's uid).
+_isvc_seen: dict[str, str | None] = {}
 
 
-@kopf.daemon(GROUP, VERSION, "models", id="kserve-status", when=_is_kserve, cancellation_timeout=5)
-def follow_inference_service(
-    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
-) -> None:
-    """Rolls KServe's status up as it changes.
+def _kserve_models(index: kopf.Index[str, Ref]) -> list[Ref]:
+    models = [ref for ref in _refs(index) if ref.kserve]
+    for uid in _isvc_seen.keys() - {ref.uid for ref in models}:
+        _isvc_seen.pop(uid, None)  # deleted, or no longer on kserve: forget what it saw
+    return models
+
+
+def poll_kserve(memo: kopf.Memo, model: Ref) -> None:
+    """Rolls KServe's status up as it changes (every kserve_poll_seconds, the "kserve-status"
+    Ticker).
 
     Polled rather than watched: Kopf stops the whole operator when a watched CRD disappears
     (uninstalling KServe would crash-loop it), while a poll just sees a 404 and carries on.
     """
     client: KubeClient = memo["client"]
-    meta = body["metadata"]
-    seen: str | None = None
-    while not stopped:
-        try:
-            isvc = (
-                client.get(*KSERVE, meta["namespace"], meta["name"])
-                if client.serves(*KSERVE)
-                else None
-            )
-        except (ApiException, HTTPError, OSError) as e:
-            log.warning(
-                "could not read the InferenceService",
-                extra={"model": meta["name"], "error": str(e)},
-            )
-            isvc = None
-        version = isvc["metadata"].get("resourceVersion") if isvc else None
-        if version != seen:
-            seen = version
-            _on_child(
-                isvc
-                or {
-                    "metadata": {
-                        "namespace": meta["namespace"],
-                        "ownerReferences": [
-                            {
-                                "kind": "Model",
-                                "apiVersion": f"{GROUP}/{VERSION}",
-                                "name": meta["name"],
-                            }
-                        ],
-                    }
-                },
-                memo,
-                "poll",
-            )
-        stopped.wait(SETTINGS.kserve_poll_seconds)
+    try:
+        isvc = client.get(*KSERVE, model.namespace, model.name) if client.serves(*KSERVE) else None
+    except (ApiException, HTTPError, OSError) as e:
+        log.warning(
+            "could not read the InferenceService", extra={"model": model.name, "error": str(e)}
+        )
+        isvc = None
+    version = isvc["metadata"].get("resourceVersion") if isvc else None
+    if version == _isvc_seen.get(model.uid):
+        return
+    _isvc_seen[model.uid] = version
+    _on_child(
+        isvc
+        or {
+            "metadata": {
+                "namespace": model.namespace,
+                "ownerReferences": [
+                    {"kind": "Model", "apiVersion": f"{GROUP}/{VERSION}", "name": model.name}
+                ],
+            }
+        },
+        memo,
+        "poll",
+    )
 
 
 # -- FeatureViews: registration in Feast, the materialization CronJob, the finalizer ------------
@@ -391,12 +457,8 @@ def unregister(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         )
 
 
-# -- Experiments: a Kopf timer drives each running one; all progress lives in its status --------
+# -- Experiments: a Ticker drives each running one; all progress lives in its status ------------
 EXPERIMENTS = (GROUP, VERSION, "experiments")
-
-
-def _experiment_running(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
-    return status.get("phase") not in FINAL_PHASES and not meta.get("deletionTimestamp")
 
 
 def _tick_experiment(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> None:
@@ -451,22 +513,20 @@ def experiment_control(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         _tick_experiment(body, memo, retry=0)
 
 
-@kopf.timer(
-    *EXPERIMENTS,
-    id="experiment-tick",
-    interval=SETTINGS.experiment_tick_seconds,
-    idle=0,
-    when=_experiment_running,
-)
-def experiment_tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    with _next_time("experiment tick failed; the next one retries",
-                    experiment=body["metadata"]["name"]):  # fmt: skip
-        _tick_experiment(body, memo, retry=0)
+def _running_experiments(index: kopf.Index[str, Ref]) -> list[Ref]:
+    return [ref for ref in _refs(index) if ref.running]
+
+
+def experiment_tick(memo: kopf.Memo, experiment: Ref) -> None:
+    """A running Experiment, every experiment_tick_seconds (the "experiment-tick" Ticker)."""
+    with _next_time("experiment tick failed; the next one retries", experiment=experiment.name):
+        _tick_experiment(experiment.body(), memo, retry=0)
 
 
 @kopf.on.event(*EXPERIMENTS, id="experiment-deleted")
 def experiment_deleted(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
     """Deleting a running Experiment sends all traffic back to the champion: the Model
-    re-renders its plan without it. No finalizer: nothing outside the cluster to clean up."""
+    re-renders its plan without it. A watch event, not an on.delete handler: nothing outside
+    the cluster to clean up, so no finalizer (the Model's resync would also catch up)."""
     if type == "DELETED":
         _reconcile_model_of(body, memo)
