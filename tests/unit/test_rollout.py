@@ -7,6 +7,9 @@ from typing import Any
 import pytest
 
 from rtml.api.traffic import TrafficPlan
+from rtml.operator import reconcile
+from rtml.operator.conditions import Cond, get_condition
+from rtml.operator.render import RenderContext
 from rtml.operator.render.configmap import render_traffic_config_map
 from rtml.operator.rollout import (
     holder,
@@ -15,7 +18,9 @@ from rtml.operator.rollout import (
     render_owned_experiment,
     serving,
 )
+from rtml.operator.status import Canary
 from tests.unit.helpers import model
+from tests.unit.test_pods import FakeClient, deployment, model_body
 
 pytestmark = pytest.mark.unit
 OLD = {"uri": "s3://b/v1.onnx", "sha256": "1" * 64}
@@ -74,9 +79,17 @@ def test_promoted_serves_the_spec_and_a_rollback_keeps_the_champion() -> None:
     m = canary_model()
     promoted = serving(m, ACTIVE, [owned(m, "Promoted")])
     assert promoted.model.spec.artifact.uri == NEW["uri"]
-    back = serving(m, ACTIVE, [owned(m, "RolledBack")])
+    assert promoted.canary is None
+    rolled_back = owned(m, "RolledBack")
+    rolled_back["status"]["lastVerdict"] = "rolled back: over the gate: errorRate 0.2 (max 0.01)"
+    back = serving(m, ACTIVE, [rolled_back])
     assert back.model.spec.artifact.uri == OLD["uri"]
     assert back.superseded == ()  # the record stays until the spec changes again
+    # The spec never serves without a change: the Model says so (Stalled, docs/gitops.md).
+    assert back.canary == Canary(
+        "fraud-v2", "v2", "RolledBack", "rolled back: over the gate: errorRate 0.2 (max 0.01)"
+    )
+    assert serving(m, ACTIVE, [owned(m, "Progressing")]).canary == Canary("fraud-v2", "v2")
 
 
 def test_a_newer_version_supersedes_the_running_canary() -> None:
@@ -96,6 +109,7 @@ def test_the_same_version_with_another_artifact_after_an_ended_canary_starts_aga
     )
     assert s.superseded == ("fraud-v2",)
     assert s.experiment is None  # recreated on the next pass, once the old one is gone
+    assert s.canary == Canary("fraud-v2", "v2")  # a canary to come, not one that ended
 
 
 def test_experiment_names_are_valid_object_names() -> None:
@@ -131,3 +145,20 @@ def test_the_plan_follows_the_holders_status() -> None:
     cm = render_traffic_config_map(m, plan)
     assert cm["metadata"]["name"] == "fraud-rtml-traffic"
     assert TrafficPlan.model_validate_json(cm["data"]["traffic.json"]) == plan
+
+
+def test_a_canary_holds_the_model_from_the_first_status_after_the_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kstatus: the first status written for a new artifact already says work is under way;
+    Settled there would read as Current (Flux) while the spec's version does not serve."""
+    resolved = Cond("FeaturesResolved", "True", "NoFeatureView", "no view")
+    monkeypatch.setattr(reconcile, "check_model_signature", lambda *_: resolved)
+    body = model_body(status={"activeVersion": "v1", "activeArtifact": OLD})
+    body["spec"].update(version="v2", artifact=NEW, rollout={"strategy": "canary"})
+    client = FakeClient(deployment(available=1), [])  # no Experiment exists yet
+    status = reconcile.reconcile_model(client, body, RenderContext())  # type: ignore[arg-type]
+    reconciling = get_condition(status["conditions"], "Reconciling") or {}
+    assert (reconciling.get("status"), reconciling.get("reason")) == ("True", "ExperimentRunning")
+    assert reconciling.get("message") == "Experiment fraud-v2: Pending"
+    assert (status["experiment"], status["activeVersion"]) == ("fraud-v2", "v1")

@@ -9,6 +9,7 @@ import pytest
 from rtml.operator.conditions import Cond, get_condition, merge_conditions
 from rtml.operator.render import RenderContext
 from rtml.operator.status import (
+    Canary,
     Observed,
     compute_model_status,
     deployment_available,
@@ -350,3 +351,29 @@ def test_a_running_experiment_keeps_a_ready_model_reconciling() -> None:
     reconciling = cond(s, "Reconciling")
     assert (reconciling["status"], reconciling["reason"]) == ("True", "ExperimentRunning")
     assert reconciling["message"] == "Experiment fraud-v2: step 2 at 50%: analysing"
+
+
+def test_a_canary_about_to_start_is_work_under_way() -> None:
+    m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})  # the champion, v1
+    s = compute_model_status(
+        m, Observed(deployment=deployment(), canary=Canary("fraud-v2", "v2")), None, CTX, NOW
+    )
+    reconciling = cond(s, "Reconciling")
+    assert (reconciling["status"], reconciling["reason"]) == ("True", "CanaryPending")
+    assert reconciling["message"] == "Experiment fraud-v2 is about to try v2"
+    assert cond(s, "Stalled")["status"] == "False"
+
+
+def test_a_rolled_back_canary_stalls_a_model_that_still_serves() -> None:
+    m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})  # the champion, v1
+    ended = Canary("fraud-v2", "v2", "RolledBack", "rolled back: over the gate: errorRate 0.2")
+    s = compute_model_status(m, Observed(deployment=deployment(), canary=ended), None, CTX, NOW)
+    assert (s["phase"], cond(s, "Ready")["status"]) == ("Ready", "True")  # v1 serves well
+    assert cond(s, "Reconciling")["status"] == "False"
+    stalled = cond(s, "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "CanaryRolledBack")
+    assert stalled["message"] == (
+        "the canary of v2 ended RolledBack (Experiment fraud-v2: rolled back: over the gate: "
+        "errorRate 0.2); v1 still serves; a new spec.version or spec.artifact starts another "
+        "canary"
+    )

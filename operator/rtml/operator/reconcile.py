@@ -121,6 +121,8 @@ def reconcile_model(
     if problem is None and kserve_installed and not held:
         _prune(client, model, desired)
         _end_superseded(client, body, serve.superseded)
+        if holding is None and _new(serve.experiment, experiments):
+            holding = serve.experiment  # the canary just created holds the traffic from now
 
     deployment = (
         client.get("apps/v1", "Deployment", ns, name) if model.spec.backend == "bentoml" else None
@@ -136,11 +138,20 @@ def reconcile_model(
         features=features,
         problem=problem,
         experiment=_running(holding),
+        canary=serve.canary,
     )
     status = compute_model_status(serve.model, observed, previous, ctx, now)
     _track_champion(status, serve.model, previous, holding)
     _write_status(client, body, previous, status)
     return status
+
+
+def _new(experiment: dict[str, Any] | None, experiments: list[dict[str, Any]]) -> bool:
+    """Whether `experiment` (an owned canary to apply) does not exist yet."""
+    if experiment is None:
+        return False
+    name = experiment["metadata"]["name"]
+    return all(e["metadata"]["name"] != name for e in experiments)
 
 
 def _running(holding: dict[str, Any] | None) -> tuple[str, str] | None:

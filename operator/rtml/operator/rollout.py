@@ -22,6 +22,7 @@ from rtml.api.model import Model
 from rtml.api.traffic import CHAMPION_ONLY, TrafficPlan
 from rtml.operator.canary import traffic_plan
 from rtml.operator.render.meta import MANAGED_BY, MODEL_LABEL, owner_reference
+from rtml.operator.status import Canary
 
 CANARY_LABEL = "rtml.dev/canary-of"
 
@@ -70,6 +71,7 @@ class Serving:
     model: Model  # the Model as rendered: its spec's artifact, or the active one during a canary
     experiment: dict[str, Any] | None = None  # the owned Experiment to apply (canary)
     superseded: tuple[str, ...] = ()  # owned Experiments for older artifacts, to delete
+    canary: Canary | None = None  # the spec does not serve yet: its canary, and how it ended
 
 
 def _same(a: ArtifactRef | None, b: ArtifactRef) -> bool:
@@ -99,15 +101,18 @@ def serving(model: Model, previous: dict[str, Any], experiments: list[dict[str, 
     desired: dict[str, Any] | None = render_owned_experiment(model)
     if current is not None and _phase(current) == "Promoted" and _candidate_is(current, model):
         return Serving(model, superseded=superseded)
-    if (
-        current is not None
-        and _phase(current) in FINAL_PHASES
-        and not _candidate_is(current, model)
-    ):
-        # The same version name with another artifact after the last one ended: a new canary.
-        superseded = (*superseded, name)
-        desired = None
-    return Serving(model.serving(active_version, active), desired, superseded)
+    canary = Canary(name, spec.version)
+    if current is not None and _phase(current) in FINAL_PHASES:
+        if _candidate_is(current, model):
+            # Rolled back or aborted: the champion serves until the spec changes again.
+            verdict = (current.get("status") or {}).get("lastVerdict")
+            canary = Canary(name, spec.version, _phase(current), verdict)
+        else:
+            # The same version name with another artifact after the last one ended: a new
+            # canary.
+            superseded = (*superseded, name)
+            desired = None
+    return Serving(model.serving(active_version, active), desired, superseded, canary)
 
 
 def _owned_by(exp: dict[str, Any], model: Model) -> bool:

@@ -15,6 +15,18 @@ from rtml.operator.render.service import service_url
 
 
 @dataclass(frozen=True)
+class Canary:
+    """A canary rollout (`spec.rollout.strategy: canary`) whose spec does not serve yet: the
+    Experiment the Model owns for it, the spec's version, and, once that Experiment ended
+    without promoting it (RolledBack, Aborted), its phase and last verdict."""
+
+    experiment: str
+    version: str
+    ended: str | None = None
+    verdict: str | None = None
+
+
+@dataclass(frozen=True)
 class Observed:
     """The children's live state, as read back after applying."""
 
@@ -28,6 +40,7 @@ class Observed:
     pods: list[dict[str, Any]] | None = None
     # The Experiment holding the Model's traffic while one runs: (name, its last verdict).
     experiment: tuple[str, str] | None = None
+    canary: Canary | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -264,26 +277,41 @@ def compute_model_status(
         phase = "Failed"
     stalled = phase == "Failed"
     reconciling = phase in ("Pending", "Progressing")
+    canary = obs.canary
     if reconciling:
         working = Cond("Reconciling", "True", "RollingOut", r.rolled_out.message)
     elif obs.experiment is not None and not stalled:
         # A canary or A/B test is still deciding what serves: work under way (kstatus).
         name, verdict = obs.experiment
         working = Cond("Reconciling", "True", "ExperimentRunning", f"Experiment {name}: {verdict}")
+    elif canary is not None and canary.ended is None and not stalled:
+        # The spec's canary is about to start: from the first status after the change, not
+        # Settled (kstatus would call the Model Current while its spec does not serve).
+        working = Cond(
+            "Reconciling",
+            "True",
+            "CanaryPending",
+            f"Experiment {canary.experiment} is about to try {canary.version}",
+        )
     else:
         working = Cond("Reconciling", "False", "Settled", "no work under way")
-    conds = [
-        features,
-        r.rolled_out,
-        ready,
-        working,
-        Cond(
+    if stalled:
+        blocked = Cond("Stalled", "True", ready.reason, ready.message)
+    elif canary is not None and canary.ended is not None:
+        # The pods serve well (Ready), but never the spec's version without a change from the
+        # user: kstatus Failed, Argo CD Degraded, as Argo Rollouts shows an aborted rollout.
+        why = f": {canary.verdict}" if canary.verdict else ""
+        blocked = Cond(
             "Stalled",
-            "True" if stalled else "False",
-            ready.reason if stalled else "NotStalled",
-            ready.message if stalled else "nothing blocks progress",
-        ),
-    ]
+            "True",
+            f"Canary{canary.ended}",
+            f"the canary of {canary.version} ended {canary.ended} (Experiment "
+            f"{canary.experiment}{why}); {model.spec.version} still serves; a new "
+            "spec.version or spec.artifact starts another canary",
+        )
+    else:
+        blocked = Cond("Stalled", "False", "NotStalled", "nothing blocks progress")
+    conds = [features, r.rolled_out, ready, working, blocked]
     generation = model.metadata.generation
     active = model.spec.version if r.rolled_out.status == "True" else previous.get("activeVersion")
     status: dict[str, Any] = {
