@@ -1,4 +1,5 @@
-"""`rtml serve` and `rtml bench`: the runtime's own commands (the top-level `rtml` adds them).
+"""`rtml serve`: the runtime's own command (the top-level `rtml` adds it; `rtml bench` is
+operator/rtml/bench_cli.py, driving rtml_runtime.bench).
 
 `rtml serve CONFIG` is also the runtime image's entry point in a pod: the operator renders
 `rtml.contract.runtime_args()` after the image's ENTRYPOINT (`rtml`), with the Feast profile in
@@ -9,7 +10,6 @@ Only light modules are imported here: `rtml --help` must not load BentoML or ONN
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -174,31 +174,3 @@ def _server_argv(server: str, host: str, port: int) -> list[str]:
         return [sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port), *extra]
     service = "rtml_runtime.service:RtmlRuntime"
     return [sys.executable, "-m", "bentoml", "serve", service, "--host", host, "--port", str(port)]
-
-
-@click.command()
-@click.option(
-    "--url", default="http://127.0.0.1:3000/predict", show_default=True, help="Endpoint to drive."
-)
-@click.option(
-    "--body",
-    "body_path",
-    type=click.Path(exists=True, path_type=Path),
-    required=True,
-    help="JSON request body to send (e.g. examples/fraud/request.json).",
-)
-@click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1, 1024))
-@click.option(
-    "--duration",
-    "-d",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(0.5),
-    help="Seconds of load.",
-)
-def bench(url: str, body_path: Path, concurrency: int, duration: float) -> None:
-    """Drive a running runtime with a closed loop; print p50/p99/p99.9, throughput, errors."""
-    from rtml_runtime.bench import format_result, load_body, run_bench  # numpy: load lazily
-
-    result = asyncio.run(run_bench(url, load_body(body_path), concurrency, duration))
-    click.echo(format_result(result, concurrency))
