@@ -13,8 +13,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rtml_runtime import v2codec
 from rtml_runtime.engine import Runtime
-from rtml_runtime.errors import RequestError, bad_input
+from rtml_runtime.errors import RequestError
+from rtml_runtime.jsonbody import parse_json
 from rtml_runtime.push import FeaturePusher
 
 log = logging.getLogger("rtml.runtime.http")
@@ -22,21 +24,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 JSON = [(b"content-type", b"application/json")]
-
-
-def _reject_constant(value: str) -> Any:
-    raise ValueError(f"{value} is not allowed: numbers must be finite")
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except json.JSONDecodeError as e:
-        raise bad_input(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}", None) from e
-    except ValueError as e:
-        raise bad_input(str(e), None) from e
-    except RecursionError as e:
-        raise bad_input("the JSON is nested too deeply", None) from e
+V2_HEADER_LENGTH = v2codec.HEADER_LENGTH.lower().encode()
 
 
 class RuntimeApp:
@@ -59,7 +47,10 @@ class RuntimeApp:
             "/v2/health/ready": self._ready,
             f"/v2/models/{name}/ready": self._ready,
             f"/v2/models/{name}": lambda: (200, self.runtime.metadata_v2()),
-            "/v2": lambda: (200, {"name": "rtml", "version": "0.1.0", "extensions": []}),
+            "/v2": lambda: (
+                200,
+                {"name": "rtml", "version": "0.1.0", "extensions": list(v2codec.EXTENSIONS)},
+            ),
         }
 
     def _ready(self) -> tuple[int, Any]:
@@ -116,6 +107,20 @@ class RuntimeApp:
             size += len(message.get("body", b""))
             more = message.get("more_body", False)
 
+    async def _infer_v2(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """JSON or binary tensor data in and out: v2codec reads and writes both."""
+        header_length = encoding = None
+        for key, value in scope["headers"]:
+            if key == V2_HEADER_LENGTH:
+                header_length = value
+            elif key == b"content-encoding":
+                encoding = value
+        request = v2codec.decode_request(
+            await self._read_body(scope, receive), header_length, encoding
+        )
+        body, headers = v2codec.encode_response(await self.runtime.infer_v2(name, request), request)
+        await _send(send, 200, body, headers)
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
@@ -141,10 +146,10 @@ class RuntimeApp:
                     parse_json(await self._read_body(scope, receive))
                 )
             elif path.startswith("/v2/models/") and path.endswith("/infer"):
-                name = path[len("/v2/models/") : -len("/infer")]
-                result = await runtime.infer_v2(
-                    name, parse_json(await self._read_body(scope, receive))
+                await self._infer_v2(
+                    path[len("/v2/models/") : -len("/infer")], scope, receive, send
                 )
+                return
             elif path.startswith("/push/"):
                 result = await self.pusher.push(
                     path[len("/push/") :], parse_json(await self._read_body(scope, receive))

@@ -37,6 +37,7 @@ from rtml_runtime.onnx_model import ModelError, OnnxModel
 from rtml_runtime.plans import PlanSwitch
 from rtml_runtime.ratelimit import TokenBucket
 from rtml_runtime.shadow import ShadowScorer
+from rtml_runtime.v2codec import InferRequest
 from rtml_runtime.variants import CHAMPION, Variant, build_variant, feature_row
 
 T = TypeVar("T")
@@ -44,6 +45,7 @@ log = logging.getLogger("rtml.runtime")
 # Reads of a made-up entity before the pod is ready ("0" encodes as a STRING and an INT64 key).
 FEATURE_WARMUP_READS = 3
 FEATURE_WARMUP_ENTITY = "0"
+V2_OUTPUT = "score"  # the one output of /v2/models/{name}/infer
 
 
 @dataclass(slots=True)
@@ -504,30 +506,26 @@ class Runtime:
             "latency_ms": round(elapsed * 1000, 3),
         }
 
-    async def infer_v2(self, name: str, payload: Any) -> dict[str, Any]:
-        """Open Inference Protocol v2: inputs are the model's own tensors, one row each.
+    async def infer_v2(self, name: str, request: InferRequest) -> dict[str, Any]:
+        """Open Inference Protocol v2: inputs are the model's own tensors, one row each
+        (v2codec decodes the request and encodes this answer).
 
         The request has no entity: during an experiment the whole request goes to one variant
         by a random draw at the plan's weight (not sticky), and a shadow plan is not applied."""
         self._require_ready()
         if name != self.config.name:
             raise RequestError(404, "model_not_found", f"no model named {name!r}", "name")
-        if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
-            raise bad_input('the body must hold an "inputs" list', "inputs")
+        for i, output in enumerate(request.outputs):
+            if output != V2_OUTPUT:
+                raise bad_input(
+                    f"no output named {output!r}; the model's output is {V2_OUTPUT!r}",
+                    f"outputs[{i}].name",
+                )
         variant = self.plans.active.answering_drawn()
         m = variant.metrics
         self.check_rate(m)
         start = time.perf_counter()
-        columns: dict[str, list[float]] = {}
-        for i, t in enumerate(payload["inputs"]):
-            if not isinstance(t, dict) or "name" not in t or not isinstance(t.get("data"), list):
-                raise bad_input("each input needs a name and a data list", f"inputs[{i}]")
-            data = t["data"]
-            flat = [v for sub in data for v in (sub if isinstance(sub, list) else [sub])]
-            for v in flat:
-                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                    raise bad_input("data must be finite numbers", f"inputs[{i}].data")
-            columns[str(t["name"])] = flat
+        columns = request.inputs
         wanted = variant.columns
         missing = [c for c in wanted if c not in columns]
         if missing:
@@ -550,11 +548,11 @@ class Runtime:
         return {
             "model_name": self.config.name,
             "model_version": variant.version,
-            "id": str(payload.get("id", "")),
+            "id": request.id,
             "parameters": {"variant": variant.role},
             "outputs": [
                 {
-                    "name": "score",
+                    "name": V2_OUTPUT,
                     "shape": [n],
                     "datatype": "FP64",
                     "data": [float(s) for s in scores],
@@ -570,7 +568,7 @@ class Runtime:
             "versions": [self.config.version],
             "platform": "onnx",
             "inputs": inputs,
-            "outputs": [{"name": "score", "datatype": "FP64", "shape": [-1]}],
+            "outputs": [{"name": V2_OUTPUT, "datatype": "FP64", "shape": [-1]}],
         }
 
 

@@ -16,6 +16,7 @@ from rtml.contract import RuntimeSettings
 from rtml_runtime.config import RuntimeConfig
 from rtml_runtime.engine import Runtime, report_termination_reason
 from rtml_runtime.errors import RequestError
+from rtml_runtime.v2codec import from_json
 from tests.clock import FakeClock
 from tests.unit.runtime.onnx_fixtures import write_sum_model
 
@@ -253,13 +254,15 @@ def test_batch_and_v2_infer(tmp_path: Path) -> None:
     v2 = asyncio.run(
         rt.infer_v2(
             "fraud",
-            {
-                "inputs": [
-                    {"name": "a", "shape": [2, 1], "datatype": "FP32", "data": [1, 0]},
-                    {"name": "b", "shape": [2, 1], "datatype": "FP32", "data": [1, 0]},
-                    {"name": "amount", "shape": [2, 1], "datatype": "FP32", "data": [1, 0]},
-                ]
-            },
+            from_json(
+                {
+                    "inputs": [
+                        {"name": "a", "shape": [2, 1], "datatype": "FP32", "data": [1, 0]},
+                        {"name": "b", "shape": [2, 1], "datatype": "FP32", "data": [1, 0]},
+                        {"name": "amount", "shape": [2, 1], "datatype": "FP32", "data": [1, 0]},
+                    ]
+                }
+            ),
         )
     )
     assert v2["outputs"][0]["data"] == pytest.approx([sigmoid(3), sigmoid(0)], rel=1e-6)

@@ -12,6 +12,7 @@ import pytest
 
 from rtml.api.traffic import CHAMPION_ONLY, TrafficPlan, with_revision
 from rtml_runtime.engine import Runtime
+from rtml_runtime.v2codec import from_json
 from tests.unit.runtime.onnx_fixtures import write_sum_model
 from tests.unit.runtime.test_engine import make_runtime, sigmoid
 
@@ -113,7 +114,7 @@ def test_batch_rows_and_v2_are_routed(tmp_path: Path) -> None:
         for n in ("a", "b", "amount")
     ]
     seen = {
-        asyncio.run(rt.infer_v2("fraud", {"inputs": inputs}))["parameters"]["variant"]
+        asyncio.run(rt.infer_v2("fraud", from_json({"inputs": inputs})))["parameters"]["variant"]
         for _ in range(60)
     }
     assert seen == {"champion", "candidate"}  # a random draw per request
