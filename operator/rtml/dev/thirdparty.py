@@ -1,5 +1,6 @@
-"""The upstream CRDs (KServe, KEDA) the tests and the demo install, so a real API server validates
-what the operator writes: data, never vendored into the repository.
+"""The upstream CRDs (KServe, KEDA, the Prometheus Operator's) the tests and the demo install, so
+a real API server validates what the operator writes (and tests check the chart's monitoring
+objects against them): data, never vendored into the repository.
 
 They come, unchanged, from the upstream projects' Go modules at pinned versions, through the Go
 module proxy (whose checksum database verifies every module zip), into a cache outside the
@@ -23,6 +24,8 @@ from rtml.dev.tools import Progress, build_lock, cache_root, go_version
 ENV = "RTML_THIRDPARTY_CRDS"
 KSERVE_CRD = "kserve.serving.kserve.io_inferenceservices.yaml"
 KEDA_CRD = "keda.scaledobjects.yaml"
+PODMONITOR_CRD = "prometheus-operator.podmonitors.yaml"
+PROMETHEUSRULE_CRD = "prometheus-operator.prometheusrules.yaml"
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,19 @@ class UpstreamCrd:
 # KServe v0.20.0 and KEDA v2.21.0: the newest versions the proxy serves. Against the copies the
 # project was first tested with, they differ only in annotations (controller-gen's version and
 # cert-manager's CA injection, which a control plane without cert-manager ignores).
+# The Prometheus Operator v0.94.1 (the newest its main module's proxy serves; v0.95 is refused):
+# the PodMonitor and PrometheusRule the chart renders when monitoring is on.
+_PROMETHEUS_OPERATOR = ("github.com/prometheus-operator/prometheus-operator", "v0.94.1")
+_PROMETHEUS_OPERATOR_CRDS = "example/prometheus-operator-crd/monitoring.coreos.com_"
 CRDS = (
     UpstreamCrd(KSERVE_CRD, "github.com/kserve/kserve", "v0.20.0",
                 "config/crd/full/serving.kserve.io_inferenceservices.yaml"),
     UpstreamCrd(KEDA_CRD, "github.com/kedacore/keda/v2", "v2.21.0",
                 "config/crd/bases/keda.sh_scaledobjects.yaml"),
+    UpstreamCrd(PODMONITOR_CRD, *_PROMETHEUS_OPERATOR,
+                f"{_PROMETHEUS_OPERATOR_CRDS}podmonitors.yaml"),
+    UpstreamCrd(PROMETHEUSRULE_CRD, *_PROMETHEUS_OPERATOR,
+                f"{_PROMETHEUS_OPERATOR_CRDS}prometheusrules.yaml"),
 )  # fmt: skip
 
 
