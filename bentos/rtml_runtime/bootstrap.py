@@ -65,6 +65,9 @@ def build_app(config: RuntimeConfig, register: bool = False) -> RuntimeApp:
     """An ASGI app whose start-up loads the model and connects the feature store, in parallel,
     and then follows the traffic plan file (`--traffic`, RTML_TRAFFIC) if there is one."""
     runtime = Runtime(config)
+    runtime.metrics.slo_p99_latency.labels(config.name).set(
+        config.model.spec.slo.p99_latency_ms / 1000
+    )
     settings = config.settings
     traffic = TrafficFile(settings.traffic) if settings.traffic is not None else None
     follower: list[asyncio.Task[None]] = []

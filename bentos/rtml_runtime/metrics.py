@@ -91,6 +91,14 @@ class RuntimeMetrics:
         self.ready = Gauge(
             "rtml_ready", "1 once the model is loaded and warmed.", ("model",), registry=r
         )
+        # The Model's latency objective, so alerts compare the p99 with it (charts/rtml/files/
+        # prometheus-rules.yaml); set when the runtime is put together (bootstrap.build_app).
+        self.slo_p99_latency = Gauge(
+            "rtml_slo_p99_latency_seconds",
+            "The Model's spec.slo.p99LatencyMs, in seconds.",
+            ("model",),
+            registry=r,
+        )
         # Experiments (docs/traffic-split.md). One label set at a time: the plan in effect.
         self.candidate_weight = Gauge(
             "rtml_candidate_weight",
