@@ -206,11 +206,16 @@ class OperatorProcess:
         self.log_path = log_path
         self.env = env or {}
         self.port = _free_port()
+        self.metrics_port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def liveness_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/healthz"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self) -> None:
         env = rtml_env(
@@ -221,6 +226,7 @@ class OperatorProcess:
             # Nothing listens there: an API-only cluster has no Prometheus (analysis pauses).
             RTML_PROMETHEUS_URL="http://127.0.0.1:9",
             RTML_RUNTIME_IMAGE="registry.local/rtml-runtime:test",
+            RTML_METRICS_PORT=str(self.metrics_port),
             **self.env,
         )
         log = self.log_path.open("ab")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import time
 from typing import Any
 
@@ -522,3 +523,35 @@ def test_a_kserve_canary_splits_by_canary_traffic_percent_and_one_experiment_hol
         30,
         what="the candidate's ConfigMap pruned",
     )
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """Every sample of a Prometheus text page, by its name and labels as written."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - the operator on loopback
+        text = r.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
+
+
+def test_the_operators_metrics_move_when_models_change(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    before = _scrape(operator.metrics_url)
+    info = f'rtml_build_info{{python="{platform.python_version()}",version="0.1.0"}}'
+    assert before[info] == 1
+    assert before["process_resident_memory_bytes"] > 0
+    ok = 'rtml_operator_reconciles_total{kind="Model",result="ok"}'
+    kube.create(model("counted", namespace))
+    wait_for(lambda: _scrape(operator.metrics_url).get(ok, 0) > before.get(ok, 0), 30,
+             what="a counted Model reconcile")  # fmt: skip
+    after = _scrape(operator.metrics_url)
+    duration = 'rtml_operator_reconcile_duration_seconds_count{kind="Model"}'
+    assert after[duration] > before.get(duration, 0)
+    applies = [k for k in after if k.startswith("rtml_operator_api_request_duration_seconds_count")]
+    assert any('verb="PATCH"' in k and 'code="200"' in k for k in applies), applies

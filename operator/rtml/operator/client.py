@@ -21,11 +21,27 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 from rtml import API_VERSION
+from rtml.operator.metrics import METRICS
 from rtml.operator.render.meta import FIELD_MANAGER, MODEL_LABEL
 
 log = logging.getLogger("rtml.operator.client")
 DISCOVERY_TTL_SECONDS = float(os.environ.get("RTML_DISCOVERY_TTL", "30"))
 NEGATIVE_TTL_SECONDS = min(DISCOVERY_TTL_SECONDS, 2.0)
+
+
+class TimedApiClient(k8s.ApiClient):
+    """The official client, each request timed into rtml_operator_api_request_duration_seconds
+    (`call_api` is the one method the typed and the dynamic clients both go through)."""
+
+    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        code: int | str = "error"  # no answer (connection refused, timeout)
+        try:
+            response = super().call_api(method, url, *args, **kwargs)
+            code = getattr(response, "status", None) or "error"
+            return response
+        finally:
+            METRICS.observe_api(method, code, time.perf_counter() - started)
 
 
 class KubeClient:
@@ -40,13 +56,15 @@ class KubeClient:
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str | None = None) -> KubeClient:
+        configuration = k8s.Configuration()
         if kubeconfig:
-            return cls(k8s_config.new_client_from_config(config_file=kubeconfig))
-        try:
-            k8s_config.load_incluster_config()
-        except k8s_config.ConfigException:
-            k8s_config.load_kube_config()
-        return cls(k8s.ApiClient())
+            k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        else:
+            try:
+                k8s_config.load_incluster_config(client_configuration=configuration)
+            except k8s_config.ConfigException:
+                k8s_config.load_kube_config(client_configuration=configuration)
+        return cls(TimedApiClient(configuration))
 
     def close(self) -> None:
         self.api.close()

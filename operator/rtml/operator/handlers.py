@@ -41,6 +41,7 @@ from rtml.operator.featureview import (
     reconcile_feature_view,
     unregister_feature_view,
 )
+from rtml.operator.metrics import METRICS
 from rtml.operator.reconcile import KSERVE, reconcile_model
 from rtml.operator.render.meta import MODEL_LABEL
 from rtml.operator.settings import OperatorSettings
@@ -208,7 +209,7 @@ def _retry_on_outage(retry: int) -> Iterator[None]:
 def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> dict[str, Any]:
     client: KubeClient = memo["client"]
     uid = body["metadata"]["uid"]
-    with _locks[uid], _retry_on_outage(retry):
+    with METRICS.reconciling("Model"), _locks[uid], _retry_on_outage(retry):
         # Fresh read: the event that woke us may be stale by the time we hold the lock.
         live = client.get(
             f"{GROUP}/{VERSION}",
@@ -352,7 +353,7 @@ def poll_kserve(memo: kopf.Memo, model: Ref) -> None:
 def _reconcile_view(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> None:
     client: KubeClient = memo["client"]
     meta = body["metadata"]
-    with _locks[meta["uid"]], _retry_on_outage(retry):
+    with METRICS.reconciling("FeatureView"), _locks[meta["uid"]], _retry_on_outage(retry):
         live = client.get(f"{GROUP}/{VERSION}", "FeatureView", meta["namespace"], meta["name"])
         if live is None or live["metadata"].get("deletionTimestamp"):
             return
@@ -464,7 +465,7 @@ EXPERIMENTS = (GROUP, VERSION, "experiments")
 def _tick_experiment(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> None:
     client: KubeClient = memo["client"]
     meta = body["metadata"]
-    with _locks[meta["uid"]], _retry_on_outage(retry):
+    with METRICS.reconciling("Experiment"), _locks[meta["uid"]], _retry_on_outage(retry):
         live = client.get(f"{GROUP}/{VERSION}", "Experiment", meta["namespace"], meta["name"])
         if live is None or live["metadata"].get("deletionTimestamp"):
             return

@@ -20,12 +20,18 @@ def run_operator(
         os.environ["KUBECONFIG"] = kubeconfig
     try:
         # Importing the handlers registers them and reads the settings (SettingsError).
-        from rtml.operator import handlers  # noqa: F401
+        from rtml.operator import handlers
     except SettingsError as e:
         raise SystemExit(f"rtml operator: cannot start: {e}") from e
 
+    from rtml.operator.metrics import METRICS
+
+    port = handlers.SETTINGS.metrics_port
+    if port:
+        METRICS.serve(port)
     logging.getLogger("rtml.operator").info(
-        "starting operator", extra={"namespaces": list(namespaces) or "all"}
+        "starting operator",
+        extra={"namespaces": list(namespaces) or "all", "metricsPort": port or None},
     )
     kopf.run(
         standalone=True,

@@ -44,6 +44,8 @@ class OperatorSettings(BaseSettings):
     kserve_poll_seconds: float = Field(default=5.0, gt=0)
     # How often a running Experiment is looked at (it sleeps less when waiting on pods).
     experiment_tick_seconds: float = Field(default=5.0, gt=0)
+    # Where the operator serves its own /metrics (chart: the `metrics` port); 0: not served.
+    metrics_port: int = Field(default=8081, ge=0, le=65535)
     # The autoscalers' scale-down stabilization window (chart value
     # `autoscaling.scaleDownStabilizationSeconds`).
     scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
