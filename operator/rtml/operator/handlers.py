@@ -255,6 +255,7 @@ def resync(memo: kopf.Memo, model: Ref) -> None:
     resync_seconds, the "resync" Ticker)."""
     with _next_time("Model resync failed; the next one will retry", model=model.name):
         _reconcile(model.body(), memo, retry=0)
+        log.info("Model resynced", extra={"model": model.name, "namespace": model.namespace})
 
 
 def _owner_model(obj: Mapping[str, Any]) -> str | None:
