@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
+import tarfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,22 @@ def test_the_operator_gets_feast_credentials_from_the_existing_secret(
     install = [str(bin_dir / "helm"), *kubeconfig, "install", "--dry-run=client", *argv[2:]]
     notes = run(install).stdout.split("NOTES:", 1)[1]
     assert 'Credentials come from Secret "feast-credentials"' in notes
+    assert "helm uninstall leaves the CRDs" in notes  # and the FeatureViews' finalizer
+
+
+def test_the_chart_package_carries_the_argocd_health_checks(bin_dir: Path, tmp_path: Path) -> None:
+    """docs/gitops.md: users of a packaged chart find the scripts in rtml/argocd/."""
+    run([str(bin_dir / "helm"), "package", str(CHART), "--destination", str(tmp_path)])
+    (archive,) = tmp_path.glob("rtml-*.tgz")
+    with tarfile.open(archive) as tar:
+        packaged = {
+            Path(m.name).name: (tar.extractfile(m) or io.BytesIO()).read().decode()
+            for m in tar.getmembers()
+            if m.name.startswith("rtml/argocd/")
+        }
+    shipped = {p.name: p.read_text() for p in (CHART / "argocd").glob("*.lua")}
+    assert len(shipped) == 3
+    assert packaged == shipped
 
 
 def test_chart_crds_are_the_generated_crds(bin_dir: Path) -> None:
