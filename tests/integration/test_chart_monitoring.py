@@ -33,7 +33,6 @@ DASHBOARD = CHART / "files" / "dashboard.json"
 ALL_ON = [
     "monitoring.podMonitor.enabled=true",
     "monitoring.operatorPodMonitor.enabled=true",
-    "operator.metricsPort=9090",
     "monitoring.prometheusRule.enabled=true",
     "monitoring.dashboard.enabled=true",
 ]
@@ -136,15 +135,18 @@ def test_the_predictor_podmonitor_watches_only_the_watched_namespaces(helm: Path
     assert spec["namespaceSelector"] == {"matchNames": ["ml", "risk"]}
 
 
-def test_the_operator_podmonitor_needs_the_operators_metrics_port(helm: Path) -> None:
-    out = template(helm, "monitoring.operatorPodMonitor.enabled=true", check=False)
-    assert out.returncode != 0
-    assert "operator.metricsPort" in out.stderr
+def test_the_operator_podmonitor_scrapes_the_operators_metrics_port(helm: Path) -> None:
+    off = template(helm, "monitoring.operatorPodMonitor.enabled=true", "operator.metricsPort=0",
+                   check=False)  # fmt: skip
+    assert off.returncode != 0
+    assert "operator.metricsPort" in off.stderr
     monitor = by_name(rendered(helm, *ALL_ON), "PodMonitor")["t-operator"]
-    deployment = by_name(rendered(helm), "Deployment")["t-operator"]
-    assert _selects(
-        monitor["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"]
-    )
+    pod = by_name(rendered(helm), "Deployment")["t-operator"]["spec"]["template"]
+    assert _selects(monitor["spec"]["selector"], pod["metadata"]["labels"])
+    (container,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert ports["metrics"] == defaults["operator"]["metricsPort"]
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["rtml"]}
     # Its series name the Experiment's namespace; the scrape must not overwrite it.
     assert monitor["spec"]["podMetricsEndpoints"] == [
