@@ -43,11 +43,17 @@ def main() -> None:
     is_flag=True,
     help="Exit 1 if the files in --out differ from what the API models generate.",
 )
-def crds(out_dir: Path | None, check: bool) -> None:
+@click.option(
+    "--helm-keep",
+    is_flag=True,
+    help="Annotate them helm.sh/resource-policy: keep, as the rtml-crds chart's templates are "
+    "(charts/rtml-crds/templates/).",
+)
+def crds(out_dir: Path | None, check: bool, helm_keep: bool) -> None:
     """Generate the CustomResourceDefinitions from the typed API models."""
     from rtml.api.crd import crd_files
 
-    files = crd_files()
+    files = crd_files(keep=helm_keep)
     if out_dir is None:
         click.echo("---\n".join(files.values()), nl=False)
         return
@@ -60,7 +66,8 @@ def crds(out_dir: Path | None, check: bool) -> None:
         if stale:
             raise click.ClickException(
                 f"{', '.join(stale)} in {out_dir} differ from the API models; run "
-                f"`rtml crds --out {out_dir}` and commit the result"
+                f"`rtml crds --out {out_dir}{' --helm-keep' if helm_keep else ''}` and commit the "
+                "result"
             )
         click.echo(f"{len(files)} CRDs in {out_dir} match the API models")
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import tarfile
 import uuid
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from rtml.dev.tools import ensure_tools
-from tests.kube import REPO, Kube
+from tests.kube import REPO, Kube, install_crd_file
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.helm]
 CHART = REPO / "charts" / "rtml"
@@ -208,3 +209,60 @@ def test_helm_install_and_least_privilege(
     finally:
         run([*helm, "uninstall", release, "--namespace", ns], check=False)
         kube.delete("v1", "Namespace", ns)
+
+
+CRDS_CHART = REPO / "charts" / "rtml-crds"
+CRD_API = ("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+
+
+def _printer_columns(kube: Kube, name: str) -> list[str]:
+    crd = kube.get(*CRD_API, name) or {}
+    versions = (crd.get("spec") or {}).get("versions") or [{}]
+    return [c["name"] for c in versions[0].get("additionalPrinterColumns") or []]
+
+
+def test_the_crds_chart_really_upgrades_the_crds_and_uninstall_keeps_them(
+    bin_dir: Path, control_plane: Any, kube: Kube, rtml_crds: list[str], tmp_path: Path
+) -> None:
+    """docs/cluster-quickstart.md's upgrade path: the CRDs a first install put there (the rtml
+    chart's crds/, which Helm never upgrades) are taken over by the rtml-crds chart, whose next
+    version changes one; `helm upgrade` applies the change, `helm uninstall` keeps them."""
+    helm = [str(bin_dir / "helm"), "--kubeconfig", str(control_plane.kubeconfig)]
+    release = f"crds-{uuid.uuid4().hex[:6]}"
+    model_crd = "models.rtml.dev"
+    try:
+        run([*helm, "install", release, str(CRDS_CHART), "--take-ownership"])
+        crd = kube.get(*CRD_API, model_crd)
+        assert crd is not None
+        assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == release
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        # The next version of the chart: a CRD with one more printer column.
+        upgraded = tmp_path / "rtml-crds"
+        shutil.copytree(CRDS_CHART, upgraded)
+        chart = yaml.safe_load((upgraded / "Chart.yaml").read_text())
+        chart["version"] = "0.1.1"
+        (upgraded / "Chart.yaml").write_text(yaml.safe_dump(chart))
+        template = upgraded / "templates" / f"{model_crd}.yaml"
+        doc = yaml.safe_load(template.read_text())
+        doc["spec"]["versions"][0]["additionalPrinterColumns"].append(
+            {"name": "Upgraded", "type": "string", "jsonPath": ".spec.version"}
+        )
+        template.write_text(yaml.safe_dump(doc, sort_keys=False))
+        assert "Upgraded" not in _printer_columns(kube, model_crd)
+        run([*helm, "upgrade", release, str(upgraded)])
+        assert "Upgraded" in _printer_columns(kube, model_crd)
+        run([*helm, "uninstall", release])
+        assert kube.get(*CRD_API, model_crd) is not None, "helm uninstall removed a kept CRD"
+    finally:
+        run([*helm, "uninstall", release], check=False)
+        install_crd_file(kube, REPO / "crds" / f"{model_crd}.yaml")  # as the other tests expect
+    assert "Upgraded" not in _printer_columns(kube, model_crd)
+
+
+def test_the_crds_chart_holds_the_generated_crds_and_lints(bin_dir: Path) -> None:
+    for f in (REPO / "crds").glob("*.yaml"):
+        chart_copy = yaml.safe_load((CRDS_CHART / "templates" / f.name).read_text())
+        assert chart_copy["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+        assert chart_copy == yaml.safe_load(f.read_text())
+    out = run([str(bin_dir / "helm"), "lint", "--strict", str(CRDS_CHART)])
+    assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout
