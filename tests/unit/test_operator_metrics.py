@@ -35,3 +35,20 @@ def test_build_info_and_process_metrics_are_there_from_the_start() -> None:
     assert "rtml_build_info" in names
     assert "process_resident_memory_bytes" in names
     assert "python_info" in names
+
+
+def test_an_experiments_phase_is_one_gauge_at_1_and_goes_with_it() -> None:
+    m = OperatorMetrics()
+    m.experiment_in("shop", "fraud-v2", "Progressing")
+    m.experiment_in("shop", "fraud-v2", "RolledBack")
+    labels = {"namespace": "shop", "experiment": "fraud-v2"}
+    assert value(m, "rtml_experiment_phase", **labels, phase="RolledBack") == 1
+    assert (
+        m.registry.get_sample_value("rtml_experiment_phase", {**labels, "phase": "Progressing"})
+        == 0
+    )
+    m.forget_experiment("shop", "fraud-v2")
+    assert (
+        m.registry.get_sample_value("rtml_experiment_phase", {**labels, "phase": "RolledBack"})
+        is None
+    )

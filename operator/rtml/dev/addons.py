@@ -28,7 +28,9 @@ from rtml.dev.nodeconfig import BRIDGE_IP
 from rtml.dev.process import Managed, free_port
 
 Launch = Callable[[str, list[str]], Managed]
-METRICS_SERVER_RESOLUTION = "15s"  # above its kubelet request timeout (10 s); the HPA syncs every 15 s
+METRICS_SERVER_RESOLUTION = (
+    "15s"  # above its kubelet request timeout (10 s); the HPA syncs every 15 s
+)
 ADAPTER_RELIST = "10s"  # how often prometheus-adapter looks for new series (default 10m)
 
 

@@ -471,6 +471,7 @@ def _tick_experiment(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> No
         if live is None or live["metadata"].get("deletionTimestamp"):
             return
         tick = reconcile_experiment(client, live, memo["metrics"])
+        METRICS.experiment_in(meta["namespace"], meta["name"], tick.status.get("phase", "Pending"))
         if tick.promote:
             promote_into_model(client, live)
     if tick.plan_changed:
@@ -531,4 +532,5 @@ def experiment_deleted(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: 
     re-renders its plan without it. A watch event, not an on.delete handler: nothing outside
     the cluster to clean up, so no finalizer (the Model's resync would also catch up)."""
     if type == "DELETED":
+        METRICS.forget_experiment(body["metadata"]["namespace"], body["metadata"]["name"])
         _reconcile_model_of(body, memo)

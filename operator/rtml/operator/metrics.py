@@ -7,6 +7,8 @@ port, scraped by the chart's PodMonitor when enabled; docs/observability.md).
   itself; the runs in flight, against `RTML_MAX_WORKERS`, are what shows a backlog.
 - `rtml_operator_api_request_duration_seconds{verb, code}`: every call this operator makes to
   the API server through its client (Kopf's own watch streams are not counted).
+- `rtml_experiment_phase{namespace, experiment, phase}`: 1 for the current phase (the
+  RtmlExperimentRolledBack alert reads it), 0 for earlier ones; gone with the Experiment.
 - `rtml_build_info{version, python}` and the process collector's `process_*` series.
 
 Its own registry (not the process-global one): tests run several operators in one process.
@@ -67,6 +69,12 @@ class OperatorMetrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.experiment_phase = Gauge(
+            "rtml_experiment_phase",
+            "1 for each Experiment's current phase, 0 for the phases it was in before.",
+            ("namespace", "experiment", "phase"),
+            registry=r,
+        )
         info = Gauge(
             "rtml_build_info",
             "1, labelled with the rtml version and the Python it runs on.",
@@ -74,6 +82,7 @@ class OperatorMetrics:
             registry=r,
         )
         info.labels(__version__, platform.python_version()).set(1)
+        self._phases: dict[tuple[str, str], set[str]] = {}
 
     @contextlib.contextmanager
     def reconciling(self, kind: str) -> Iterator[None]:
@@ -92,6 +101,20 @@ class OperatorMetrics:
             gauge.dec()
             self.duration.labels(kind).observe(time.perf_counter() - started)
             self.reconciles.labels(kind, result).inc()
+
+    def experiment_in(self, namespace: str, name: str, phase: str) -> None:
+        """Set the Experiment's phase (the alert on RolledBack reads it); its earlier phases
+        drop to 0 (kept: a rollback stays visible until the operator restarts)."""
+        gauge = self.experiment_phase
+        for labels in list(self._phases.get((namespace, name), ())):
+            if labels != phase:
+                gauge.labels(namespace, name, labels).set(0)
+        gauge.labels(namespace, name, phase).set(1)
+        self._phases.setdefault((namespace, name), set()).add(phase)
+
+    def forget_experiment(self, namespace: str, name: str) -> None:
+        for phase in self._phases.pop((namespace, name), ()):
+            self.experiment_phase.remove(namespace, name, phase)
 
     def observe_api(self, verb: str, code: int | str, seconds: float) -> None:
         self.api.labels(verb, str(code)).observe(seconds)
