@@ -147,7 +147,7 @@ def test_fixed_size_model_has_replicas_and_no_autoscaler() -> None:
             {
                 "type": "Pods",
                 "pods": {
-                    "metric": {"name": "rtml_inflight_requests"},
+                    "metric": {"name": "rtml_concurrency"},
                     "target": {"type": "AverageValue", "averageValue": "4"},
                 },
             },
@@ -158,7 +158,7 @@ def test_fixed_size_model_has_replicas_and_no_autoscaler() -> None:
             {
                 "type": "Pods",
                 "pods": {
-                    "metric": {"name": "rtml_inflight_requests"},
+                    "metric": {"name": "rtml_concurrency"},
                     "target": {"type": "AverageValue", "averageValue": "2500m"},
                 },
             },

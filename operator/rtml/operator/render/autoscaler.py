@@ -21,7 +21,7 @@ from rtml.operator.render.meta import object_meta
 KEDA_METRICS = ("concurrency", "rps", "p99Latency")
 # The Pods metrics prometheus-adapter serves (its rules in the chart compute the last two).
 ADAPTER_METRICS = {
-    "concurrency": "rtml_inflight_requests",
+    "concurrency": "rtml_concurrency",
     "rps": "rtml_requests_per_second",
     "p99Latency": "rtml_request_p99_latency_ms",
 }
@@ -58,9 +58,10 @@ def prometheus_query(model: Model) -> str:
     if metric == "rps":
         return f"sum(rate(rtml_requests_total{{{sel}}}[1m]))"
     if metric == "concurrency":
-        # Requests in flight, averaged over a minute (Knative's stable window): the gauge alone
-        # is one instant per scrape.
-        return f"sum(avg_over_time(rtml_inflight_requests{{{sel}}}[1m]))"
+        # Requests in flight averaged over a minute (Knative's stable window), by Little's law:
+        # seconds of requests served per second. The rtml_inflight_requests gauge reads ~0 at
+        # every scrape, which the same event loop answers between requests.
+        return f"sum(rate(rtml_request_duration_seconds_sum{{{sel}}}[1m]))"
     return (
         "1000 * histogram_quantile(0.99, sum by (le) "
         f"(rate(rtml_request_duration_seconds_bucket{{{sel}}}[2m])))"
