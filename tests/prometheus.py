@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -384,3 +385,27 @@ def prometheus_factory(
     yield start
     for server in started:
         server.stop()
+
+
+class RulesPrometheus(PrometheusServer):
+    """PrometheusServer that also loads rule files (evaluated every scrape interval)."""
+
+    def __init__(self, workdir: Path, scrape_configs: list[dict[str, Any]], rules: Path) -> None:
+        super().__init__(workdir, scrape_configs)
+        self.rules = rules
+
+    def config(self, scrape_configs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**super().config(scrape_configs), "rule_files": [str(self.rules)]}
+
+    def get(self, path: str, **params: str) -> dict[str, Any]:
+        """A GET of the HTTP API, which must answer status success."""
+        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback
+                status, body = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        answer = json.loads(body)
+        assert status == 200, (path, params, answer)
+        assert answer["status"] == "success", (path, params, answer)
+        return dict(answer)

@@ -14,9 +14,6 @@ import hashlib
 import json
 import math
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +24,7 @@ import pytest
 from rtml.api.traffic import TrafficPlan, plan_json, with_revision
 from tests.configmap_volume import kubelet_write
 from tests.grafana import dashboard, queries, substitute
-from tests.prometheus import PrometheusError, PrometheusServer, static_scrape_config
+from tests.prometheus import PrometheusError, RulesPrometheus, static_scrape_config
 from tests.runtime_proc import REPO, RedisServer, RuntimeProcess, write_manifest
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.runtime, pytest.mark.redis, pytest.mark.feast]
@@ -37,30 +34,6 @@ NAMESPACE, MODEL = "ml", "fraud"
 # holding traffic of this short test.
 VALUES = {"namespace": NAMESPACE, "model": MODEL, "__rate_interval": "30s"}
 REQUEST = json.loads((REPO / "examples/fraud/request.json").read_text())
-
-
-class RulesPrometheus(PrometheusServer):
-    """PrometheusServer that also loads rule files (evaluated every scrape interval)."""
-
-    def __init__(self, workdir: Path, scrape_configs: list[dict[str, Any]], rules: Path) -> None:
-        super().__init__(workdir, scrape_configs)
-        self.rules = rules
-
-    def config(self, scrape_configs: list[dict[str, Any]]) -> dict[str, Any]:
-        return {**super().config(scrape_configs), "rule_files": [str(self.rules)]}
-
-    def get(self, path: str, **params: str) -> dict[str, Any]:
-        """A GET of the HTTP API, which must answer status success."""
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback
-                status, body = r.status, r.read()
-        except urllib.error.HTTPError as e:
-            status, body = e.code, e.read()
-        answer = json.loads(body)
-        assert status == 200, (path, params, answer)
-        assert answer["status"] == "success", (path, params, answer)
-        return dict(answer)
 
 
 def canary_plan(build: Path) -> TrafficPlan:

@@ -147,7 +147,7 @@ def test_a_namespace_is_deleted_after_the_operator_is_gone(
         kube.delete("v1", "Namespace", namespace)
         wait_for(
             lambda: kube.get("v1", "Namespace", namespace) is None,
-            90,
+            60,  # issue 11: helm uninstall, then the namespace goes within 60 s
             what="the namespace to be deleted without the operator",
         )
     finally:
