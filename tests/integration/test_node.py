@@ -969,7 +969,7 @@ def test_deleting_a_running_experiment_sends_all_traffic_back_without_a_failed_r
 ADAPTER_RULES = CHART / "files" / "prometheus-adapter-rules.yaml"
 # Per-pod targets a load on this 2-core machine clearly exceeds, and an idle pod clearly meets.
 SCALING = {
-    "concurrency": {"target": 0.5},  # requests in flight per pod, averaged over a minute
+    "concurrency": {"target": 0.1},  # requests in flight per pod, averaged over a minute
     "rps": {"target": 40},  # requests per second per pod
     "cpu": {"target": 50},  # percent of the pod's CPU request (100m below)
 }

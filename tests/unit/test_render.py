@@ -148,7 +148,7 @@ def test_fixed_size_model_has_replicas_and_no_autoscaler() -> None:
                 "type": "Pods",
                 "pods": {
                     "metric": {"name": "rtml_concurrency"},
-                    "target": {"type": "AverageValue", "averageValue": "4"},
+                    "target": {"type": "AverageValue", "averageValue": "500m"},
                 },
             },
         ),
@@ -273,7 +273,7 @@ def test_kserve_p99_target_is_the_slo_headroom_or_the_models() -> None:
 
 
 @pytest.mark.parametrize("asked", ["Knative", "Serverless"])
-@pytest.mark.parametrize(("metric", "target"), [("concurrency", 4), ("rps", 200), ("cpu", 70)])
+@pytest.mark.parametrize(("metric", "target"), [("concurrency", 1), ("rps", 200), ("cpu", 70)])
 def test_kserve_knative_only_when_the_model_asks(asked: str, metric: str, target: int) -> None:
     m = model(backend="kserve", autoscaling={"metric": metric})
     m.metadata.annotations["serving.kserve.io/deploymentMode"] = asked
