@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from rtml.operator.render.autoscaler import ADAPTER_METRICS
-from rtml_runtime.metrics import RuntimeMetrics
+from tests.unit.test_prometheus_rules import exported_series
 
 pytestmark = pytest.mark.unit
 RULES = Path(__file__).resolve().parents[2] / "charts/rtml/files/prometheus-adapter-rules.yaml"
@@ -20,18 +20,6 @@ def rules() -> list[dict]:
     loaded = yaml.safe_load(RULES.read_text())
     assert isinstance(loaded, list)
     return loaded
-
-
-def exported_series() -> set[str]:
-    """Every sample name the runtime's registry can expose (histograms as _bucket, …)."""
-    names = set()
-    for family in RuntimeMetrics().registry.collect():
-        names.add(family.name)
-        if family.type == "counter":
-            names.add(family.name + "_total")
-        if family.type == "histogram":
-            names.update(family.name + s for s in ("_bucket", "_sum", "_count"))
-    return names
 
 
 def test_every_metric_an_hpa_names_is_served_by_one_rule() -> None:

@@ -76,18 +76,26 @@ def _serving(files: certs.CertFiles, name: str, workdir: Path) -> tuple[Path, Pa
     return certs.issue_serving_cert(files, name, dns, (BRIDGE_IP,), workdir / name)
 
 
+def _apiserver_flags(port: int, kubeconfig: Path, tls: tuple[Path, Path]) -> list[str]:
+    """What both add-ons take as aggregated API servers: where to listen, the serving
+    certificate, and whom to ask about callers (the admin kubeconfig)."""
+    return [
+        f"--secure-port={port}",
+        f"--bind-address={BRIDGE_IP}",
+        f"--tls-cert-file={tls[0]}",
+        f"--tls-private-key-file={tls[1]}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+    ]
+
+
 def metrics_server_argv(
     binary: Path, port: int, kubeconfig: Path, ca_cert: Path, tls: tuple[Path, Path]
 ) -> list[str]:
     return [
         str(binary),
-        f"--secure-port={port}",
-        f"--bind-address={BRIDGE_IP}",
-        f"--tls-cert-file={tls[0]}",
-        f"--tls-private-key-file={tls[1]}",
+        *_apiserver_flags(port, kubeconfig, tls),
         f"--kubeconfig={kubeconfig}",
-        f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
         # The kubelet's serving certificate is the cluster CA's, for its InternalIP.
         "--kubelet-preferred-address-types=InternalIP",
         f"--kubelet-certificate-authority={ca_cert}",
@@ -122,13 +130,8 @@ def prometheus_adapter_argv(
 ) -> list[str]:
     return [
         str(binary),
-        f"--secure-port={port}",
-        f"--bind-address={BRIDGE_IP}",
-        f"--tls-cert-file={tls[0]}",
-        f"--tls-private-key-file={tls[1]}",
+        *_apiserver_flags(port, kubeconfig, tls),
         f"--lister-kubeconfig={kubeconfig}",
-        f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
         f"--prometheus-url={prometheus_url}",
         f"--config={rules}",
         f"--metrics-relist-interval={ADAPTER_RELIST}",
