@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,21 @@ log = logging.getLogger("rtml.runtime")
 # Reads of a made-up entity before the pod is ready ("0" encodes as a STRING and an INT64 key).
 FEATURE_WARMUP_READS = 3
 FEATURE_WARMUP_ENTITY = "0"
+MAX_ENTITY_ID_BYTES = 1024  # a key, not a payload
+MAX_FEATURE_VALUE = float(np.finfo(np.float32).max)  # what the models' float32 inputs hold
+_INT64 = (-(2**63), 2**63 - 1)
+_DIGITS = re.compile(r"[+-]?[0-9]{1,19}")
+
+
+def _int64(value: str | int) -> int | None:
+    """An INT64 entity id from an integer or a string of one, or None."""
+    if isinstance(value, str):
+        if not _DIGITS.fullmatch(value):
+            return None
+        value = int(value)
+    return value if _INT64[0] <= value <= _INT64[1] else None
+
+
 V2_OUTPUT = "score"  # the one output of /v2/models/{name}/infer
 
 
@@ -260,16 +276,36 @@ class Runtime:
                 retry_after_s=self.limiter.retry_after_s(),
             )
 
-    def entity_id(self, payload: dict[str, Any]) -> str | None:
+    def entity_id(self, payload: dict[str, Any], where: str = "") -> str | None:
+        """The entity id, checked to be one the feature store can encode, so a caller's bad
+        id is a 400 naming the field and never a failed read counted against the store's
+        breaker (an unencodable id used to open it for every caller)."""
         if self.view is None:
             return None
         key = self.entity_field
+        field = f"{where}{key}"
         value = payload.get(key, payload.get("entity_id"))
         if value is None:
-            raise bad_input(f"the entity id is missing: send it as {key!r}", key)
+            raise bad_input(f"the entity id is missing: send it as {key!r}", field)
         if isinstance(value, bool) or not isinstance(value, str | int):
-            raise bad_input(f"{key} must be a string or an integer", key)
-        return str(value)
+            raise bad_input(f"{key} must be a string or an integer", field)
+        if self.view.spec.entity.value_type == "INT64":
+            number = _int64(value)
+            if number is None:
+                raise bad_input(
+                    f"{key} must be an integer from -2**63 to 2**63-1 (the FeatureView's "
+                    "entity is INT64)",
+                    field,
+                )
+            return str(number)
+        text = str(value)
+        try:
+            encoded = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise bad_input(f"{key} is not valid Unicode text", field) from None
+        if encoded > MAX_ENTITY_ID_BYTES:
+            raise bad_input(f"{key} is over {MAX_ENTITY_ID_BYTES} bytes", field)
+        return text
 
     def request_values(self, payload: dict[str, Any], prefix: str = "features") -> dict[str, Any]:
         given = payload.get("features", {})
@@ -286,10 +322,14 @@ class Runtime:
                 )
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise bad_input(f"feature {name!r} must be a number", f"{prefix}.{name}")
+            if isinstance(value, int) and abs(value) > MAX_FEATURE_VALUE:
+                raise bad_input(f"feature {name!r} is out of range", f"{prefix}.{name}")
             if not math.isfinite(value):
                 raise bad_input(
                     f"feature {name!r} must be finite (not NaN or Infinity)", f"{prefix}.{name}"
                 )
+            if abs(value) > MAX_FEATURE_VALUE:
+                raise bad_input(f"feature {name!r} is out of range", f"{prefix}.{name}")
         missing = [n for n in self.request_features if n not in given]
         if missing:
             raise bad_input(f"missing request feature {missing[0]!r}", f"{prefix}.{missing[0]}")
@@ -372,7 +412,7 @@ class Runtime:
     async def _predict_one(
         self, payload: dict[str, Any], prefix: str, variant: Variant
     ) -> Prediction:
-        entity = self.entity_id(payload)
+        entity = self.entity_id(payload, prefix[: -len("features")])
         request = self.request_values(payload, prefix)
         stored: dict[str, Any] | None = None
         if entity is not None:

@@ -318,3 +318,54 @@ def test_the_reason_is_left_for_the_kubelet_only_where_it_mounted_the_file(
     text = log.read_text()
     assert len(text) == 4000
     assert text.endswith(" the end")
+
+
+INT_VIEW = FeatureView.model_validate(
+    {
+        "metadata": {"name": "accounts"},
+        "spec": {
+            "entity": {"name": "account", "joinKey": "account_id", "valueType": "INT64"},
+            "features": [{"name": "a", "dtype": "FLOAT", "default": 0.0}],
+            "source": {"type": "push"},
+        },
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("view", "payload", "field"),
+    [
+        (VIEW, {"card_id": "\ud800", "features": {"amount": 1}}, "card_id"),
+        (VIEW, {"card_id": "x" * 2000, "features": {"amount": 1}}, "card_id"),
+        (INT_VIEW, {"account_id": 2**64, "features": {"amount": 1}}, "account_id"),
+        (INT_VIEW, {"account_id": "abc", "features": {"amount": 1}}, "account_id"),
+        (INT_VIEW, {"account_id": "--5", "features": {"amount": 1}}, "account_id"),
+        (VIEW, {"card_id": "c1", "features": {"amount": 10**400}}, "features.amount"),
+        (VIEW, {"card_id": "c1", "features": {"amount": 1e300}}, "features.amount"),
+    ],
+)
+def test_input_the_store_or_model_cannot_take_is_a_400_never_a_store_failure(
+    tmp_path: Path, view: FeatureView, payload: dict[str, Any], field: str
+) -> None:
+    """issue 12: one caller's unencodable id must not open the features breaker for all."""
+    rt, reader = make_runtime(tmp_path)
+    rt.view = view
+    rt.entity_field = view.spec.entity.join_key
+    for _ in range(30):  # more than the breaker's window: had they counted, it would be open
+        with pytest.raises(RequestError) as err:
+            asyncio.run(rt.predict(payload))
+        assert (err.value.status, err.value.field) == (400, field)
+    assert reader.calls == 0
+    assert rt.feature_breaker.state.name == "CLOSED"
+
+
+def test_an_int64_entity_id_may_come_as_a_string_of_digits(tmp_path: Path) -> None:
+    rt, _ = make_runtime(tmp_path)
+    rt.view = INT_VIEW
+    rt.entity_field = "account_id"
+    assert rt.entity_id({"account_id": "-42"}) == "-42"
+    assert rt.entity_id({"account_id": 2**63 - 1}) == str(2**63 - 1)
+    batch_row = {"account_id": "nope"}
+    with pytest.raises(RequestError) as err:
+        rt.entity_id(batch_row, "instances[3].")
+    assert err.value.field == "instances[3].account_id"
