@@ -88,7 +88,8 @@ def test_the_operator_gets_feast_credentials_from_the_existing_secret(
     install = [str(bin_dir / "helm"), *kubeconfig, "install", "--dry-run=client", *argv[2:]]
     notes = run(install).stdout.split("NOTES:", 1)[1]
     assert 'Credentials come from Secret "feast-credentials"' in notes
-    assert "helm uninstall leaves the CRDs" in notes  # and the FeatureViews' finalizer
+    assert "helm uninstall leaves the CRDs" in notes
+    assert "No rtml object carries a finalizer" in notes
 
 
 def test_the_chart_package_carries_the_argocd_health_checks(bin_dir: Path, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
-"""Which kinds Kopf puts its finalizer on: FeatureViews only (their entry in the Feast registry
-must go with them). A Model or an Experiment with a finalizer outlives the operator: after
-`helm uninstall`, deleting its namespace would hang (docs/gitops.md).
+"""Which kinds Kopf puts its finalizer on: none (a FeatureView's entry in the Feast registry goes
+on the DELETED event and by the registry sweep). An object with a finalizer outlives the
+operator: after `helm uninstall`, deleting its namespace would hang (docs/gitops.md).
 
 Kopf 1.45 adds its finalizer to an object when a changing handler requiring one (a
 non-optional on.delete) or a spawning handler (a timer or a daemon: always) serves its kind
@@ -67,20 +67,17 @@ def handler_ids(kind: str) -> set[str]:
     return {h.id for h in every if h.selector.check(res)}
 
 
-@pytest.mark.parametrize("kind", ["Model", "Experiment"])
-def test_models_and_experiments_have_no_handler_that_needs_a_finalizer(kind: str) -> None:
+@pytest.mark.parametrize("kind", ["Model", "Experiment", "FeatureView"])
+def test_no_kind_has_a_handler_that_needs_a_finalizer(kind: str) -> None:
     assert handlers.GROUP == "rtml.dev"  # the handlers are registered (imported)
     assert handler_ids(kind), f"no handler serves {kind}: the check would prove nothing"
     assert finalizing_handlers(kind) == []
 
 
-def test_feature_views_keep_theirs_for_the_feast_registry() -> None:
-    assert finalizing_handlers("FeatureView") == ["resync-featureview", "unregister-featureview"]
-
-
 def test_the_periodic_work_is_indexed_not_timed() -> None:
     assert {"rtml_models", "reconcile"} <= handler_ids("Model")
     assert {"rtml_experiments", "experiment", "experiment-deleted"} <= handler_ids("Experiment")
+    assert {"rtml_featureviews", "featureview-deleted"} <= handler_ids("FeatureView")
 
 
 # -- the loops in place of the timers and the daemon (rtml.operator.ticker) ------------------

@@ -239,6 +239,17 @@ def check_namespace(store: feast.FeatureStore, name: str, namespace: str | None)
         )
 
 
+def registered_resources(store: feast.FeatureStore) -> list[tuple[str, str]]:
+    """(namespace, name) of every FeatureView resource whose view rtml registered here (the
+    tags it writes); views registered by anything else are not listed."""
+    out = []
+    for view in store.list_feature_views(allow_cache=False):
+        namespace, name = view.tags.get(NAMESPACE_TAG), view.tags.get(NAME_TAG)
+        if namespace and name:
+            out.append((namespace, name))
+    return out
+
+
 def remove_view(store: feast.FeatureStore, namespace: str, name: str) -> bool:
     """Delete the Feast feature view of FeatureView namespace/name, its sources and online table.
 

@@ -25,6 +25,7 @@ from rtml.features.store import (
     apply_views,
     is_unreachable,
     open_store,
+    registered_resources,
     registered_view,
     remove_view,
 )
@@ -210,10 +211,31 @@ def materialize_now(client: KubeClient, body: dict[str, Any]) -> str | None:
     return job_name
 
 
+def sweep_registry(client: KubeClient, profile: FeastProfile) -> list[tuple[str, str]]:
+    """Remove from Feast the views whose FeatureView is gone (deleted while the operator was
+    down, or when its removal at deletion failed): FeatureViews carry no finalizer, so their
+    deletion never waits for the operator, and this sweep, every resync, is what makes the
+    registry follow. A view is removed only when a fresh read of the API server finds no
+    FeatureView of that namespace and name (never from a cache); an error reading it (a 403
+    in a namespace this operator may not read) stops the sweep, removing nothing more."""
+    removed = []
+    with open_store(profile) as store:
+        for namespace, name in registered_resources(store):
+            if client.get(API_VERSION, KIND, namespace, name) is not None:
+                continue
+            if remove_view(store, namespace, name):
+                removed.append((namespace, name))
+                log.info(
+                    "removed the Feast view of a deleted FeatureView",
+                    extra={"featureview": name, "namespace": namespace},
+                )
+    return removed
+
+
 def unregister_feature_view(
     client: KubeClient, body: dict[str, Any], profile: FeastProfile, attempt: int, attempts: int
 ) -> bool:
-    """Remove the deleted FeatureView from the registry; True once the finalizer may go.
+    """Remove the deleted FeatureView from the registry; True once done or given up on.
 
     Raises RegistryUnavailableError while attempts remain; on the last attempt gives up with a
     Warning Event, so a deletion never hangs on a registry outage.
@@ -231,12 +253,12 @@ def unregister_feature_view(
         client.event(
             {**body, "kind": KIND, "apiVersion": API_VERSION},
             "RegistryCleanupSkipped",
-            f"{message} after {attempts} attempts; the finalizer is released and the Feast "
-            f"view {meta['name']!r} may remain in the registry until removed by hand",
+            f"{message} after {attempts} attempt(s); the Feast view {meta['name']!r} stays in "
+            "the registry until the operator's registry sweep (every resync) removes it",
             "Warning",
         )
         log.warning(
-            "released the finalizer without removing the view from Feast",
+            "could not remove the deleted FeatureView's view from Feast; the sweep retries",
             extra={"featureview": meta["name"], "namespace": meta["namespace"], "error": message},
         )
         return True

@@ -30,6 +30,7 @@ from urllib3.exceptions import HTTPError
 
 from rtml import GROUP, VERSION
 from rtml.api.experiment import FINAL_PHASES
+from rtml.features.store import is_unreachable
 from rtml.operator.analysis import PrometheusSource
 from rtml.operator.client import KubeClient
 from rtml.operator.errors import backoff_delay
@@ -39,6 +40,7 @@ from rtml.operator.featureview import (
     materialization_requested,
     materialize_now,
     reconcile_feature_view,
+    sweep_registry,
     unregister_feature_view,
 )
 from rtml.operator.metrics import METRICS
@@ -88,6 +90,12 @@ async def index_experiments(
     return _ref(body, running=running)
 
 
+@kopf.index(GROUP, VERSION, "featureviews", id="rtml_featureviews")
+async def index_feature_views(body: kopf.Body, **_: Any) -> dict[str, Ref]:
+    """Which FeatureViews exist (what the resync visits)."""
+    return _ref(body)
+
+
 def _refs(index: kopf.Index[str, Ref]) -> list[Ref]:
     return [ref for store in index.values() for ref in store]
 
@@ -122,13 +130,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     pool = partial(getattr, settings.execution, "executor")  # read each round, as Kopf does
     memo["tickers"] = [
         asyncio.create_task(ticker.run(due, pool))
-        for ticker, due in _tickers(memo, kwargs["rtml_models"], kwargs["rtml_experiments"])
+        for ticker, due in _tickers(
+            memo, kwargs["rtml_models"], kwargs["rtml_experiments"], kwargs["rtml_featureviews"]
+        )
     ]
 
 
 def _tickers(
-    memo: kopf.Memo, models: kopf.Index[str, Ref], experiments: kopf.Index[str, Ref]
-) -> list[tuple[Ticker[Ref], Callable[[], list[Ref]]]]:
+    memo: kopf.Memo,
+    models: kopf.Index[str, Ref],
+    experiments: kopf.Index[str, Ref],
+    featureviews: kopf.Index[str, Ref],
+) -> list[tuple[Ticker[Any], Callable[[], list[Any]]]]:
     """Each periodic loop, with what it visits each round."""
     resync_every = SETTINGS.resync_seconds
     return [
@@ -146,6 +159,25 @@ def _tickers(
                 "experiment-tick", SETTINGS.experiment_tick_seconds, partial(experiment_tick, memo)
             ),
             partial(_running_experiments, experiments),
+        ),
+        (
+            Ticker(
+                "featureview-resync",
+                resync_every,
+                partial(resync_feature_view, memo),
+                initial_delay=resync_every,
+            ),
+            partial(_refs, featureviews),
+        ),
+        # One visit per round, of the whole registry.
+        (
+            Ticker(
+                "feast-sweep",
+                resync_every,
+                lambda _registry: sweep_feast_registry(memo),
+                initial_delay=resync_every,
+            ),
+            lambda: ["registry"],
         ),
     ]
 
@@ -377,21 +409,25 @@ def register_feature_view(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any
     _reconcile_view(body, memo, retry)
 
 
-@kopf.timer(
-    *FEATUREVIEWS,
-    id="resync-featureview",
-    interval=SETTINGS.resync_seconds,
-    idle=0,
-    initial_delay=SETTINGS.resync_seconds,
-)
-def resync_feature_view(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Picks up what the CronJob's runs recorded in the registry (lastMaterialization)."""
-    with _next_time(
-        "FeatureView resync failed; the next one will retry", featureview=body["metadata"]["name"]
-    ):
-        _reconcile_view(body, memo, retry=0)
-    if materialization_requested(body) is not None:
-        _materialize_requested(body, memo)
+def resync_feature_view(memo: kopf.Memo, view: Ref) -> None:
+    """Picks up what the CronJob's runs recorded in the registry (lastMaterialization), and a
+    materialization request an event missed (the "featureview-resync" Ticker: a timer would
+    put Kopf's finalizer on every FeatureView)."""
+    with _next_time("FeatureView resync failed; the next one will retry", featureview=view.name):
+        _reconcile_view(view.body(), memo, retry=0)
+    _materialize_requested(view.body(), memo)
+
+
+def sweep_feast_registry(memo: kopf.Memo) -> None:
+    """The "feast-sweep" Ticker: views of FeatureViews deleted without the operator go."""
+    try:
+        with METRICS.reconciling("FeastRegistry"):
+            sweep_registry(memo["client"], SETTINGS.feast)
+    except Exception as e:
+        if not is_unreachable(e):
+            raise
+        log.warning("the Feast registry sweep could not reach the registry; the next retries",
+                    extra={"error": str(e)})  # fmt: skip
 
 
 @kopf.on.event(*FEATUREVIEWS, id="featureview-dependents")
@@ -447,16 +483,22 @@ def _materialize_requested(body: Mapping[str, Any], memo: kopf.Memo) -> None:
         materialize_now(client, live)
 
 
-@kopf.on.delete(
-    *FEATUREVIEWS, id="unregister-featureview", retries=RETRIES, timeout=TIMEOUT, backoff=5
-)
-def unregister(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    """Removes the view from Feast; after a bounded retry the finalizer goes anyway."""
+@kopf.on.event(*FEATUREVIEWS, id="featureview-deleted")
+def feature_view_deleted(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+    """Takes a deleted FeatureView's view out of Feast at once. A watch event, not an on.delete
+    handler: no finalizer, so deleting a view (or its namespace) never waits for the operator,
+    also after `helm uninstall`; what this misses, the registry sweep removes."""
+    if type != "DELETED":
+        return
     client: KubeClient = memo["client"]
-    with _locks[body["metadata"]["uid"]], _retry_on_outage(retry):
-        unregister_feature_view(
-            client, dict(body), SETTINGS.feast, retry, SETTINGS.feast_delete_attempts
-        )
+    meta = body["metadata"]
+    with (
+        _next_time("removing a deleted FeatureView from Feast failed; the sweep retries",
+                   featureview=meta["name"]),
+        _locks[meta["uid"]],
+        _retry_on_outage(0),
+    ):  # fmt: skip
+        unregister_feature_view(client, dict(body), SETTINGS.feast, 0, 1)
 
 
 # -- Experiments: a Ticker drives each running one; all progress lives in its status ------------

@@ -58,9 +58,6 @@ class OperatorSettings(BaseSettings):
     feast_secret: str | None = None
     feast_secret_redis_password_key: str = "redis-password"  # noqa: S105 - a key's name
     feast_secret_registry_key: str = "registry"  # noqa: S105 - a key's name
-    # Attempts at removing a deleted FeatureView from the registry before the finalizer is
-    # released anyway (with a Warning Event): a deletion must not hang on an outage.
-    feast_delete_attempts: int = Field(default=3, gt=0)
     # Chart values `materialization.volumes` / `.volumeMounts` (JSON lists of Kubernetes
     # Volume / VolumeMount objects): where the materialization Job reads `file://` sources.
     materialize_volumes: list[dict[str, Any]] = Field(default_factory=list)
