@@ -198,6 +198,7 @@ class RuntimeProcess:
         path: str,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
+        timeout: float = 10,
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         req = urllib.request.Request(
             self.base + path,
@@ -206,7 +207,7 @@ class RuntimeProcess:
             headers={"content-type": "application/json", **(headers or {})},
         )
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
                 raw = r.read()
                 return r.status, _json(raw), dict(r.headers)
         except urllib.error.HTTPError as e:

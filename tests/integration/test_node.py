@@ -888,7 +888,12 @@ def test_prometheus_down_pauses_and_a_killed_operator_resumes_at_the_same_step(
     url = chain.service_url("scorer")
     slow_steps = {"steps": [20, 50], "stepInterval": "20s"}
     with EntityLoad(url, rate=25) as load:
-        apply(chain.plane, experiment(chain, name, "model.onnx", "v-again", canary=slow_steps))
+        # Outages, not latency, are what this tests: a p99 gate loose enough that the load of a
+        # Prometheus restart (WAL replay) and an operator restart on 2 cores cannot fail it (a
+        # CI run saw 205.6 ms in the step the operator was killed in).
+        gates = [{**g, "max": 1000} if g["name"] == "p99LatencyMs" else g for g in GATES]
+        apply(chain.plane, experiment(chain, name, "model.onnx", "v-again", canary=slow_steps,
+                                      analysis={**ANALYSIS, "metrics": gates}))  # fmt: skip
         chain.wait("the first step", lambda: phase_of(chain, name).get("windowStart"), 180)
         chain.prometheus.stop()
         try:
@@ -1009,6 +1014,9 @@ def autoscaled_model(chain: Chain, metric: str) -> dict[str, Any]:
                           name=f"scale-{metric}")  # fmt: skip
     model["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "metric": metric,
                                     **SCALING[metric]}  # fmt: skip
+    # The load saturates this 2-core machine on purpose: a deadline is not what is tested here
+    # (the example's 50 ms would turn queueing into 504s), pods coming and going are.
+    model["spec"]["slo"] = {"p99LatencyMs": 50, "timeoutMs": 5000, "featureBudgetMs": 1000}
     # A small CPU request: three Models of three pods fit the node beside the rest.
     model["spec"]["runtime"] = {"resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                                               "limits": {"memory": "1Gi"}}}  # fmt: skip

@@ -48,7 +48,13 @@ def test_layout(node_bin: Path) -> None:
         "coredns",
         "pause",
     }
-    assert {p.name for p in node_bin.iterdir() if p.is_file() and os.access(p, os.X_OK)} == expected
+    binaries = {p.name for p in node_bin.iterdir() if p.is_file() and os.access(p, os.X_OK)}
+    # The autoscaling add-ons: links into their own cache (rtml.dev.tools.ADDON_BINARIES).
+    addons = {"metrics-server", "prometheus-adapter"}
+    assert binaries == expected | addons
+    for name in addons:
+        assert (node_bin / name).is_symlink()
+        assert (node_bin / name).resolve().parent == tools.addon_bin_dir()
     assert {p.name for p in (node_bin / "cni").iterdir()} == {
         "bridge",
         "host-local",
