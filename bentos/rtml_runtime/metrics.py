@@ -7,10 +7,20 @@ measurable on a path that takes a fraction of a millisecond.
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from rtml import __version__
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -49,6 +59,15 @@ class RuntimeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The process's CPU, memory and file descriptors, and the build, as the operator has.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Gauge(
+            "rtml_build_info",
+            "1, labelled with the rtml version and the Python it runs on.",
+            ("version", "python"),
+            registry=r,
+        ).labels(__version__, platform.python_version()).set(1)
         self.request_duration = Histogram(
             "rtml_request_duration_seconds",
             "End-to-end request latency.",

@@ -178,6 +178,8 @@ def test_metrics_use_the_documented_names_and_labels(runtime: RuntimeProcess) ->
     assert runtime.metric("rtml_inflight_requests", **labels) == 0
     assert runtime.metric("rtml_prediction_score_count", **labels)
     assert runtime.metric("rtml_feature_cache_hits_total", **labels) is not None
+    assert runtime.metric("rtml_build_info", version="0.1.0") == 1
+    assert (runtime.metric("process_resident_memory_bytes") or 0) > 0
 
 
 def test_redis_outage_opens_the_breaker_serves_fallbacks_and_recovers(

@@ -39,3 +39,10 @@ def test_the_models_p99_objective_is_exported_in_seconds(tmp_path: Path) -> None
     }
     assert samples[("rtml_slo_p99_latency_seconds", (("model", "fraud"),))] == 0.035
     assert not app.runtime.ready  # exported before the model is loaded
+
+
+def test_the_runtime_exports_its_build_and_process_metrics() -> None:
+    from rtml_runtime.metrics import RuntimeMetrics
+
+    names = {s.name for family in RuntimeMetrics().registry.collect() for s in family.samples}
+    assert {"rtml_build_info", "process_resident_memory_bytes", "python_info"} <= names
