@@ -1132,7 +1132,9 @@ def test_models_scale_out_under_load_and_back_in_after_it(
         hpa = chain.get("hpa", name)
         assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 30
         # The HPA owns the replica count: the operator's applies never set it.
-        fields = chain.get("deployment", name)["metadata"]["managedFields"]
+        shown = kubectl(chain.plane, "-n", TENANT, "get", "deployment", name, "-o", "json",
+                        "--show-managed-fields")  # kubectl hides them by default  # fmt: skip
+        fields = json.loads(shown)["metadata"]["managedFields"]
         ours = [f for f in fields if f["manager"] == "rtml-operator"]
         assert ours, fields
         assert all("f:replicas" not in f["fieldsV1"].get("f:spec", {}) for f in ours), ours
