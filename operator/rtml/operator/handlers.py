@@ -383,14 +383,16 @@ def poll_kserve(memo: kopf.Memo, model: Ref) -> None:
 # -- FeatureViews: registration in Feast, the materialization CronJob, the finalizer ------------
 
 
-def _reconcile_view(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> None:
+def _reconcile_view(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> dict[str, Any] | None:
+    """Reconcile the view as it is now; returns that fresh read (None: gone)."""
     client: KubeClient = memo["client"]
     meta = body["metadata"]
     with METRICS.reconciling("FeatureView"), _locks[meta["uid"]], _retry_on_outage(retry):
         live = client.get(f"{GROUP}/{VERSION}", "FeatureView", meta["namespace"], meta["name"])
         if live is None or live["metadata"].get("deletionTimestamp"):
-            return
+            return None
         reconcile_feature_view(client, live, SETTINGS.feast, SETTINGS.render_context())
+        return live
 
 
 FEATUREVIEWS = (GROUP, VERSION, "featureviews")
@@ -413,9 +415,12 @@ def resync_feature_view(memo: kopf.Memo, view: Ref) -> None:
     """Picks up what the CronJob's runs recorded in the registry (lastMaterialization), and a
     materialization request an event missed (the "featureview-resync" Ticker: a timer would
     put Kopf's finalizer on every FeatureView)."""
+    live = None
     with _next_time("FeatureView resync failed; the next one will retry", featureview=view.name):
-        _reconcile_view(view.body(), memo, retry=0)
-    _materialize_requested(view.body(), memo)
+        live = _reconcile_view(view.body(), memo, retry=0)
+    # The read the reconcile made says whether a request waits: no second GET per view.
+    if live is not None and materialization_requested(live) is not None:
+        _materialize_requested(live, memo)
 
 
 def sweep_feast_registry(memo: kopf.Memo) -> None:
