@@ -24,14 +24,14 @@ from rtml.api.common import ArtifactRef
 from rtml.api.experiment import Candidate
 from rtml.api.signature import check_signature, describe
 from rtml.api.traffic import CHAMPION_ONLY, TrafficPlan
-from rtml.artifacts import ArtifactError, fetch_artifact
+from rtml.artifacts import ArtifactError, artifact_bytes
 from rtml.contract import TERMINATION_MESSAGE_PATH
 from rtml_runtime.breaker import CircuitBreaker, State
 from rtml_runtime.cache import TTLCache
 from rtml_runtime.clock import SYSTEM_CLOCK, Clock
 from rtml_runtime.config import RuntimeConfig
 from rtml_runtime.deadline import DeadlineExceeded, within
-from rtml_runtime.errors import RequestError, bad_input
+from rtml_runtime.errors import RequestError, bad_input, too_many_rows
 from rtml_runtime.features import FeatureReader, merge_features
 from rtml_runtime.metrics import RuntimeMetrics, VariantMetrics
 from rtml_runtime.onnx_model import ModelError, OnnxModel
@@ -179,14 +179,16 @@ class Runtime:
         """One artifact: fetched and digest-checked, loaded, its signature checked against the
         Model's features (`field` names it in the error), warmed up."""
         settings = self.config.settings
-        path = fetch_artifact(
+        path, data = artifact_bytes(
             art.uri,
             art.sha256,
             self.config.base_dir,
             settings.artifact_dir,
             pvc_root=settings.pvc_root,
+            max_bytes=settings.max_artifact_bytes,
         )
-        model = OnnxModel(path)
+        model = OnnxModel(path, data=data)
+        del data  # the session holds what it needs
         _ = model.feature_names  # a wide input without names fails here, not on a request
         self._check_signature(model, field)
         model.warmup(self.spec.warmup.requests if warmup is None else warmup)
@@ -488,9 +490,9 @@ class Runtime:
         if not rows:
             raise bad_input("instances must not be empty", "instances")
         if len(rows) > self.config.settings.max_batch_rows:
-            raise bad_input(
+            raise too_many_rows(
                 f"{len(rows)} instances is over the limit of "
-                f"{self.config.settings.max_batch_rows} per request",
+                f"{self.config.settings.max_batch_rows} per request (RTML_MAX_BATCH_ROWS)",
                 "instances",
             )
         plan = self.plans.active
@@ -574,8 +576,10 @@ class Runtime:
         if any(len(columns[c]) != n for c in wanted) or n == 0:
             raise bad_input("every input must have the same, non-zero number of rows", "inputs")
         if n > self.config.settings.max_batch_rows:
-            raise bad_input(
-                f"{n} rows is over the limit of {self.config.settings.max_batch_rows}", "inputs"
+            raise too_many_rows(
+                f"{n} rows is over the limit of {self.config.settings.max_batch_rows} per "
+                "request (RTML_MAX_BATCH_ROWS)",
+                "inputs",
             )
         model = variant.model
         rows = np.asarray([columns[c] for c in wanted], dtype=np.float32).T

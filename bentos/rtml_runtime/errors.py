@@ -27,3 +27,8 @@ class RequestError(Exception):
 
 def bad_input(message: str, field: str | None) -> RequestError:
     return RequestError(400, "invalid_input", message, field)
+
+
+def too_many_rows(message: str, field: str) -> RequestError:
+    """A batch over RTML_MAX_BATCH_ROWS: too large, as an oversized body is (413)."""
+    return RequestError(413, "too_many_rows", message, field)

@@ -177,6 +177,7 @@ class ShadowProcess:
         _grow_pipe(rows_w, queue_rows * self.width)
         config = {
             "model": str(variant.model.path),
+            "sha256": variant.model.sha256,  # the child loads only the bytes this process did
             "columns": variant.columns,
             "breaker": variant.breaker.settings(),
             "maxBatch": max_batch,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from rtml.artifacts import read_verified
 from rtml.logs import configure_logging
 from rtml_runtime.breaker import CircuitBreaker, State
 from rtml_runtime.onnx_model import OnnxModel
@@ -48,7 +49,9 @@ def run(config: dict[str, Any]) -> None:
     with_priority = getattr(os, "nice", None)
     if with_priority is not None:
         with_priority(19)
-    model = OnnxModel(Path(config["model"]))
+    path = Path(config["model"])
+    data = read_verified(path, str(path), config["sha256"], None)
+    model = OnnxModel(path, data=data)
     columns = config["columns"]
 
     def changed(dependency: str, old: State, new: State) -> None:

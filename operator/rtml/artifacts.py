@@ -137,6 +137,31 @@ def download(
     return target, digest
 
 
+def read_verified(path: Path, uri: str, expected: str | None, max_bytes: int | None) -> bytes:
+    """The file's bytes, read once, capped, and checked against `expected` (None: not checked).
+
+    What is loaded is these bytes, never the path again: a file swapped after it was hashed
+    (a shared volume, a second writer) cannot be what serves. The size is checked on the open
+    file before anything is read, and again while reading, for a file that grows meanwhile."""
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise ArtifactTooLarge(
+                    f"artifact {uri} is {size} bytes, over the {max_bytes}-byte limit "
+                    "(RTML_MAX_ARTIFACT_BYTES)"
+                )
+            data = f.read(max_bytes + 1 if max_bytes is not None else -1)
+    except OSError as e:  # e.g. a volume the pod's user may not read
+        raise ArtifactError(f"artifact {uri} cannot be read at {path}: {e.strerror}") from e
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ArtifactTooLarge(
+            f"artifact {uri} grew over the {max_bytes}-byte limit while it was read"
+        )
+    verify(uri, hashlib.sha256(data).hexdigest(), expected)
+    return data
+
+
 def fetch_artifact(
     uri: str,
     sha256: str | None,
@@ -165,3 +190,25 @@ def fetch_artifact(
     log.info("downloading artifact", extra={"uri": uri})
     path, _ = download(uri, sha256, cache_dir, max_bytes=max_bytes)
     return path
+
+
+def artifact_bytes(
+    uri: str,
+    sha256: str | None,
+    base_dir: Path,
+    cache_dir: Path,
+    *,
+    pvc_root: Path = DEFAULT_PVC_ROOT,
+    max_bytes: int | None = None,
+) -> tuple[Path, bytes]:
+    """The artifact's verified bytes, for a loader that takes bytes (the runtime), and the file
+    they were read from. A local file is read and hashed once; a remote one is downloaded into
+    `cache_dir` (verified as it arrives) and read back from there, verified again."""
+    local = local_path(uri, base_dir, pvc_root)
+    if local is None:
+        path = fetch_artifact(uri, sha256, base_dir, cache_dir, max_bytes=max_bytes)
+    elif not local.is_file():
+        raise ArtifactError(f"artifact {uri} does not exist (looked at {local})")
+    else:
+        path = local
+    return path, read_verified(path, uri, sha256, max_bytes)

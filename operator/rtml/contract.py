@@ -257,6 +257,9 @@ class RuntimeSettings(BaseSettings):
     )
     max_body_bytes: int = Field(default=1 << 20, gt=0)
     max_batch_rows: int = Field(default=256, gt=0)
+    # 2 GiB: what one protobuf (a single-file ONNX model) can hold; the runtime reads the
+    # whole artifact into memory to hash exactly the bytes it loads.
+    max_artifact_bytes: int = Field(default=2 << 30, gt=0)
     cache_entries: int = Field(default=100_000, ge=0)
     cache_ttl_seconds: float = Field(default=1.0, ge=0)
     artifact_dir: Path = Field(

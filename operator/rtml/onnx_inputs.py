@@ -69,3 +69,34 @@ def onnx_inputs(
             )
         declared = names
     return inputs, declared
+
+
+def _tensors(graph: Any) -> Any:
+    """Every tensor a graph holds: initializers, sparse ones, and those in node attributes,
+    through subgraphs (If, Loop, Scan bodies)."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def external_data_files(data: bytes) -> list[str]:
+    """The files a serialised ONNX model keeps tensors in (none for a single-file model)."""
+    import onnx
+
+    model = onnx.load_model_from_string(data)
+    files: set[str] = set()
+    for tensor in _tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            where = {e.key: e.value for e in tensor.external_data}
+            files.add(where.get("location", "?"))
+    return sorted(files)
