@@ -343,6 +343,61 @@ def test_kserve_backend_without_kserve_crd_says_so(
     )
 
 
+def test_a_model_the_quota_refuses_a_service_says_so_and_converges_once_it_may(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    """issue 12: a persistent server-side refusal must reach the Model's conditions, in the API
+    server's words, and retries must go on (1,000 Models once had no status at all)."""
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "one-service", "namespace": namespace},
+            "spec": {"hard": {"services": "1"}},
+        }
+    )
+    wait_for(
+        lambda: (
+            (kube.get("v1", "ResourceQuota", "one-service", namespace) or {})
+            .get("status", {})
+            .get("hard")
+        ),
+        30,
+        what="the quota controller to count the namespace",
+    )
+    kube.create(model("first", namespace))
+    wait_for(lambda: kube.get("v1", "Service", "first", namespace), 30, what="the first Service")
+    kube.create(model("second", namespace))
+    m = wait_for(
+        lambda: (
+            (o := kube.get(*MODEL, "second", namespace))
+            and condition(o, "Ready").get("reason") == "ApplyRejected"
+            and o
+        ),
+        30,
+        what="the second Model to say the API server refused its Service",
+    )
+    message = condition(m, "Ready")["message"]
+    assert message.startswith("the API server refused Service second: "), message
+    assert "exceeded quota: one-service" in message, message
+    assert kube.get("v1", "Service", "second", namespace) is None
+    kube.delete("v1", "ResourceQuota", "one-service", namespace)
+    # Nothing touches the Model: the operator's retries (its resync) apply it once allowed.
+    wait_for(
+        lambda: kube.get("v1", "Service", "second", namespace),
+        60,
+        what="the second Service once the quota is gone",
+    )
+    wait_for(
+        lambda: (
+            condition(kube.get(*MODEL, "second", namespace) or {}, "Ready").get("reason")
+            != "ApplyRejected"
+        ),
+        30,
+        what="the condition to clear",
+    )
+
+
 def test_operator_killed_mid_reconcile_converges_after_restart(
     kube: Kube, operator: OperatorProcess, namespace: str
 ) -> None:

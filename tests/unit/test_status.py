@@ -177,6 +177,26 @@ def test_apply_problem_marks_failed() -> None:
     assert cond(s, "Ready")["reason"] == "ApplyRejected"
 
 
+def test_a_server_failure_while_applying_is_said_while_retries_go_on() -> None:
+    """A 500 on every apply (a full service range) once left Models with no status at all."""
+    failing = Cond("Ready", "False", "ApplyFailing", "range is full; retrying")
+    ready = compute_model_status(model(), Observed(deployment=deployment()), None, CTX, NOW)
+    assert ready["phase"] == "Ready"
+    s = compute_model_status(
+        model(), Observed(deployment=deployment(), failing=failing), None, CTX, NOW
+    )
+    assert s["phase"] == "Degraded"  # the pods already there still serve
+    assert (cond(s, "Ready")["status"], cond(s, "Ready")["reason"]) == ("False", "ApplyFailing")
+    assert (cond(s, "Reconciling")["status"], cond(s, "Reconciling")["reason"]) == (
+        "True",
+        "ApplyFailing",
+    )
+    assert cond(s, "Stalled")["status"] == "False"  # not for the user to fix: retried
+    new = compute_model_status(model(), Observed(deployment=None, failing=failing), None, CTX, NOW)
+    assert new["phase"] == "Pending"
+    assert "range is full" in cond(new, "Ready")["message"]
+
+
 def test_features_condition_names_the_missing_view() -> None:
     m = model(features={"featureViewRef": "txns"})
     s = compute_model_status(m, Observed(deployment=deployment()), None, CTX, NOW)

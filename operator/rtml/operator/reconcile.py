@@ -64,21 +64,45 @@ def _prune(client: KubeClient, model: Model, desired: list[dict[str, Any]]) -> N
                 client.delete(api_version, kind, model.metadata.namespace, obj["metadata"]["name"])
 
 
-def _apply_all(client: KubeClient, desired: list[dict[str, Any]]) -> Cond | None:
+@dataclasses.dataclass(frozen=True)
+class ApplyOutcome:
+    """What applying the children met: a refusal the user must fix (`problem`), or a server
+    failure that retries may outlast (`failing`, with the exception to retry on)."""
+
+    problem: Cond | None = None
+    failing: Cond | None = None
+    error: ApiException | None = None
+
+
+def _apply_all(client: KubeClient, desired: list[dict[str, Any]]) -> ApplyOutcome:
     for obj in desired:
         try:
             client.apply(obj)
         except ApiException as e:
+            what = f"{obj['kind']} {obj['metadata']['name']}"
+            words = api_error_message(e.status, e.body)
             if e.status in PERMANENT_STATUSES:
-                what = f"{obj['kind']} {obj['metadata']['name']}"
-                return Cond(
+                return ApplyOutcome(
+                    problem=Cond(
+                        "Ready", "False", "ApplyRejected", f"the API server refused {what}: {words}"
+                    )
+                )
+            if e.status == 409 or e.status is None or e.status == 0:
+                raise  # a concurrent writer or no answer at all: the retry says it
+            # 5xx, 429: maybe temporary, maybe not (a full service range answers 500 to every
+            # try). Said in the Model's status at once, in the API server's words, while the
+            # handler's retries with backoff go on: a persistent failure never leaves a Model
+            # without a status (1,000 Models once had none, issue 12).
+            return ApplyOutcome(
+                failing=Cond(
                     "Ready",
                     "False",
-                    "ApplyRejected",
-                    f"the API server refused {what}: {api_error_message(e.status, e.body)}",
-                )
-            raise
-    return None
+                    "ApplyFailing",
+                    f"the API server could not apply {what} ({e.status}): {words}; retrying",
+                ),
+                error=e,
+            )
+    return ApplyOutcome()
 
 
 def reconcile_model(
@@ -108,7 +132,7 @@ def reconcile_model(
     # running keep serving.
     held = holds_rollout(features)
     kserve_installed = True
-    problem: Cond | None = None
+    applied = ApplyOutcome()
     if model.spec.backend == "kserve" and not client.serves(*KSERVE):
         kserve_installed = False
         desired: list[dict[str, Any]] = []
@@ -117,8 +141,9 @@ def reconcile_model(
     else:
         desired = render_model_children(serve.model, ctx, feature_view, plan_of(holding))
         owned = [serve.experiment] if serve.experiment is not None else []
-        problem = _apply_all(client, [*desired, *owned])
-    if problem is None and kserve_installed and not held:
+        applied = _apply_all(client, [*desired, *owned])
+    problem = applied.problem
+    if problem is None and applied.failing is None and kserve_installed and not held:
         _prune(client, model, desired)
         _end_superseded(client, body, serve.superseded)
         if holding is None and _new(serve.experiment, experiments):
@@ -137,12 +162,15 @@ def reconcile_model(
         feature_view=feature_view,
         features=features,
         problem=problem,
+        failing=applied.failing,
         experiment=_running(holding),
         canary=serve.canary,
     )
     status = compute_model_status(serve.model, observed, previous, ctx, now)
     _track_champion(status, serve.model, previous, holding)
     _write_status(client, body, previous, status)
+    if applied.error is not None:
+        raise applied.error  # the handler retries it with backoff; the status already says it
     return status
 
 

@@ -36,6 +36,7 @@ class Observed:
     feature_view: dict[str, Any] | None = None
     features: Cond | None = None  # FeaturesResolved as rtml.operator.signature computed it
     problem: Cond | None = None  # a user-fixable error met while applying (e.g. 422 from the API)
+    failing: Cond | None = None  # a server failure while applying (5xx, 429), being retried
     # The Model's pods, read only while its Deployment is not fully available (bentoml).
     pods: list[dict[str, Any]] | None = None
     # The Experiment holding the Model's traffic while one runs: (name, its last verdict).
@@ -237,6 +238,29 @@ def _features_condition(model: Model, obs: Observed) -> Cond:
     )
 
 
+def _work_under_way(obs: Observed, reconciling: bool, stalled: bool, rolling: str) -> Cond:
+    """The kstatus `Reconciling` condition: what work is still under way, if any."""
+    canary = obs.canary
+    if obs.failing is not None and not stalled:
+        return Cond("Reconciling", "True", obs.failing.reason, obs.failing.message)
+    if reconciling:
+        return Cond("Reconciling", "True", "RollingOut", rolling)
+    if obs.experiment is not None and not stalled:
+        # A canary or A/B test is still deciding what serves: work under way (kstatus).
+        name, verdict = obs.experiment
+        return Cond("Reconciling", "True", "ExperimentRunning", f"Experiment {name}: {verdict}")
+    if canary is not None and canary.ended is None and not stalled:
+        # The spec's canary is about to start: from the first status after the change, not
+        # Settled (kstatus would call the Model Current while its spec does not serve).
+        return Cond(
+            "Reconciling",
+            "True",
+            "CanaryPending",
+            f"Experiment {canary.experiment} is about to try {canary.version}",
+        )
+    return Cond("Reconciling", "False", "Settled", "no work under way")
+
+
 def compute_model_status(
     model: Model,
     obs: Observed,
@@ -275,26 +299,15 @@ def compute_model_status(
     if obs.problem is not None:
         ready = Cond("Ready", "False", obs.problem.reason, obs.problem.message)
         phase = "Failed"
+    elif obs.failing is not None:
+        # Retries go on (kstatus: Reconciling, not Stalled); what serves, if anything, still
+        # serves: the phase says whether pods are ready, Ready says why the spec is not applied.
+        ready = Cond("Ready", "False", obs.failing.reason, obs.failing.message)
+        phase = "Degraded" if phase == "Ready" else phase
     stalled = phase == "Failed"
     reconciling = phase in ("Pending", "Progressing")
     canary = obs.canary
-    if reconciling:
-        working = Cond("Reconciling", "True", "RollingOut", r.rolled_out.message)
-    elif obs.experiment is not None and not stalled:
-        # A canary or A/B test is still deciding what serves: work under way (kstatus).
-        name, verdict = obs.experiment
-        working = Cond("Reconciling", "True", "ExperimentRunning", f"Experiment {name}: {verdict}")
-    elif canary is not None and canary.ended is None and not stalled:
-        # The spec's canary is about to start: from the first status after the change, not
-        # Settled (kstatus would call the Model Current while its spec does not serve).
-        working = Cond(
-            "Reconciling",
-            "True",
-            "CanaryPending",
-            f"Experiment {canary.experiment} is about to try {canary.version}",
-        )
-    else:
-        working = Cond("Reconciling", "False", "Settled", "no work under way")
+    working = _work_under_way(obs, reconciling, stalled, r.rolled_out.message)
     if stalled:
         blocked = Cond("Stalled", "True", ready.reason, ready.message)
     elif canary is not None and canary.ended is not None:
