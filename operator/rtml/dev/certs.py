@@ -18,7 +18,7 @@ ADMIN_USER = "rtml-admin"
 ADMIN_GROUP = "system:masters"
 CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 # The first address of --service-cluster-ip-range: the ClusterIP of the `kubernetes` Service.
-FIRST_SERVICE_IP = "10.0.0.1"
+FIRST_SERVICE_IP = "10.96.0.1"
 SERVING_DNS_NAMES = (
     "localhost",
     "kubernetes",

@@ -21,13 +21,13 @@ from rtml.dev.errors import ControlPlaneError
 from rtml.dev.kubeconfig import write_kubeconfig
 from rtml.dev.node import NODE_STATE, LocalNode
 from rtml.dev.node import cleanup as node_cleanup
-from rtml.dev.nodeconfig import BRIDGE_IP
+from rtml.dev.nodeconfig import BRIDGE_IP, SERVICE_CIDR
 from rtml.dev.process import Managed, free_port, spawn, stop
 from rtml.dev.tools import cache_root, ensure_tools
 
 log = logging.getLogger("rtml.dev")
 
-SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+SERVICE_CLUSTER_IP_RANGE = SERVICE_CIDR  # one range, the node's routes and DNS address in it
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 STATE_FILE = "state.json"
 # Served only once the aggregator, CRD server and the apiserver's post-start hooks are up.

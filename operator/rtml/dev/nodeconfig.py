@@ -17,8 +17,10 @@ NODE_NAME = "rtml-node"
 BRIDGE = "rtml0"
 POD_CIDR = "10.244.0.0/24"
 BRIDGE_IP = "10.244.0.1"  # the node's InternalIP, the pods' gateway, the API server's address
-SERVICE_CIDR = "10.0.0.0/24"  # the control plane's --service-cluster-ip-range
-DNS_SERVICE_IP = "10.0.0.10"
+# The control plane's --service-cluster-ip-range: kubeadm's default, /12 (a /24 ran out at 253
+# Services with 1,000 Models: every reconcile then failed with "range is full", issue 12).
+SERVICE_CIDR = "10.96.0.0/12"
+DNS_SERVICE_IP = "10.96.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 PAUSE_IMAGE = "localhost/rtml-pause:3.10"
 # Pods live under this cgroup of every hierarchy, so the kubelet never touches the host's others.
