@@ -17,7 +17,7 @@ from rtml_runtime import v2codec
 from rtml_runtime.engine import Runtime
 from rtml_runtime.errors import RequestError
 from rtml_runtime.jsonbody import parse_json
-from rtml_runtime.push import FeaturePusher
+from rtml_runtime.push import FeaturePusher, authorize_push
 
 log = logging.getLogger("rtml.runtime.http")
 Scope = dict[str, Any]
@@ -151,6 +151,7 @@ class RuntimeApp:
                 )
                 return
             elif path.startswith("/push/"):
+                authorize_push(runtime.config.settings.push_token, _header(scope, b"authorization"))
                 result = await self.pusher.push(
                     path[len("/push/") :], parse_json(await self._read_body(scope, receive))
                 )
@@ -158,7 +159,7 @@ class RuntimeApp:
                 raise RequestError(404, "not_found", f"no route POST {path}", None)
             await _send_json(send, 200, result)
         except RequestError as e:
-            headers = []
+            headers = list(e.headers)
             if e.retry_after_s is not None:
                 headers.append((b"retry-after", str(max(1, round(e.retry_after_s))).encode()))
             await _send_json(send, e.status, e.body(), headers)
@@ -175,6 +176,11 @@ class RuntimeApp:
                     }
                 },
             )
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """A request header's value (ASGI gives names in lower case)."""
+    return next((v for k, v in scope["headers"] if k == name), None)
 
 
 async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

@@ -13,6 +13,7 @@ class RequestError(Exception):
         message: str,
         field: str | None = None,
         retry_after_s: float | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -20,6 +21,7 @@ class RequestError(Exception):
         self.message = message
         self.field = field
         self.retry_after_s = retry_after_s
+        self.headers = headers  # more response headers (a 401's WWW-Authenticate)
 
     def body(self) -> dict[str, object]:
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}

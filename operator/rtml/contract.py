@@ -70,6 +70,8 @@ ENV_FEAST_PATH: Final = "RTML_FEAST_PATH"
 ENV_FEAST_REDIS_URL: Final = "RTML_FEAST_REDIS_URL"
 ENV_FEAST_REDIS_PASSWORD: Final = "RTML_FEAST_REDIS_PASSWORD"  # noqa: S105 - a variable's name
 ENV_FEAST_REGISTRY: Final = "RTML_FEAST_REGISTRY"
+# The bearer token POST /push/{view} requires (a secretKeyRef in a pod; unset: /push is off).
+ENV_PUSH_TOKEN: Final = "RTML_PUSH_TOKEN"  # noqa: S105 - a variable's name
 
 
 def runtime_args(
@@ -277,6 +279,10 @@ class RuntimeSettings(BaseSettings):
     shadow_queue: int = Field(
         default=1000, ge=1, description="shadow requests waiting to be scored before new ones drop"
     )
+    push_token: SecretStr | None = Field(
+        default=None,
+        description="the bearer token POST /push/{view} requires; unset or empty: /push is off",
+    )
 
 
 # --- credentials in pods --------------------------------------------------------------------------
@@ -295,7 +301,12 @@ class FeastSecretRef(BaseModel):
 
 
 def _secret_env(name: str, ref: FeastSecretRef, key: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}}
+    return secret_key_env(name, ref.name, key)
+
+
+def secret_key_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    """A container's env entry read from a Secret of the pod's namespace."""
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
 def feast_env(

@@ -1,7 +1,9 @@
 """Streaming features: rows pushed (HTTP and `rtml push`) are what the next read sees.
 
 The runtime runs as a real process on Feast's Redis online store, with its L1 cache off
-(`RTML_CACHE_ENTRIES=0`), so "the next read" is a read of Redis.
+(`RTML_CACHE_ENTRIES=0`), so "the next read" is a read of Redis, and a push token
+(`RTML_PUSH_TOKEN`): a push without it is a 401 that writes nothing. The 403 of a runtime with no
+token is tested on the ASGI app (tests/unit/runtime/test_push_auth.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from tests.runtime_proc import REPO, RedisServer, RuntimeProcess, run_rtml, writ
 pytestmark = [pytest.mark.runtime, pytest.mark.redis, pytest.mark.feast]
 REQUEST = json.loads((REPO / "examples/fraud/request.json").read_text())
 VIEW = "card-features"
+TOKEN = "push-token-of-this-test"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,10 @@ def push_manifest(fraud_build: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def runtime(push_manifest: Path, redis_server: RedisServer) -> Iterator[RuntimeProcess]:
     proc = RuntimeProcess(
-        push_manifest, redis_server.url, server="uvicorn", env={"RTML_CACHE_ENTRIES": "0"}
+        push_manifest,
+        redis_server.url,
+        server="uvicorn",
+        env={"RTML_CACHE_ENTRIES": "0", "RTML_PUSH_TOKEN": TOKEN},
     )
     proc.start()
     yield proc
@@ -52,6 +59,13 @@ def row(manifest: Path, card: str, **values: Any) -> dict[str, Any]:
     return {**out, **values}
 
 
+def push(runtime: RuntimeProcess, view: str, payload: Any) -> tuple[int, dict[str, Any]]:
+    """POST /push/{view} with the runtime's token, as a stream processor sends it."""
+    data = json.dumps(payload).encode()
+    status, body, _ = runtime.request("POST", f"/push/{view}", data, headers=AUTH, timeout=60)
+    return status, body
+
+
 def predict(runtime: RuntimeProcess, card: str) -> dict[str, Any]:
     status, body, _ = runtime.post("/predict", {**REQUEST, "entity_id": card})
     assert status == 200, body
@@ -62,8 +76,7 @@ def test_a_push_is_visible_to_the_next_read(runtime: RuntimeProcess, push_manife
     before = predict(runtime, "card_pushed")
     assert before["degraded"] is True  # never materialised: the view's defaults
     # The first push loads Feast's SDK in the runtime (seconds; 11 s seen on a loaded CI run).
-    data = json.dumps({"rows": [row(push_manifest, "card_pushed")]}).encode()
-    status, body, _ = runtime.request("POST", f"/push/{VIEW}", data, timeout=60)
+    status, body = push(runtime, VIEW, {"rows": [row(push_manifest, "card_pushed")]})
     assert (status, body) == (200, {"view": VIEW, "rows": 1})
     after = predict(runtime, "card_pushed")
     assert after["degraded"] is False
@@ -82,16 +95,30 @@ def test_a_push_is_visible_to_the_next_read(runtime: RuntimeProcess, push_manife
 def test_a_bad_row_is_refused_naming_the_field(
     runtime: RuntimeProcess, push_manifest: Path, change: dict[str, Any], field: str
 ) -> None:
-    status, body, _ = runtime.post(f"/push/{VIEW}", {"rows": [row(push_manifest, "c", **change)]})
+    status, body = push(runtime, VIEW, {"rows": [row(push_manifest, "c", **change)]})
     assert status == 400, body
     assert body["error"]["field"] == field
     assert field in body["error"]["message"]
 
 
 def test_pushing_to_another_view_is_not_found(runtime: RuntimeProcess) -> None:
-    status, body, _ = runtime.post("/push/other-view", {"rows": []})
+    status, body = push(runtime, "other-view", {"rows": []})
     assert status == 404, body
     assert body["error"]["field"] == "view"
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}]
+)
+def test_a_push_without_the_token_is_401_and_writes_nothing(
+    runtime: RuntimeProcess, push_manifest: Path, headers: dict[str, str]
+) -> None:
+    data = json.dumps({"rows": [row(push_manifest, "card_unauthorized")]}).encode()
+    status, body, answer = runtime.request("POST", f"/push/{VIEW}", data, headers=headers)
+    assert status == 401, body
+    assert body["error"]["code"] == "unauthorized"
+    assert {k.lower(): v for k, v in answer.items()}["www-authenticate"].startswith("Bearer")
+    assert predict(runtime, "card_unauthorized")["degraded"] is True  # nothing was written
 
 
 def test_rtml_push_writes_rows_the_runtime_serves(

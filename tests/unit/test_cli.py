@@ -27,6 +27,7 @@ def test_render_prints_exactly_what_the_operator_applies() -> None:
         "Service",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
+        "NetworkPolicy",
     ]
     assert {d["metadata"]["namespace"] for d in docs} == {"prod"}
 
@@ -38,7 +39,8 @@ def test_render_keda_flag_switches_autoscaler(tmp_path: Path) -> None:
         "autoscaling": {"metric": "rps"}}}))  # fmt: skip
     out = CliRunner().invoke(main, ["render", str(manifest), "--keda"])
     assert out.exit_code == 0, out.output
-    assert [d["kind"] for d in yaml.safe_load_all(out.output)][-1] == "ScaledObject"
+    kinds = [d["kind"] for d in yaml.safe_load_all(out.output)]
+    assert kinds[-2:] == ["ScaledObject", "NetworkPolicy"]
 
 
 def test_render_refuses_an_invalid_model_naming_the_field(tmp_path: Path) -> None:

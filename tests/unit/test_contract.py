@@ -199,3 +199,22 @@ def test_operator_settings_name_their_variable(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("RTML_HANDLER_TIMEOUT", "forever")
     with pytest.raises(SettingsError, match=r"^RTML_HANDLER_TIMEOUT: "):
         OperatorSettings.load()
+
+
+@pytest.mark.parametrize("backend", ["bentoml", "kserve"])
+@pytest.mark.parametrize(
+    ("source", "secret", "expected"),
+    [
+        ("push", "push-token", {"secretKeyRef": {"name": "push-token", "key": "token"}}),
+        ("push", None, None),  # no Secret named: the runtime's /push stays off (403)
+        ("file", "push-token", None),  # a view nobody pushes to needs no token
+    ],
+)
+def test_a_push_views_predictor_reads_the_push_token_from_the_secret(
+    backend: str, source: str, secret: str | None, expected: dict[str, Any] | None
+) -> None:
+    ctx = RenderContext(push_token_secret=secret, push_token_secret_key="token")
+    objects = render_model_children(model(backend), ctx, view(source))
+    refs = [e.get("valueFrom") for o in objects for e in _envs(o) if e["name"] == "RTML_PUSH_TOKEN"]
+    assert refs == ([expected] if expected else [])
+    assert RuntimeSettings.model_fields["push_token"].default is None

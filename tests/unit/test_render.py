@@ -28,6 +28,7 @@ def test_bentoml_children_in_apply_order() -> None:
         "Service",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
+        "NetworkPolicy",
     ]
 
 

@@ -36,6 +36,7 @@ from rtml.operator.status import (
     invalid_spec_status,
     status_patch,
 )
+from rtml.operator.tenancy import tenancy_problem
 
 log = logging.getLogger("rtml.operator.reconcile")
 KSERVE = ("serving.kserve.io/v1beta1", "InferenceService")
@@ -130,7 +131,9 @@ def reconcile_model(
     features = check_model_signature(model, feature_view, SIGNATURES)
     # A failed (or not yet possible) check applies and prunes nothing, so the pods already
     # running keep serving.
-    held = holds_rollout(features)
+    # A spec asking for more than the operator's tenancy settings allow is held the same way.
+    refused = tenancy_problem(model, ctx.allowed_runtime_images, ctx.allow_service_account_name)
+    held = holds_rollout(features) or refused is not None
     kserve_installed = True
     applied = ApplyOutcome()
     if model.spec.backend == "kserve" and not client.serves(*KSERVE):
@@ -162,6 +165,7 @@ def reconcile_model(
         feature_view=feature_view,
         features=features,
         problem=problem,
+        refused=refused,
         failing=applied.failing,
         experiment=_running(holding),
         canary=serve.canary,

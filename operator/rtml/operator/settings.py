@@ -62,6 +62,19 @@ class OperatorSettings(BaseSettings):
     # Volume / VolumeMount objects): where the materialization Job reads `file://` sources.
     materialize_volumes: list[dict[str, Any]] = Field(default_factory=list)
     materialize_volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+    # Tenancy (docs/tenancy.md). fnmatch patterns (JSON list) a Model's spec.runtime.image must
+    # match; the chart allows its own runtime repository plus `runtime.allowedImages`.
+    allowed_runtime_images: list[str] = Field(default_factory=lambda: ["*"])
+    # Whether a Model may set spec.runtime.serviceAccountName (its pods get that account's rights).
+    allow_service_account_name: bool = False
+    # A NetworkPolicy per bentoml Model (docs/network-policy.md), admitting these namespaces.
+    network_policy: bool = True
+    monitoring_namespace: str = "monitoring"
+    operator_namespace: str | None = None  # the chart sets the release's namespace
+    # The Secret and key holding the runtime's push token (RTML_PUSH_TOKEN) in each namespace
+    # with push views; unset: POST /push/{view} is off (403).
+    push_token_secret: str | None = None
+    push_token_secret_key: str = "push-token"  # noqa: S105 - a key's name
 
     @model_validator(mode="after")
     def _materialize_mounts_name_volumes(self) -> OperatorSettings:
@@ -102,6 +115,13 @@ class OperatorSettings(BaseSettings):
             feast_secret=self.feast_secret_ref(),
             materialize_volumes=tuple(self.materialize_volumes),
             materialize_volume_mounts=tuple(self.materialize_volume_mounts),
+            allowed_runtime_images=tuple(self.allowed_runtime_images),
+            allow_service_account_name=self.allow_service_account_name,
+            network_policy=self.network_policy,
+            monitoring_namespace=self.monitoring_namespace,
+            operator_namespace=self.operator_namespace,
+            push_token_secret=self.push_token_secret,
+            push_token_secret_key=self.push_token_secret_key,
         )
 
 

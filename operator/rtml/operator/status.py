@@ -36,6 +36,7 @@ class Observed:
     feature_view: dict[str, Any] | None = None
     features: Cond | None = None  # FeaturesResolved as rtml.operator.signature computed it
     problem: Cond | None = None  # a user-fixable error met while applying (e.g. 422 from the API)
+    refused: Cond | None = None  # the spec breaks the tenancy settings (rtml.operator.tenancy)
     failing: Cond | None = None  # a server failure while applying (5xx, 429), being retried
     # The Model's pods, read only while its Deployment is not fully available (bentoml).
     pods: list[dict[str, Any]] | None = None
@@ -276,13 +277,14 @@ def compute_model_status(
     else:
         r = _deployment_rollout(model, obs.deployment, url, obs.pods)
     features = _features_condition(model, obs)
-    if features.status == "False":
+    held_by = obs.refused or (features if features.status == "False" else None)
+    if held_by is not None:
         # reconcile_model applied nothing: whatever runs is the previous spec, still serving.
-        held = f"spec not rolled out, the running pods keep serving: {features.message}"
+        held = f"spec not rolled out, the running pods keep serving: {held_by.message}"
         r = replace(
             r,
-            rolled_out=Cond("RolledOut", "False", features.reason, held),
-            ready=Cond("Ready", "False", features.reason, held),
+            rolled_out=Cond("RolledOut", "False", held_by.reason, held),
+            ready=Cond("Ready", "False", held_by.reason, held),
             phase="Failed",
         )
     elif holds_rollout(features):

@@ -12,6 +12,7 @@ from rtml.api.model import Model
 from rtml.contract import (
     ARTIFACT_DIR,
     CONFIG_MOUNT,
+    ENV_PUSH_TOKEN,
     HTTP_PORT,
     LIVE_PATH,
     READY_PATH,
@@ -20,6 +21,7 @@ from rtml.contract import (
     TRAFFIC_MOUNT,
     feast_env,
     runtime_args,
+    secret_key_env,
 )
 from rtml.operator.render.context import RenderContext
 
@@ -68,12 +70,18 @@ def runtime_env(
     model: Model, ctx: RenderContext, feature_view: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
     """The Feast profile when the Model reads a view (credentials as secretKeyRefs; the SQL
-    registry only for a push view, whose rows the runtime writes through Feast), then the
-    Model's own `spec.runtime.env`."""
+    registry only for a push view, whose rows the runtime writes through Feast), the push
+    token for a push view when the operator names its Secret, then the Model's own
+    `spec.runtime.env`."""
     env: list[dict[str, Any]] = []
     if feature_view is not None:
         source = (feature_view.get("spec") or {}).get("source") or {}
-        env += feast_env(ctx.feast, ctx.feast_secret, registry=source.get("type") == "push")
+        push = source.get("type") == "push"
+        env += feast_env(ctx.feast, ctx.feast_secret, registry=push)
+        if push and ctx.push_token_secret:
+            env.append(
+                secret_key_env(ENV_PUSH_TOKEN, ctx.push_token_secret, ctx.push_token_secret_key)
+            )
     env += [{"name": e.name, "value": e.value} for e in model.spec.runtime.env]
     return env
 

@@ -31,3 +31,14 @@ class RenderContext:
     # sources live in a cluster (a PersistentVolumeClaim present in each namespace, NFS, ...).
     materialize_volumes: tuple[dict[str, Any], ...] = ()
     materialize_volume_mounts: tuple[dict[str, Any], ...] = ()
+    # Tenancy (docs/tenancy.md): fnmatch patterns a Model's spec.runtime.image must match, and
+    # whether a Model may name its pods' service account (and so borrow that account's rights).
+    allowed_runtime_images: tuple[str, ...] = ("*",)
+    allow_service_account_name: bool = False
+    # A NetworkPolicy per bentoml Model (docs/network-policy.md) and the namespaces it admits.
+    network_policy: bool = True
+    monitoring_namespace: str = "monitoring"
+    operator_namespace: str | None = None
+    # The Secret (and its key) a push view's predictor pods read RTML_PUSH_TOKEN from.
+    push_token_secret: str | None = None
+    push_token_secret_key: str = "push-token"  # noqa: S105 - a key's name

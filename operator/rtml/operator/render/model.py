@@ -15,6 +15,7 @@ from rtml.operator.render.inferenceservice import (
     candidate_config_map_name,
     render_inference_service,
 )
+from rtml.operator.render.networkpolicy import render_network_policy
 from rtml.operator.render.service import render_pdb, render_service
 
 # Every kind a Model may own: what the operator prunes from when the desired set shrinks
@@ -27,6 +28,7 @@ OWNED_KINDS: tuple[tuple[str, str], ...] = (
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("serving.kserve.io/v1beta1", "InferenceService"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 )
 
 
@@ -60,4 +62,7 @@ def render_model_children(
     autoscaler = render_autoscaler(model, ctx)
     if autoscaler is not None:
         children.append(autoscaler)
+    policy = render_network_policy(model, ctx, feature_view, plan)
+    if policy is not None:
+        children.append(policy)
     return children
