@@ -185,6 +185,7 @@ def test_helm_install_and_least_privilege(
             ("patch", "pods"),  # the traffic-revision annotation (docs/experiments.md)
             ("create", "experiments.rtml.dev"),  # a Model's own canary
             ("patch", "experiments.rtml.dev/status"),
+            ("patch", "networkpolicies.networking.k8s.io"),  # a bentoml Model's own
         ]
         for verb, resource in needed:
             assert can(verb, resource, anywhere), f"operator cannot {verb} {resource}"
