@@ -70,6 +70,10 @@ class KubeClient:
         self.api.close()
 
     # -- discovery ---------------------------------------------------------------------------
+    def version(self) -> None:
+        """GET /version: raises unless the API server answers (the `watching` probe asks)."""
+        self.dyn.request("get", "/version")
+
     def serves(self, api_version: str, kind: str) -> bool:
         """Whether the cluster serves this kind now (a CRD may be installed at any time)."""
         key = f"{api_version}/{kind}"

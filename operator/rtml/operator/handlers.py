@@ -43,16 +43,22 @@ from rtml.operator.featureview import (
     sweep_registry,
     unregister_feature_view,
 )
+from rtml.operator.kopf_compat import observe_watch_streams
+from rtml.operator.liveness import WatchActivity, silent_streams, watch_problem
 from rtml.operator.metrics import METRICS
 from rtml.operator.reconcile import KSERVE, reconcile_model
 from rtml.operator.render.meta import MODEL_LABEL
 from rtml.operator.settings import OperatorSettings
-from rtml.operator.ticker import Ticker
+from rtml.operator.shutdown import DrainingExecutor
+from rtml.operator.ticker import Ticker, VisitError
 
 log = logging.getLogger("rtml.operator")
 SETTINGS = OperatorSettings.load()  # once per process; run_operator reports a bad value
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _heartbeat = {"executor": time.monotonic()}
+_watch = WatchActivity()
+# A live watch shows life at least every inactivity timeout; re-opening may take this longer.
+WATCH_CONNECT_TIMEOUT = 10.0
 
 
 class Ref(NamedTuple):
@@ -110,21 +116,27 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.watching.server_timeout = int(SETTINGS.watch_server_timeout)  # the API wants an int
     settings.watching.client_timeout = SETTINGS.watch_server_timeout + 30
-    settings.watching.connect_timeout = 10
+    settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT
     settings.watching.inactivity_timeout = SETTINGS.watch_inactivity_timeout
     # Only the Models' pods stream to the operator (filtered by the API server, not in Python):
     # a cluster's other pods churn far more than anything the operator cares about.
     settings.watching.label_selectors["", "v1", "pods"] = MODEL_LABEL
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
+    # Drained on SIGTERM (rtml.operator.shutdown): queued handler calls would otherwise all run.
+    executor = DrainingExecutor(SETTINGS.max_workers, thread_name_prefix="rtml-handler")
+    settings.execution.executor = executor
     settings.execution.max_workers = SETTINGS.max_workers
+    # When Kopf stops by itself (not on our SIGTERM): the same deadline.
+    settings.process.ultimate_exiting_timeout = SETTINGS.shutdown_timeout_seconds
     settings.execution.default_backoff = 5
     settings.posting.level = logging.WARNING
     memo["client"] = KubeClient.from_kubeconfig(memo.get("kubeconfig"))
     memo["metrics"] = PrometheusSource(
         SETTINGS.prometheus_url, timeout_s=SETTINGS.prometheus_timeout_seconds
     )
-    memo["heartbeat"] = asyncio.create_task(_executor_heartbeat(settings))
+    observe_watch_streams(_watch)  # what the `watching` probe reads (rtml.operator.liveness)
+    memo["heartbeat"] = asyncio.create_task(_executor_heartbeat(settings, memo["client"]))
     # In place of per-object timers and daemons, which would put Kopf's finalizer on every
     # Model and Experiment (rtml.operator.ticker). Kopf's indices are filled by its watch.
     pool = partial(getattr, settings.execution, "executor")  # read each round, as Kopf does
@@ -134,6 +146,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
             memo, kwargs["rtml_models"], kwargs["rtml_experiments"], kwargs["rtml_featureviews"]
         )
     ]
+    memo["drain"] = partial(_drain, memo, executor)  # rtml.operator.main calls it on SIGTERM
+
+
+def _drain(memo: kopf.Memo, executor: DrainingExecutor) -> None:
+    """The start of a stop: no new periodic visit, and no queued handler call, will run."""
+    for task in [memo.get("heartbeat"), *memo.get("tickers", [])]:
+        if task:
+            task.cancel()
+    executor.drain()
 
 
 def _tickers(
@@ -144,19 +165,34 @@ def _tickers(
 ) -> list[tuple[Ticker[Any], Callable[[], list[Any]]]]:
     """Each periodic loop, with what it visits each round."""
     resync_every = SETTINGS.resync_seconds
+    cap = SETTINGS.outage_backoff_cap_seconds
     return [
         # The first resync one period after start-up: the resume handlers have just run.
         (
-            Ticker("resync", resync_every, partial(resync, memo), initial_delay=resync_every),
+            Ticker(
+                "resync",
+                resync_every,
+                partial(resync, memo),
+                initial_delay=resync_every,
+                backoff_cap=cap,
+            ),
             partial(_refs, models),
         ),
         (
-            Ticker("kserve-status", SETTINGS.kserve_poll_seconds, partial(poll_kserve, memo)),
+            Ticker(
+                "kserve-status",
+                SETTINGS.kserve_poll_seconds,
+                partial(poll_kserve, memo),
+                backoff_cap=cap,
+            ),
             partial(_kserve_models, models),
         ),
         (
             Ticker(
-                "experiment-tick", SETTINGS.experiment_tick_seconds, partial(experiment_tick, memo)
+                "experiment-tick",
+                SETTINGS.experiment_tick_seconds,
+                partial(experiment_tick, memo),
+                backoff_cap=cap,
             ),
             partial(_running_experiments, experiments),
         ),
@@ -166,6 +202,7 @@ def _tickers(
                 resync_every,
                 partial(resync_feature_view, memo),
                 initial_delay=resync_every,
+                backoff_cap=cap,
             ),
             partial(_refs, featureviews),
         ),
@@ -176,18 +213,34 @@ def _tickers(
                 resync_every,
                 lambda _registry: sweep_feast_registry(memo),
                 initial_delay=resync_every,
+                backoff_cap=cap,
             ),
             lambda: ["registry"],
         ),
     ]
 
 
-async def _executor_heartbeat(settings: kopf.OperatorSettings) -> None:
-    """Proves the handler thread pool still takes work; the liveness probe reads it."""
+async def _executor_heartbeat(settings: kopf.OperatorSettings, client: KubeClient) -> None:
+    """Proves the handler thread pool still takes work; the liveness probes read it. When a
+    watch stream looks silent, also asks whether the API server answers (rtml.operator.liveness)."""
     loop = asyncio.get_running_loop()
     while True:
         await loop.run_in_executor(settings.execution.executor, _beat)
+        if silent_streams(_watch.snapshot(), time.monotonic(), _watch_limit()):
+            await loop.run_in_executor(settings.execution.executor, _ask_api_server, client)
         await asyncio.sleep(10)
+
+
+def _watch_limit() -> float:
+    return SETTINGS.watch_inactivity_timeout + WATCH_CONNECT_TIMEOUT
+
+
+def _ask_api_server(client: KubeClient) -> None:
+    try:
+        client.version()
+    except (ApiException, HTTPError, OSError):
+        return  # unreachable: the silence is an outage, which a restart would not cure
+    _watch.answered()
 
 
 def _beat() -> None:
@@ -218,6 +271,16 @@ def processing(**_: Any) -> dict[str, float]:
     return {"secondsSinceHeartbeat": round(age, 1)}
 
 
+@kopf.on.probe(id="watching")
+def watching(**_: Any) -> dict[str, float]:
+    """Fails the liveness probe when a watch stream is stuck while the API server answers."""
+    now, last = time.monotonic(), _watch.snapshot()
+    problem = watch_problem(last, now, limit=_watch_limit(), api_answered=_watch.api_answered)
+    if problem:
+        raise kopf.PermanentError(problem)
+    return {"secondsSinceWatchActivity": round(now - max(last.values(), default=now), 1)}
+
+
 @contextlib.contextmanager
 def _retry_on_outage(retry: int) -> Iterator[None]:
     """An unreachable registry or API server is temporary: retry with backoff."""
@@ -236,6 +299,21 @@ def _retry_on_outage(retry: int) -> Iterator[None]:
             f"the API server is unreachable ({e.__class__.__name__}); retrying",
             delay=backoff_delay(retry),
         ) from e
+
+
+@contextlib.contextmanager
+def _visit() -> Iterator[None]:
+    """For a Ticker's visit: a temporary failure is the Ticker's to log and back off from
+    (rtml.operator.ticker), the whole Ticker when the API server could not be reached."""
+    try:
+        yield
+    except kopf.TemporaryError as e:
+        raise VisitError(str(e), unreachable=_unreachable(e.__cause__)) from e
+
+
+def _unreachable(error: BaseException | None) -> bool:
+    """No answer at all (connection refused or reset, a timeout), rather than an answer."""
+    return isinstance(error, HTTPError | OSError)
 
 
 def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> dict[str, Any]:
@@ -265,8 +343,11 @@ def _next_time(message: str, **extra: str) -> Iterator[None]:
         log.warning(message, extra={**extra, "error": str(e)})
 
 
+# No `timeout`: Kopf measures it from the first try, so an API outage longer than it ended the
+# retries for good. Retries are not spent while the API server is down (Kopf cannot store
+# one), and when they run out the resync still converges the object (docs/outages.md).
 RETRIES = SETTINGS.handler_retries
-TIMEOUT = SETTINGS.handler_timeout_seconds
+TIMEOUT = None
 
 
 @kopf.on.resume(
@@ -285,9 +366,9 @@ def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
 def resync(memo: kopf.Memo, model: Ref) -> None:
     """Level-triggered safety net: converges even if an event was missed (every
     resync_seconds, the "resync" Ticker)."""
-    with _next_time("Model resync failed; the next one will retry", model=model.name):
+    with _visit():
         _reconcile(model.body(), memo, retry=0)
-        log.info("Model resynced", extra={"model": model.name, "namespace": model.namespace})
+    log.info("Model resynced", extra={"model": model.name, "namespace": model.namespace})
 
 
 def _owner_model(obj: Mapping[str, Any]) -> str | None:
@@ -356,7 +437,10 @@ def poll_kserve(memo: kopf.Memo, model: Ref) -> None:
     client: KubeClient = memo["client"]
     try:
         isvc = client.get(*KSERVE, model.namespace, model.name) if client.serves(*KSERVE) else None
-    except (ApiException, HTTPError, OSError) as e:
+    except (HTTPError, OSError) as e:
+        raise VisitError(f"the API server is unreachable ({e.__class__.__name__})",
+                          unreachable=True) from e  # fmt: skip
+    except ApiException as e:
         log.warning(
             "could not read the InferenceService", extra={"model": model.name, "error": str(e)}
         )
@@ -415,8 +499,7 @@ def resync_feature_view(memo: kopf.Memo, view: Ref) -> None:
     """Picks up what the CronJob's runs recorded in the registry (lastMaterialization), and a
     materialization request an event missed (the "featureview-resync" Ticker: a timer would
     put Kopf's finalizer on every FeatureView)."""
-    live = None
-    with _next_time("FeatureView resync failed; the next one will retry", featureview=view.name):
+    with _visit():
         live = _reconcile_view(view.body(), memo, retry=0)
     # The read the reconcile made says whether a request waits: no second GET per view.
     if live is not None and materialization_requested(live) is not None:
@@ -431,8 +514,7 @@ def sweep_feast_registry(memo: kopf.Memo) -> None:
     except Exception as e:
         if not is_unreachable(e):
             raise
-        log.warning("the Feast registry sweep could not reach the registry; the next retries",
-                    extra={"error": str(e)})  # fmt: skip
+        raise VisitError(f"the Feast registry sweep could not reach the registry: {e}") from e
 
 
 @kopf.on.event(*FEATUREVIEWS, id="featureview-dependents")
@@ -569,7 +651,7 @@ def _running_experiments(index: kopf.Index[str, Ref]) -> list[Ref]:
 
 def experiment_tick(memo: kopf.Memo, experiment: Ref) -> None:
     """A running Experiment, every experiment_tick_seconds (the "experiment-tick" Ticker)."""
-    with _next_time("experiment tick failed; the next one retries", experiment=experiment.name):
+    with _visit():
         _tick_experiment(experiment.body(), memo, retry=0)
 
 

@@ -62,6 +62,13 @@ class OperatorSettings(BaseSettings):
     # Volume / VolumeMount objects): where the materialization Job reads `file://` sources.
     materialize_volumes: list[dict[str, Any]] = Field(default_factory=list)
     materialize_volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+    # Outages and shutdown (docs/outages.md). The longest a periodic visit waits after failures
+    # in a row (exponential backoff with full jitter from the loop's interval; chart value
+    # `operator.outageBackoffCapSeconds`); also how late the resync may notice the API is back.
+    outage_backoff_cap_seconds: float = Field(default=120.0, gt=0, le=3600)
+    # After SIGTERM, the operator has exited within this (chart: terminationGracePeriodSeconds
+    # is this plus 2 s, `operator.shutdownTimeoutSeconds`).
+    shutdown_timeout_seconds: float = Field(default=8.0, gt=0, le=300)
     # Tenancy (docs/tenancy.md). fnmatch patterns (JSON list) a Model's spec.runtime.image must
     # match; the chart allows its own runtime repository plus `runtime.allowedImages`.
     allowed_runtime_images: list[str] = Field(default_factory=lambda: ["*"])
