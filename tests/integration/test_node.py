@@ -645,6 +645,21 @@ def test_an_artifact_changed_behind_its_digest_never_becomes_ready(chain: Chain)
     time.sleep(20)  # and it stays so: restarts fetch the same wrong bytes
     for pod in chain.model_pods("tampered"):
         assert not any(c["ready"] for c in pod["status"].get("containerStatuses", []))
+    # Left running, its pod restarts every ~2.5 minutes (the startup probe gives up) and each
+    # start takes a core for seconds, under the latency-gated tests that follow.
+    retire(chain, "tampered")
+
+
+def retire(chain: Chain, *models: str) -> None:
+    """Delete Models an earlier test made and no later one needs, and wait for their pods to
+    go: the node has two cores, and the tests after this measure latency on them."""
+    for name in models:
+        kubectl(chain.plane, "-n", TENANT, "delete", "rmodel", name, "--ignore-not-found")
+    chain.wait(
+        f"the pods of {', '.join(models)} to go",
+        lambda: not any(chain.model_pods(name) for name in models),
+        120,
+    )
 
 
 # --- Experiments: canaries judged on live metrics from a real Prometheus ----------------------
@@ -763,6 +778,7 @@ def spec_managers(chain: Chain, name: str) -> dict[str, list[str]]:
 def test_a_canary_rollout_promotes_a_good_candidate_through_every_step(chain: Chain) -> None:
     """spec.rollout.strategy canary: the new artifact runs as an owned Experiment under load,
     step by step on live metrics, while GitOps re-applies the Model with no conflict."""
+    retire(chain, "fraud", "tampered")  # the experiments' gates are latencies on two cores
     v1 = scorer_model(chain, "model.onnx", "v1")
     server_side_apply(chain, v1)
     wait_ready(chain, "scorer")
@@ -1085,6 +1101,7 @@ def test_models_scale_out_under_load_and_back_in_after_it(
     """concurrency and rps through prometheus-adapter, cpu through metrics-server, each read by
     the real HPA controller; light traffic runs throughout and no request may fail."""
     names = {metric: f"scale-{metric}" for metric in SCALING}
+    retire(chain, "fraud", "tampered", "scorer")  # the node's CPU is what the HPAs measure
     apply(chain.plane, *(autoscaled_model(chain, m) for m in SCALING))
     for name in names.values():
         wait_ready(chain, name)

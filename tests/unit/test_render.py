@@ -75,6 +75,8 @@ def test_deployment_is_restricted_and_probes_oip_health() -> None:
     assert c["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
     assert pod["terminationGracePeriodSeconds"] > 5
     assert c["livenessProbe"]["terminationGracePeriodSeconds"] == 10
+    # A contended node answers slowly: probes wait longer than the 1 s default before failing.
+    assert (c["readinessProbe"]["timeoutSeconds"], c["livenessProbe"]["timeoutSeconds"]) == (3, 5)
     assert pod["automountServiceAccountToken"] is False
     # only volume types the restricted profile allows
     assert {next(k for k in v if k != "name") for v in pod["volumes"]} <= {"configMap", "emptyDir"}

@@ -105,13 +105,28 @@ def render_runtime_container(
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "env": runtime_env(model, ctx, feature_view),
         "resources": resources(model),
-        "startupProbe": {**_http_get(READY_PATH), "periodSeconds": 2, "failureThreshold": 60},
-        "readinessProbe": {**_http_get(READY_PATH), "periodSeconds": 5, "failureThreshold": 2},
-        # A hung process gets no 30 s of grace: 10 s after liveness gives up it is killed.
+        # Probe timeouts above Kubernetes' 1 s: on a node whose CPU is contended a busy Python
+        # process answered its probes in 1-3 s for minutes (CI, two cores), and liveness then
+        # restarted a pod that was serving, whose restart took the CPU the others needed.
+        "startupProbe": {
+            **_http_get(READY_PATH),
+            "periodSeconds": 2,
+            "failureThreshold": 60,
+            "timeoutSeconds": 2,
+        },
+        "readinessProbe": {
+            **_http_get(READY_PATH),
+            "periodSeconds": 5,
+            "failureThreshold": 2,
+            "timeoutSeconds": 3,
+        },
+        # A hung process gets no 30 s of grace: 10 s after liveness gives up it is killed. A
+        # slow one is not hung: 5 s to answer, three times in a row, before it is restarted.
         "livenessProbe": {
             **_http_get(LIVE_PATH),
             "periodSeconds": 10,
             "failureThreshold": 3,
+            "timeoutSeconds": 5,
             "terminationGracePeriodSeconds": 10,
         },
         # Endpoints and kube-proxy learn of a terminating pod a moment after the kubelet does:
