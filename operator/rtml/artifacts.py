@@ -15,8 +15,10 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,6 +37,27 @@ class DigestMismatch(ArtifactError):  # noqa: N818 - reads as the condition it r
 
 class ArtifactTooLarge(ArtifactError):  # noqa: N818 - reads as the condition it reports
     pass
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """One download's overall time limit: the whole transfer, not one socket read (a server
+    trickling a byte every 20 s never trips a per-read timeout)."""
+
+    seconds: float
+    ends: float  # time.monotonic()
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(seconds, time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return self.ends - time.monotonic()
+
+    def check(self, uri: str) -> None:
+        """Raise ArtifactError once the deadline has passed."""
+        if self.remaining() <= 0:
+            raise ArtifactError(f"{uri} was not downloaded within its {self.seconds:g} s deadline")
 
 
 def sha256_of(path: Path) -> str:
@@ -66,24 +89,64 @@ def local_path(uri: str, base_dir: Path, pvc_root: Path = DEFAULT_PVC_ROOT) -> P
     return None
 
 
-def _copy_capped(source: BinaryIO, out: BinaryIO, uri: str, max_bytes: int | None) -> str:
+def _copy_capped(
+    source: BinaryIO,
+    out: BinaryIO,
+    uri: str,
+    max_bytes: int | None,
+    deadline: Deadline | None = None,
+) -> str:
     digest = hashlib.sha256()
     size = 0
-    while chunk := source.read(CHUNK):
+    # With a deadline, read what has arrived (read1) and look at the clock after every read:
+    # read(CHUNK) would wait for a whole chunk however slowly it comes.
+    read = getattr(source, "read1", source.read) if deadline is not None else source.read
+    while True:
+        try:
+            chunk = read(CHUNK)
+        except Exception:
+            if deadline is not None:
+                deadline.check(uri)  # the connection was cut at the deadline: say so
+            raise
+        if deadline is not None:
+            deadline.check(uri)
+        if not chunk:
+            break
         size += len(chunk)
         if max_bytes is not None and size > max_bytes:
             raise ArtifactTooLarge(f"{uri} is over the {max_bytes}-byte limit")
         digest.update(chunk)
         out.write(chunk)
+    missing = getattr(source, "length", None)  # an HTTP response's unread Content-Length
+    if deadline is not None and isinstance(missing, int) and missing > 0:
+        raise ArtifactError(f"{uri}: the connection closed {missing} bytes before the end")
     return digest.hexdigest()
 
 
-def _fetch_into(uri: str, out: BinaryIO, tmp: Path, max_bytes: int | None, timeout_s: float) -> str:
-    """Write the object at `uri` into `out` (the open file `tmp`); its sha256."""
+def _fetch_into(
+    uri: str,
+    out: BinaryIO,
+    tmp: Path,
+    max_bytes: int | None,
+    timeout_s: float,
+    deadline: Deadline | None = None,
+    opener: urllib.request.OpenerDirector | None = None,
+) -> str:
+    """Write the object at `uri` into `out` (the open file `tmp`); its sha256. `deadline` and
+    `opener` (e.g. one that checks where it connects) apply to http(s):// only."""
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme in ("http", "https"):
-        with urllib.request.urlopen(uri, timeout=timeout_s) as response:  # noqa: S310
-            return _copy_capped(response, out, uri, max_bytes)
+        if deadline is not None:
+            timeout_s = max(0.001, min(timeout_s, deadline.remaining()))
+        open_url = opener.open if opener is not None else urllib.request.urlopen
+        try:
+            response = open_url(uri, timeout=timeout_s)  # the scheme is http(s), checked above
+        except Exception:
+            if deadline is not None:
+                deadline.check(uri)
+            raise
+        with response:
+            return _copy_capped(response, out, uri, max_bytes, deadline)
     if parts.scheme == "s3":
         try:
             import boto3  # optional: only Models on S3 need it
@@ -117,14 +180,18 @@ def download(
     *,
     max_bytes: int | None = None,
     timeout_s: float = 60.0,
+    deadline: Deadline | None = None,
+    opener: urllib.request.OpenerDirector | None = None,
 ) -> tuple[Path, str]:
-    """A verified copy of a remote artifact in `cache_dir` (DIGEST.onnx) and its sha256."""
+    """A verified copy of a remote artifact in `cache_dir` (DIGEST.onnx) and its sha256.
+
+    `timeout_s` bounds each socket operation; `deadline` (http(s):// only) the whole download."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=cache_dir, suffix=".part")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            digest = _fetch_into(uri, out, tmp, max_bytes, timeout_s)
+            digest = _fetch_into(uri, out, tmp, max_bytes, timeout_s, deadline, opener)
         verify(uri, digest, expected)
         target = cache_dir / f"{digest}.onnx"
         tmp.replace(target)
