@@ -6,10 +6,11 @@ import hashlib
 import http.server
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import onnx
 import pytest
@@ -21,6 +22,20 @@ from rtml.operator.signature import SignatureCache, check_model_signature
 from tests.unit.runtime.onnx_fixtures import write_sum_model
 
 pytestmark = pytest.mark.unit
+T = TypeVar("T")
+
+
+class Inline(Executor):
+    """Runs each download at once, in the caller's thread: the check settles before it
+    returns, so these tests need no waiting (tests/unit/test_artifact_fetch.py has the pool)."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as e:
+            future.set_exception(e)
+        return future
 
 
 def feature_view(ready: str | None = "True", **dtypes: str) -> dict[str, Any]:
@@ -165,14 +180,14 @@ def test_http_artifacts_are_downloaded_once_and_kept_by_digest(
     url, root, hits = http_root
     path = write_sum_model(root / "m.onnx", ["a", "b", "amount"])
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    cache = SignatureCache(tmp_path / "cache")
+    cache = SignatureCache(tmp_path / "cache", fetch_hosts=("127.0.0.1",), executor=Inline())
     for _ in range(2):
         c = check_model_signature(model(f"{url}/m.onnx", digest), GOOD, cache)
         assert (c.status, c.reason) == ("True", "SignatureMatches")
     assert hits == ["/m.onnx"]
     assert (tmp_path / "cache" / f"{digest}.onnx").is_file()
 
-    fresh = SignatureCache(tmp_path / "cache")  # a restarted operator reuses the file
+    fresh = SignatureCache(tmp_path / "cache", fetch_hosts=("127.0.0.1",))  # a restart reuses it
     assert check_model_signature(model(f"{url}/m.onnx", digest), GOOD, fresh).status == "True"
     assert hits == ["/m.onnx"]
 

@@ -46,7 +46,7 @@ from rtml.operator.featureview import (
 from rtml.operator.kopf_compat import observe_watch_streams
 from rtml.operator.liveness import WatchActivity, silent_streams, watch_problem
 from rtml.operator.metrics import METRICS
-from rtml.operator.reconcile import KSERVE, reconcile_model
+from rtml.operator.reconcile import KSERVE, SIGNATURES, reconcile_model
 from rtml.operator.render.meta import MODEL_LABEL
 from rtml.operator.settings import OperatorSettings
 from rtml.operator.shutdown import DrainingExecutor
@@ -137,6 +137,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     )
     observe_watch_streams(_watch)  # what the `watching` probe reads (rtml.operator.liveness)
     memo["heartbeat"] = asyncio.create_task(_executor_heartbeat(settings, memo["client"]))
+    # The signature check downloads in a pool of its own; a Model waiting on a download is
+    # reconciled as soon as it settles, not at its next resync (rtml.operator.signature).
+    SIGNATURES.configure(SETTINGS, wake=partial(_wake_models, settings, memo))
     # In place of per-object timers and daemons, which would put Kopf's finalizer on every
     # Model and Experiment (rtml.operator.ticker). Kopf's indices are filled by its watch.
     pool = partial(getattr, settings.execution, "executor")  # read each round, as Kopf does
@@ -155,6 +158,13 @@ def _drain(memo: kopf.Memo, executor: DrainingExecutor) -> None:
         if task:
             task.cancel()
     executor.drain()
+
+
+def _wake_models(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, models: list[tuple[str, str, str]]
+) -> None:
+    for namespace, name, uid in models:
+        settings.execution.executor.submit(_resync_now, memo, Ref(namespace, name, uid))
 
 
 def _tickers(
@@ -369,6 +379,15 @@ def resync(memo: kopf.Memo, model: Ref) -> None:
     with _visit():
         _reconcile(model.body(), memo, retry=0)
     log.info("Model resynced", extra={"model": model.name, "namespace": model.namespace})
+
+
+def _resync_now(memo: kopf.Memo, model: Ref) -> None:
+    """A resync outside the Ticker: a failure is logged, and the Ticker's next one retries."""
+    try:
+        resync(memo, model)
+    except VisitError as e:
+        log.warning("Model resync failed; the next one will retry",
+                    extra={"model": model.name, "error": str(e)})  # fmt: skip
 
 
 def _owner_model(obj: Mapping[str, Any]) -> str | None:

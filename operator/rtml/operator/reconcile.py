@@ -128,7 +128,7 @@ def reconcile_model(
     serve = serving(model, previous, experiments)
     holding = holder(experiments)
     feature_view = _feature_view(client, model)
-    features = check_model_signature(model, feature_view, SIGNATURES)
+    features = check_model_signature(model, feature_view, SIGNATURES, previous)
     # A failed (or not yet possible) check applies and prunes nothing, so the pods already
     # running keep serving.
     # A spec asking for more than the operator's tenancy settings allow is held the same way.

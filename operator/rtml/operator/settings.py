@@ -5,9 +5,10 @@ the variable named; credentials the operator would have to write into pods in cl
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AfterValidator, AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rtml.contract import (
@@ -18,11 +19,22 @@ from rtml.contract import (
     credentials_problem,
     load_settings,
 )
+from rtml.operator.artifact_hosts import host_pattern_problem
 from rtml.operator.render.context import DEFAULT_PROMETHEUS_URL, RenderContext
 
 
 def _feast_from_environment() -> FeastProfile:
     return load_settings(FeastProfile)
+
+
+def _host_pattern(pattern: str) -> str:
+    problem = host_pattern_problem(pattern)
+    if problem:
+        raise ValueError(problem)
+    return pattern
+
+
+HostPattern = Annotated[str, AfterValidator(_host_pattern)]
 
 
 class OperatorSettings(BaseSettings):
@@ -82,6 +94,24 @@ class OperatorSettings(BaseSettings):
     # with push views; unset: POST /push/{view} is off (403).
     push_token_secret: str | None = None
     push_token_secret_key: str = "push-token"  # noqa: S105 - a key's name
+    # The signature check's downloads (docs/signature-check.md). fnmatch patterns (JSON list) of
+    # the hosts the operator may fetch http(s):// artifacts from; empty: it fetches none, and
+    # the runtime checks those Models at start-up. A loopback, link-local or metadata address
+    # needs a pattern naming the host exactly.
+    artifact_fetch_hosts: list[HostPattern] = Field(default_factory=list)
+    # One download's overall deadline: the whole transfer, however slowly bytes arrive.
+    artifact_fetch_deadline_seconds: float = Field(default=30.0, gt=0, le=600)
+    # Artifacts over this size are neither downloaded nor parsed by the operator.
+    artifact_fetch_max_bytes: int = Field(default=64 << 20, gt=0)
+    # How long a failed download is remembered before a reconcile tries it again.
+    artifact_fetch_retry_seconds: float = Field(default=300.0, gt=0)
+    # Downloads at once (a pool of their own, never the handlers' threads).
+    artifact_fetch_workers: int = Field(default=2, ge=1, le=16)
+    # The download folder (default $TMPDIR/rtml-signatures) and what it may keep: the least
+    # recently used artifacts go first (the chart's /tmp emptyDir holds 256 MiB).
+    signature_cache_dir: Path | None = None
+    signature_cache_max_files: int = Field(default=16, ge=1)
+    signature_cache_max_bytes: int = Field(default=64 << 20, ge=0)
 
     @model_validator(mode="after")
     def _materialize_mounts_name_volumes(self) -> OperatorSettings:

@@ -211,10 +211,12 @@ def feature_view_not_found(ref: str) -> Cond:
 def holds_rollout(features: Cond) -> bool:
     """Whether FeaturesResolved keeps the spec from rolling out (API.md: the view must exist,
     be Ready, and cover every input). A view nobody has judged yet holds it too: applied
-    together, a Model would otherwise roll out before its view turns out unusable. An
+    together, a Model would otherwise roll out before its view turns out unusable; so does an
+    artifact still being downloaded for the check (bounded by the download's deadline). An
     artifact the operator cannot read does not: the runtime runs the same check at start-up."""
     return features.status == "False" or (
-        features.status == "Unknown" and features.reason == "FeatureViewNotReady"
+        features.status == "Unknown"
+        and features.reason in ("FeatureViewNotReady", "ArtifactChecking")
     )
 
 
