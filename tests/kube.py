@@ -296,6 +296,9 @@ def operator(
         "RTML_FEAST_REGISTRY": postgres_server.url("feast"),
         # The registry URL is a credential: pods get it from this Secret (by reference).
         "RTML_FEAST_SECRET": "feast-credentials",
+        # The signature check may download from servers the tests start on this machine
+        # (named exactly: a loopback address needs that; tests/integration/test_artifact_fetch.py).
+        "RTML_ARTIFACT_FETCH_HOSTS": '["127.0.0.1"]',
     }
     op = OperatorProcess(Path(control_plane.kubeconfig), LOGS / "operator.log", env)
     op.log_path.write_bytes(b"")
