@@ -6,9 +6,9 @@ its GIL, so its Python (batch assembly, the code around the model call, metrics)
 event loop; with micro-batches and nice 19 the champion's c=1 p99 was still 1.30x with 100%
 shadow (target 1.10x). Here the request path's whole share of the work is one non-blocking
 `os.write` of the row (float64s, in the candidate's column order) to a pipe; the child process
-(`rtml_runtime.shadow_worker`, in the idle scheduling class) reads, batches and scores, and sends each batch's
-results back through a second pipe. A reader thread in the serving process records them on the
-shadow variant's metrics (`/metrics` is served here) at a few µs per row.
+(`rtml_runtime.shadow_worker`, in the idle scheduling class) reads, batches and scores, and
+sends each batch's results back through a second pipe. A reader thread in the serving process
+records them on the shadow variant's metrics (`/metrics` is served here) at a few µs per row.
 
 The pipe is the bounded queue: its capacity is set to RTML_SHADOW_QUEUE rows (as far as the
 kernel allows), and a row that does not fit is dropped and counted
