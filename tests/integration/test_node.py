@@ -877,13 +877,18 @@ def test_a_bad_candidate_is_rolled_back_at_the_first_step_on_its_gate(
     if metric == "scoreMeanShift":  # the only thing wrong with it
         assert list(failed) == [metric], status["analysis"]
     # The slow candidate also trips its own model breaker (every call slower than the SLO),
-    # whose rejections count as errors; the erroring one answers no score to average.
-    value, gate = failed[metric]["value"], failed[metric]["max"]
+    # whose rejections count as errors; the erroring one answers no score to average. When the
+    # breaker opened before a slow answer fell in the step's window, its p99 has no value
+    # (inconclusive, which never passes: CI saw it once) and the errors it caused decide.
+    judged = metric if "value" in failed[metric] else "errorRate"
+    if judged != metric:
+        assert metric == "p99LatencyMs", status["analysis"]
+    value, gate = failed[judged]["value"], failed[judged]["max"]
     assert value > gate
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"rolled-back-{metric}.json").write_text(json.dumps(status["analysis"]))
     ((_reason, message),) = [(r, m) for r, m in events_of(chain, name) if r == "RolledBack"]
-    assert metric in message
+    assert judged in message
     assert f"{value:.4g}" in message  # the measured value, in the sentence
     plan = json.loads(chain.get("cm", "scorer-rtml-traffic")["data"]["traffic.json"])
     assert "experiment" not in plan  # all traffic back on the champion
