@@ -187,7 +187,7 @@ class Runtime:
             pvc_root=settings.pvc_root,
             max_bytes=settings.max_artifact_bytes,
         )
-        model = OnnxModel(path, data=data)
+        model = OnnxModel(path, data=data, sha256=art.sha256)  # verified against it
         del data  # the session holds what it needs
         _ = model.feature_names  # a wide input without names fails here, not on a request
         self._check_signature(model, field)

@@ -53,9 +53,12 @@ def _load_failure(path: Path, data: bytes, error: Exception) -> str:
 class OnnxModel:
     """Scores rows: an [n, k] float matrix whose columns follow `feature_names`."""
 
-    def __init__(self, path: Path, threads: int = 1, data: bytes | None = None) -> None:
+    def __init__(
+        self, path: Path, threads: int = 1, data: bytes | None = None, sha256: str | None = None
+    ) -> None:
         """`data`: the model's bytes, already verified (the session is made from them, never
-        from `path` again; `path` only names the model). Without it, `path` is read."""
+        from `path` again; `path` only names the model). Without it, `path` is read. `sha256`:
+        the digest the caller checked `data` against, so the bytes are not hashed twice."""
         import onnxruntime as ort  # ~0.5 s: loaded with the model, off the import path
 
         opts = ort.SessionOptions()
@@ -69,7 +72,7 @@ class OnnxModel:
         self.path = path
         if data is None:
             data = path.read_bytes()
-        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.sha256 = sha256 or hashlib.sha256(data).hexdigest()
         try:
             self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as e:

@@ -273,7 +273,14 @@ def artifact_bytes(
     `cache_dir` (verified as it arrives) and read back from there, verified again."""
     local = local_path(uri, base_dir, pvc_root)
     if local is None:
-        path = fetch_artifact(uri, sha256, base_dir, cache_dir, max_bytes=max_bytes)
+        kept = cache_dir / f"{sha256}.onnx" if sha256 is not None else None
+        if kept is not None and kept.is_file():
+            try:  # hashed once, as it is read (fetch_artifact would hash it first, then here)
+                return kept, read_verified(kept, uri, sha256, max_bytes)
+            except DigestMismatch:
+                kept.unlink()
+        log.info("downloading artifact", extra={"uri": uri})
+        path, _ = download(uri, sha256, cache_dir, max_bytes=max_bytes)
     elif not local.is_file():
         raise ArtifactError(f"artifact {uri} does not exist (looked at {local})")
     else:
