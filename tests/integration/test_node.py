@@ -663,10 +663,15 @@ def retire(chain: Chain, *models: str) -> None:
 
 
 # --- Experiments: canaries judged on live metrics from a real Prometheus ----------------------
-# Gates every experiment below uses: the Model's 50 ms SLO (the slow candidate takes ~50 ms a
-# row on its own, the others ~0.1 ms), 2% errors, a 0.1 shift of the mean score.
-GATES = [{"name": "p99LatencyMs", "max": 50}, {"name": "errorRate", "max": 0.02},
-         {"name": "scoreMeanShift", "max": 0.1}]  # fmt: skip
+# Gates: 2% errors and a 0.1 shift of the mean score everywhere. The p99 gate is the Model's
+# 50 ms SLO only where latency is what a test is about (the slow candidate takes ~50 ms a row
+# on its own, the others ~0.1 ms). Elsewhere it is 1,000 ms: only a broken candidate exceeds
+# that. The first step's window holds ~75 candidate requests, so its p99 is their maximum, and
+# one scheduling stall of the contended two-core node decides it: CI once measured a 0.1 ms
+# candidate's p99 over 50 ms and rolled it back on latency. Speed is measured in benchmarks/.
+SLO_GATES = [{"name": "p99LatencyMs", "max": 50}, {"name": "errorRate", "max": 0.02},
+             {"name": "scoreMeanShift", "max": 0.1}]  # fmt: skip
+GATES = [{**g, "max": 1000} if g["name"] == "p99LatencyMs" else g for g in SLO_GATES]
 STEPS = {"steps": [20, 50, 100], "stepInterval": "15s"}
 ANALYSIS = {"metrics": GATES, "minRequests": 20}
 CARDS = [f"card_{i:05d}" for i in range(5000)]
@@ -867,7 +872,9 @@ def test_a_bad_candidate_is_rolled_back_at_the_first_step_on_its_gate(
     url = chain.service_url("scorer")
     with EntityLoad(url, rate=25) as load:
         version = f"v-{artifact.split('.', maxsplit=1)[0]}"
-        apply(chain.plane, experiment(chain, name, artifact, version))
+        gates = SLO_GATES if metric == "p99LatencyMs" else GATES
+        apply(chain.plane, experiment(chain, name, artifact, version,
+                                      analysis={**ANALYSIS, "metrics": gates}))  # fmt: skip
         status = wait_phase(chain, name, ("RolledBack", "Promoted", "Completed"), 300)
         time.sleep(3)
     assert status["phase"] == "RolledBack", status
@@ -909,12 +916,10 @@ def test_prometheus_down_pauses_and_a_killed_operator_resumes_at_the_same_step(
     url = chain.service_url("scorer")
     slow_steps = {"steps": [20, 50], "stepInterval": "20s"}
     with EntityLoad(url, rate=25) as load:
-        # Outages, not latency, are what this tests: a p99 gate loose enough that the load of a
-        # Prometheus restart (WAL replay) and an operator restart on 2 cores cannot fail it (a
-        # CI run saw 205.6 ms in the step the operator was killed in).
-        gates = [{**g, "max": 1000} if g["name"] == "p99LatencyMs" else g for g in GATES]
-        apply(chain.plane, experiment(chain, name, "model.onnx", "v-again", canary=slow_steps,
-                                      analysis={**ANALYSIS, "metrics": gates}))  # fmt: skip
+        # Outages, not latency, are what this tests: the loose p99 gate (GATES) is what lets
+        # the load of a Prometheus restart (WAL replay) and an operator restart on 2 cores
+        # pass (a CI run saw 205.6 ms in the step the operator was killed in).
+        apply(chain.plane, experiment(chain, name, "model.onnx", "v-again", canary=slow_steps))
         chain.wait("the first step", lambda: phase_of(chain, name).get("windowStart"), 180)
         chain.prometheus.stop()
         try:
