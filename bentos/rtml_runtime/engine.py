@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from rtml.api.common import ArtifactRef
+from rtml.api.common import ArtifactRef, missing_digest, unverified_warning
 from rtml.api.experiment import Candidate
 from rtml.api.signature import check_signature, describe
 from rtml.api.traffic import CHAMPION_ONLY, TrafficPlan
@@ -62,6 +62,22 @@ def _int64(value: str | int) -> int | None:
 
 
 V2_OUTPUT = "score"  # the one output of /v2/models/{name}/infer
+
+
+def require_digest(art: ArtifactRef, field: str) -> None:
+    """Refuse an artifact without a sha256 unless it opts out (allowUnverified), and warn when
+    one loads unverified. The API models refuse such a spec already; this holds for one
+    built without validation too (a model_copy), since the runtime is where the bytes load."""
+    if art.sha256 is not None:
+        return
+    if not art.allow_unverified:
+        raise ArtifactError(missing_digest(field))
+    # The words go in the message itself: BentoML's log format drops `extra` fields.
+    log.warning(
+        "loading an unverified artifact: %s",
+        unverified_warning(field, art.uri),
+        extra={"field": field, "uri": art.uri},
+    )
 
 
 @dataclass(slots=True)
@@ -172,14 +188,20 @@ class Runtime:
         """An experiment's candidate, fetched, verified, checked and warmed up as the champion
         is (in a worker thread: the champion keeps serving). Raises on any failure."""
         return self._load_checked(
-            candidate.artifact, f"the candidate {candidate.version}'s artifact"
+            candidate.artifact,
+            f"the candidate {candidate.version}'s artifact",
+            path="the Experiment's spec.candidate.artifact",
         )
 
-    def _load_checked(self, art: ArtifactRef, field: str, warmup: int | None = None) -> OnnxModel:
+    def _load_checked(
+        self, art: ArtifactRef, field: str, warmup: int | None = None, path: str | None = None
+    ) -> OnnxModel:
         """One artifact: fetched and digest-checked, loaded, its signature checked against the
-        Model's features (`field` names it in the error), warmed up."""
+        Model's features (`field` names it in the error), warmed up. `path` is its field in
+        the manifest (default: `field`), which a missing digest is said against."""
+        require_digest(art, path or field)
         settings = self.config.settings
-        path, data = artifact_bytes(
+        file, data = artifact_bytes(
             art.uri,
             art.sha256,
             self.config.base_dir,
@@ -187,7 +209,7 @@ class Runtime:
             pvc_root=settings.pvc_root,
             max_bytes=settings.max_artifact_bytes,
         )
-        model = OnnxModel(path, data=data, sha256=art.sha256)  # verified against it
+        model = OnnxModel(file, data=data, sha256=art.sha256)  # verified against it
         del data  # the session holds what it needs
         _ = model.feature_names  # a wide input without names fails here, not on a request
         self._check_signature(model, field)

@@ -134,6 +134,7 @@ def render(manifest: Path, namespace: str | None, keda: bool, image: str | None)
 def validate(manifest: Path) -> None:
     """Check every rtml resource in MANIFEST against the API schema, naming each bad field."""
     from rtml.api import Experiment, FeatureView, Model
+    from rtml.api.common import unverified_warning
     from rtml.operator.errors import describe_validation_error
 
     kinds = {"Model": Model, "FeatureView": FeatureView, "Experiment": Experiment}
@@ -150,12 +151,26 @@ def validate(manifest: Path) -> None:
         except ValidationError as e:
             bad += 1
             click.echo(f"{doc['kind']} {name}: {describe_validation_error(e)}", err=True)
+            continue
+        for field, uri in _unverified(valid[-1]):
+            click.echo(f"{doc['kind']} {name}: warning: {unverified_warning(field, uri)}", err=True)
     views = {v.metadata.name: v for v in valid if isinstance(v, FeatureView)}
     base_dir = manifest if manifest.is_dir() else manifest.parent
     for model in (m for m in valid if isinstance(m, Model)):
         bad += _check_local_signature(model, views, base_dir)
     if bad:
         sys.exit(1)
+
+
+def _unverified(resource: Any) -> list[tuple[str, str]]:
+    """(field, uri) of the artifacts this resource lets load without a digest check."""
+    from rtml.api import Experiment, Model
+
+    if isinstance(resource, Model):
+        return resource.spec.unverified_artifacts()
+    if isinstance(resource, Experiment) and resource.spec.candidate.artifact.unverified:
+        return [("spec.candidate.artifact", resource.spec.candidate.artifact.uri)]
+    return []
 
 
 def _check_local_signature(model: Model, views: dict[str, FeatureView], base_dir: Path) -> int:

@@ -75,6 +75,24 @@ INVALID = [
         "spec.artifact.sha256",
     ),
     ("sha256 missing for s3", model(artifact={"uri": "s3://b/m.onnx"}), "spec.artifact.sha256"),
+    # Every scheme needs a digest, local ones too, unless the artifact opts out explicitly.
+    ("sha256 missing for file", model(artifact={"uri": "file:///m.onnx"}), "spec.artifact.sha256"),
+    ("sha256 missing for pvc", model(artifact={"uri": "pvc://c/m.onnx"}), "spec.artifact.sha256"),
+    (
+        "sha256 missing, allowUnverified false",
+        model(artifact={"uri": "file:///m.onnx", "allowUnverified": False}),
+        "spec.artifact.sha256",
+    ),
+    (
+        "fallback artifact without sha256",
+        model(fallback={"mode": "model", "artifact": {"uri": "file:///backup.onnx"}}),
+        "spec.fallback.artifact.sha256",
+    ),
+    (
+        "candidate artifact without sha256",
+        experiment(candidate={"version": "v2", "artifact": {"uri": "file:///m2.onnx"}}),
+        "spec.candidate.artifact.sha256",
+    ),
     ("unknown backend", model(backend="triton"), "spec.backend"),
     (
         "min > max replicas",
@@ -172,3 +190,29 @@ def test_valid_resources_get_defaults_from_the_api_server(
         "schedule": "*/15 * * * *",
         "enabled": True,
     }
+
+
+def test_an_artifact_without_a_digest_is_accepted_only_with_allow_unverified(
+    kube: Kube, rtml_crds: list[str], namespace: str
+) -> None:
+    unverified = {"uri": "file:///models/m.onnx", "allowUnverified": True}
+    m = model(artifact=unverified, fallback={"mode": "model", "artifact": unverified})
+    m["metadata"] = {"name": "unverified", "namespace": namespace}
+    created = kube.create(m)["spec"]
+    assert created["artifact"] == {**unverified, "format": "onnx"}
+    assert created["fallback"]["artifact"] == unverified
+    e = experiment(candidate={"version": "v2", "artifact": unverified})
+    e["metadata"] = {"name": "unverified", "namespace": namespace}
+    assert kube.create(e)["spec"]["candidate"]["artifact"] == unverified
+    # The refusal says what to do, in the API server's answer.
+    with pytest.raises(ApiException) as err:
+        kube.patch(
+            "rtml.dev/v1alpha1",
+            "Model",
+            "unverified",
+            namespace,
+            {"spec": {"artifact": {"allowUnverified": None}}},
+        )
+    message = json.loads(err.value.body)["message"]
+    assert "spec.artifact.sha256" in message
+    assert "set allowUnverified: true to load the artifact without checking it" in message

@@ -174,6 +174,53 @@ def test_noop_reconcile_writes_nothing(
     assert kube.get(*MODEL, "steady", namespace)["metadata"]["resourceVersion"] == model_rv  # type: ignore[index]
 
 
+def test_a_model_that_opts_out_of_the_digest_rolls_out_with_a_warning_condition(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    unverified = {"uri": "file:///models/m.onnx", "allowUnverified": True}
+    kube.create(model("unpinned", namespace, artifact=unverified))
+    m = wait_for(
+        lambda: (
+            (o := kube.get(*MODEL, "unpinned", namespace))
+            and condition(o, "ArtifactUnverified")
+            and o
+        ),
+        30,
+        what="the ArtifactUnverified condition",
+    )
+    warning = condition(m, "ArtifactUnverified")
+    assert (warning["status"], warning["reason"]) == ("True", "AllowUnverified")
+    assert warning["message"].startswith(
+        "spec.artifact (file:///models/m.onnx) has no sha256: its bytes are loaded without "
+        "checking them"
+    )
+    # Rolled out all the same: the runtime is told to load it unverified.
+    cm = wait_for(
+        lambda: kube.get("v1", "ConfigMap", "unpinned-rtml-config", namespace),
+        30,
+        what="the resolved config",
+    )
+    assert json.loads(cm["data"]["model.json"])["spec"]["artifact"] == {
+        **unverified,
+        "format": "onnx",
+    }
+    # Pinned, the warning goes (a merge patch: the opt-out removed with null).
+    kube.patch(
+        *MODEL,
+        "unpinned",
+        namespace,
+        {"spec": {"artifact": {"sha256": DIGEST, "allowUnverified": None}}},
+    )
+    wait_for(
+        lambda: (
+            (o := kube.get(*MODEL, "unpinned", namespace))
+            and condition(o, "ArtifactUnverified").get("reason") == "DigestPinned"
+        ),
+        30,
+        what="ArtifactUnverified=False once the artifact is pinned",
+    )
+
+
 def test_hand_deleted_or_edited_child_is_restored(
     kube: Kube, operator: OperatorProcess, namespace: str
 ) -> None:

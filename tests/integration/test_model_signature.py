@@ -10,6 +10,7 @@ holds a and b; amount comes with the request.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -108,14 +109,21 @@ def feature_view(
     }
 
 
-def model(ns: str, uri: str, view: str, request_features: tuple[str, ...]) -> dict[str, Any]:
+def pinned(path: Path) -> dict[str, str]:
+    """spec.artifact for a local file, with its digest (every scheme needs one)."""
+    return {"uri": path.as_uri(), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def model(
+    ns: str, artifact: dict[str, str], view: str, request_features: tuple[str, ...]
+) -> dict[str, Any]:
     return {
         "apiVersion": "rtml.dev/v1alpha1",
         "kind": "Model",
         "metadata": {"name": "sig", "namespace": ns},
         "spec": {
             "version": "v1",
-            "artifact": {"uri": uri},
+            "artifact": artifact,
             "features": {"featureViewRef": view, "requestFeatures": list(request_features)},
         },
     }
@@ -140,9 +148,9 @@ def test_a_model_that_does_not_fit_is_held_until_it_is_fixed(
     case: Case, kube: Kube, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     inputs = ["a", "b", "amount"]
-    uris = {
-        "fits": write_sum_model(tmp_path / "fits.onnx", inputs).as_uri(),
-        "wide": write_sum_model(tmp_path / "wide.onnx", inputs, widths={"a": 3}).as_uri(),
+    artifacts = {
+        "fits": pinned(write_sum_model(tmp_path / "fits.onnx", inputs)),
+        "wide": pinned(write_sum_model(tmp_path / "wide.onnx", inputs, widths={"a": 3})),
     }
     view = f"cards-{namespace}"
     if case.features is not None:
@@ -153,7 +161,7 @@ def test_a_model_that_does_not_fit_is_held_until_it_is_fixed(
             60,
             what="the FeatureView's Ready condition",
         )
-    kube.create(model(namespace, uris[case.artifact], view, case.request_features))
+    kube.create(model(namespace, artifacts[case.artifact], view, case.request_features))
 
     m = features_resolved(kube, namespace, "False")
     resolved = condition(m, "FeaturesResolved")
@@ -171,7 +179,7 @@ def test_a_model_that_does_not_fit_is_held_until_it_is_fixed(
     if case.fix_model is not None:
         fix = dict(case.fix_model)
         if "artifact" in fix:
-            fix["artifact"] = {"uri": uris[fix["artifact"]]}
+            fix["artifact"] = artifacts[fix["artifact"]]  # its uri and its sha256
         kube.patch(*MODEL, "sig", namespace, {"spec": fix})
 
     wait_for(
@@ -189,9 +197,9 @@ def test_a_model_applied_with_its_view_waits_for_the_views_verdict(
 ) -> None:
     """Applied together (kubectl apply -f dir/, a Helm release, a Git sync), the Model must not
     roll out before its view has been judged: this view turns out unregistrable."""
-    uri = write_sum_model(tmp_path / "fits.onnx", ["a", "b", "amount"]).as_uri()
+    artifact = pinned(write_sum_model(tmp_path / "fits.onnx", ["a", "b", "amount"]))
     view = f"cards-{namespace}"
-    kube.create(model(namespace, uri, view, ("amount",)))
+    kube.create(model(namespace, artifact, view, ("amount",)))
     kube.create(feature_view(namespace, view, FITS, UNREGISTRABLE))
     m = features_resolved(kube, namespace, "False")
     assert condition(m, "FeaturesResolved")["reason"] == "FeatureViewNotReady"

@@ -37,7 +37,10 @@ def write_model(where: Path) -> Path:
         "metadata": {"name": "split"},
         "spec": {
             "version": "v1",
-            "artifact": {"uri": f"file://{champion}"},
+            "artifact": {
+                "uri": f"file://{champion}",
+                "sha256": hashlib.sha256(champion.read_bytes()).hexdigest(),
+            },
             "features": {"requestFeatures": ["a", "b"]},
             "slo": {"p99LatencyMs": 50, "timeoutMs": 1000, "featureBudgetMs": 20},
             "warmup": {"requests": 5},

@@ -10,6 +10,7 @@ from PyPI like the benchmarks' KServe venv) as a child process; Triton's runs in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import subprocess
@@ -44,7 +45,10 @@ def write_model(where: Path) -> Path:
         "metadata": {"name": NAME},
         "spec": {
             "version": "v1",
-            "artifact": {"uri": f"file://{model}"},
+            "artifact": {
+                "uri": f"file://{model}",
+                "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+            },
             "features": {"requestFeatures": ["a", "b"]},
             "slo": {"p99LatencyMs": 50, "timeoutMs": 1000, "featureBudgetMs": 20},
             "warmup": {"requests": 5},

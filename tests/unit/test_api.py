@@ -71,9 +71,71 @@ def test_invalid_models_name_the_field(spec: dict, words: str) -> None:
     assert words in str(err.value)
 
 
-def test_file_uri_needs_no_digest() -> None:
-    m = Model.model_validate({"spec": {"version": "v1", "artifact": {"uri": "file:///m.onnx"}}})
+@pytest.mark.parametrize(
+    "artifact",
+    [
+        {"uri": "file:///m.onnx"},
+        {"uri": "file://build/m.onnx"},
+        {"uri": "pvc://models/m.onnx"},
+        {"uri": "https://models.example.com/m.onnx"},
+        {"uri": "file:///m.onnx", "allowUnverified": False},
+    ],
+)
+def test_every_scheme_needs_a_digest_naming_the_field(artifact: dict) -> None:
+    with pytest.raises(ValidationError) as err:
+        Model.model_validate({"spec": {"version": "v1", "artifact": artifact}})
+    (only,) = err.value.errors()
+    assert only["loc"] == ("spec", "artifact", "sha256")
+    assert "sha256 is required for every artifact, file:// and pvc:// too" in only["msg"]
+    assert "allowUnverified: true" in only["msg"]
+
+
+def test_allow_unverified_opts_an_artifact_out_of_the_digest() -> None:
+    art = {"uri": "file:///m.onnx", "allowUnverified": True}
+    m = model(artifact=art, fallback={"mode": "model", "artifact": art})
     assert m.spec.artifact.sha256 is None
+    assert m.spec.artifact.unverified
+    assert m.spec.unverified_artifacts() == [
+        ("spec.artifact", "file:///m.onnx"),
+        ("spec.fallback.artifact", "file:///m.onnx"),
+    ]
+    # A digest wins over the opt-out: the artifact is checked.
+    pinned = model(artifact={**art, "sha256": DIGEST})
+    assert not pinned.spec.artifact.unverified
+    assert pinned.spec.unverified_artifacts() == []
+    # A backup artifact is loaded only by fallback mode model.
+    idle = model(fallback={"mode": "reject", "artifact": art})
+    assert idle.spec.unverified_artifacts() == []
+
+
+def test_the_fallback_and_the_candidate_artifact_need_a_digest_too() -> None:
+    with pytest.raises(ValidationError) as err:
+        model(fallback={"mode": "model", "artifact": {"uri": "file:///backup.onnx"}})
+    assert [e["loc"] for e in err.value.errors()] == [("spec", "fallback", "artifact", "sha256")]
+    candidate = {"version": "v2", "artifact": {"uri": "pvc://models/v2.onnx"}}
+    with pytest.raises(ValidationError) as err:
+        Experiment.model_validate(
+            {"spec": {"modelRef": "fraud", "strategy": "canary", "candidate": candidate}}
+        )
+    assert [e["loc"] for e in err.value.errors()] == [("spec", "candidate", "artifact", "sha256")]
+
+
+def test_a_status_record_without_a_digest_still_reads() -> None:
+    """status.activeArtifact is what served, written by the operator (an older one wrote
+    file:// artifacts without a digest): reading it back must not fail."""
+    m = Model.model_validate(
+        {
+            "spec": {"version": "v2", "artifact": {"uri": "s3://b/v2.onnx", "sha256": DIGEST}},
+            "status": {"activeVersion": "v1", "activeArtifact": {"uri": "file:///v1.onnx"}},
+        }
+    )
+    assert m.status is not None
+    assert m.status.active_artifact is not None
+    champion = m.serving("v1", m.status.active_artifact)
+    # The champion goes on serving as it did, and says it is unverified.
+    assert champion.spec.artifact.uri == "file:///v1.onnx"
+    assert champion.spec.artifact.allow_unverified is True
+    assert champion.spec.unverified_artifacts() == [("spec.artifact", "file:///v1.onnx")]
 
 
 @pytest.mark.parametrize(
@@ -165,3 +227,43 @@ def test_crd_schema_is_structural_and_carries_rules() -> None:
 
     for kind in (Model, FeatureView, Experiment):
         walk(render_crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"], kind.__name__)
+
+
+def _schema(kind: type, *path: str) -> dict:
+    node = render_crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for name in path:
+        node = node["properties"][name]
+    return dict(node)
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        (Model, ("spec", "artifact")),
+        (Model, ("spec", "fallback", "artifact")),
+        (Experiment, ("spec", "candidate", "artifact")),
+    ],
+)
+def test_the_crd_requires_a_digest_unless_allow_unverified(kind: type, path: tuple) -> None:
+    """The API server's rule (evaluated by a real one in tests/integration/test_crds.py): the
+    same for every scheme, said at the sha256 field, and not satisfied by `false`."""
+    art = _schema(kind, *path)
+    assert art["properties"]["allowUnverified"] == {
+        "type": "boolean",
+        "description": art["properties"]["allowUnverified"]["description"],
+    }
+    assert "default" not in art["properties"]["allowUnverified"]  # stored objects unchanged
+    (rule,) = art["x-kubernetes-validations"]
+    assert rule["fieldPath"] == ".sha256"
+    assert rule["rule"] == (
+        "has(self.sha256) || (has(self.allowUnverified) && self.allowUnverified)"
+    )
+    assert "file://" not in rule["rule"]
+    assert "allowUnverified: true" in rule["message"]
+    assert art["required"] == ["uri"]
+
+
+def test_the_status_record_of_the_champion_carries_no_digest_rule() -> None:
+    active = _schema(Model, "status", "activeArtifact")
+    assert "x-kubernetes-validations" not in active
+    assert set(active["properties"]) == {"uri", "sha256"}

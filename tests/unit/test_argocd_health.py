@@ -23,7 +23,7 @@ from rtml.api.experiment import ABORT_ANNOTATION, PAUSE_ANNOTATION
 from rtml.api.model import Model
 from rtml.operator import reconcile
 from rtml.operator.analysis import MetricsUnavailable, Window
-from rtml.operator.conditions import Cond
+from rtml.operator.conditions import Cond, get_condition
 from rtml.operator.experiment import reconcile_experiment
 from rtml.operator.featureview_status import RegistryFacts, compute_feature_view_status
 from rtml.operator.render import RenderContext
@@ -100,6 +100,15 @@ def rollout(**status: Any) -> dict[str, Any]:
 
 def test_a_rolled_out_model_is_healthy() -> None:
     status, message = health(model_object(model_status(Observed(deployment=rollout()))))
+    assert (status, message) == ("Healthy", "2 of 2 replicas available at version v1")
+
+
+def test_a_model_that_loads_its_artifact_unverified_is_still_healthy() -> None:
+    """ArtifactUnverified=True is a warning in the Model's status, not a health problem."""
+    unverified = {"uri": "file:///models/m.onnx", "allowUnverified": True}
+    s = model_status(Observed(deployment=rollout()), artifact=unverified)
+    assert get_condition(s["conditions"], "ArtifactUnverified")["status"] == "True"  # type: ignore[index]
+    status, message = health(model_object(s, artifact=unverified))
     assert (status, message) == ("Healthy", "2 of 2 replicas available at version v1")
 
 

@@ -27,7 +27,10 @@ NAME = "fraud-v2"
 def spec(**over: Any) -> ExperimentSpec:
     body: dict[str, Any] = {
         "modelRef": "fraud",
-        "candidate": {"version": "v2", "artifact": {"uri": "file:///m/v2.onnx"}},
+        "candidate": {
+            "version": "v2",
+            "artifact": {"uri": "file:///m/v2.onnx", "sha256": "b" * 64},
+        },
         "strategy": "canary",
         "canary": {"steps": [10, 50, 100], "stepInterval": "1m"},
         "analysis": {
@@ -303,7 +306,9 @@ def test_a_changed_spec_restarts_from_the_first_step() -> None:
     through_step(shell)
     assert shell.st.candidate_weight == 50
     shell.generation = 2
-    shell.spec = spec(candidate={"version": "v3", "artifact": {"uri": "file:///m/v3.onnx"}})
+    shell.spec = spec(
+        candidate={"version": "v3", "artifact": {"uri": "file:///m/v3.onnx", "sha256": "c" * 64}}
+    )
     shell.tick()
     assert shell.st.current_step == 0
     assert shell.st.candidate_weight == 10
@@ -340,7 +345,9 @@ def test_a_spec_changed_after_the_end_is_observed_and_changes_nothing_else() -> 
     shell.tick()
     ended = shell.st
     shell.generation = 2
-    shell.spec = spec(candidate={"version": "v3", "artifact": {"uri": "file:///m/v3.onnx"}})
+    shell.spec = spec(
+        candidate={"version": "v3", "artifact": {"uri": "file:///m/v3.onnx", "sha256": "c" * 64}}
+    )
     d = shell.advance(60)
     assert d.events == []
     assert shell.st.observed_generation == 2  # kstatus: not In Progress forever

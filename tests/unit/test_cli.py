@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,20 @@ def test_render_prints_exactly_what_the_operator_applies() -> None:
 
 def test_render_keda_flag_switches_autoscaler(tmp_path: Path) -> None:
     manifest = tmp_path / "m.yaml"
-    manifest.write_text(yaml.safe_dump({"apiVersion": "rtml.dev/v1alpha1", "kind": "Model",
-        "metadata": {"name": "m"}, "spec": {"version": "v1", "artifact": {"uri": "file:///m"},
-        "autoscaling": {"metric": "rps"}}}))  # fmt: skip
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "rtml.dev/v1alpha1",
+                "kind": "Model",
+                "metadata": {"name": "m"},
+                "spec": {
+                    "version": "v1",
+                    "artifact": {"uri": "file:///m", "sha256": "a" * 64},
+                    "autoscaling": {"metric": "rps"},
+                },
+            }
+        )
+    )
     out = CliRunner().invoke(main, ["render", str(manifest), "--keda"])
     assert out.exit_code == 0, out.output
     kinds = [d["kind"] for d in yaml.safe_load_all(out.output)]
@@ -77,7 +89,7 @@ def test_validate_examples() -> None:
 
 def signature_manifest(folder: Path, b_dtype: str, request: list[str]) -> Path:
     """A FeatureView and a Model whose relative file:// artifact takes inputs a, b, amount."""
-    write_sum_model(folder / "m.onnx", ["a", "b", "amount"])
+    digest = hashlib.sha256(write_sum_model(folder / "m.onnx", ["a", "b", "amount"]).read_bytes())
     view = {
         "apiVersion": "rtml.dev/v1alpha1",
         "kind": "FeatureView",
@@ -89,7 +101,8 @@ def signature_manifest(folder: Path, b_dtype: str, request: list[str]) -> Path:
         },
     }
     model = {"apiVersion": "rtml.dev/v1alpha1", "kind": "Model", "metadata": {"name": "fraud"},
-        "spec": {"version": "v1", "artifact": {"uri": "file://m.onnx"},
+        "spec": {"version": "v1",
+                 "artifact": {"uri": "file://m.onnx", "sha256": digest.hexdigest()},
                  "features": {"featureViewRef": "cards", "requestFeatures": request}}}  # fmt: skip
     manifest = folder / "model.yaml"
     manifest.write_text(yaml.safe_dump_all([view, model]))
@@ -123,6 +136,35 @@ def test_validate_skips_artifacts_that_are_not_on_this_machine(tmp_path: Path) -
     out = CliRunner().invoke(main, ["validate", str(manifest)])
     assert out.exit_code == 0, out.output
     assert "signature not checked" in out.output
+
+
+def test_validate_refuses_a_local_artifact_without_a_digest_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    manifest = signature_manifest(tmp_path, "INT64", ["amount"])
+    docs = list(yaml.safe_load_all(manifest.read_text()))
+    del docs[1]["spec"]["artifact"]["sha256"]
+    manifest.write_text(yaml.safe_dump_all(docs))
+    out = CliRunner().invoke(main, ["validate", str(manifest)])
+    assert out.exit_code == 1, out.output
+    assert "Model fraud: spec.artifact.sha256: " in out.output
+    assert "sha256 is required for every artifact, file:// and pvc:// too" in out.output
+    assert "allowUnverified: true" in out.output
+
+
+def test_validate_warns_of_an_artifact_loaded_unverified(tmp_path: Path) -> None:
+    manifest = signature_manifest(tmp_path, "INT64", ["amount"])
+    docs = list(yaml.safe_load_all(manifest.read_text()))
+    docs[1]["spec"]["artifact"] = {"uri": "file://m.onnx", "allowUnverified": True}
+    manifest.write_text(yaml.safe_dump_all(docs))
+    out = CliRunner().invoke(main, ["validate", str(manifest)])
+    assert out.exit_code == 0, out.output  # a warning, not a refusal
+    assert "Model fraud: valid" in out.output
+    assert (
+        "Model fraud: warning: spec.artifact (file://m.onnx) has no sha256: its bytes are "
+        "loaded without checking them" in out.output
+    )
+    assert "Model fraud: the ONNX inputs of m.onnx fit FeatureView 'cards'" in out.output
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
+from rtml.api.experiment import ExperimentSpec
 from rtml.api.traffic import TrafficPlan
 from rtml.operator import reconcile
 from rtml.operator.conditions import Cond, get_condition
+from rtml.operator.experiment import promote_into_model
 from rtml.operator.render import RenderContext
 from rtml.operator.render.configmap import render_traffic_config_map
 from rtml.operator.rollout import (
@@ -162,3 +164,64 @@ def test_a_canary_holds_the_model_from_the_first_status_after_the_change(
     assert (reconciling.get("status"), reconciling.get("reason")) == ("True", "ExperimentRunning")
     assert reconciling.get("message") == "Experiment fraud-v2: Pending"
     assert (status["experiment"], status["activeVersion"]) == ("fraud-v2", "v1")
+
+
+def test_a_canary_of_an_unverified_artifact_carries_the_opt_out_into_its_experiment() -> None:
+    unverified = {"uri": "file:///models/v2.onnx", "allowUnverified": True}
+    exp = serving(canary_model(artifact=unverified), ACTIVE, []).experiment
+    assert exp is not None
+    assert exp["spec"]["candidate"]["artifact"] == unverified
+    # The API server's rule and the models' agree: the Experiment as rendered is valid.
+    assert ExperimentSpec.model_validate(exp["spec"]).candidate.artifact.unverified
+
+
+def test_a_champion_recorded_without_a_digest_keeps_serving() -> None:
+    """An older operator recorded file:// champions without a sha256: the record still reads,
+    and the champion is rendered with the opt-out said, so its pods do not refuse it."""
+    old = {"activeVersion": "v1", "activeArtifact": {"uri": "file:///models/v1.onnx"}}
+    s = serving(canary_model(), old, [])
+    art = s.model.spec.artifact
+    assert (art.uri, art.sha256, art.allow_unverified) == ("file:///models/v1.onnx", None, True)
+    assert s.experiment is not None  # the spec's pinned artifact runs as the canary
+
+
+class SpecPatches:
+    """The two client calls promote_into_model makes, recorded."""
+
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+        self.events: list[str] = []
+
+    def patch_model_spec(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        self.patches.append(spec)
+
+    def event(self, involved: dict, reason: str, message: str, type_: str = "Normal") -> None:
+        self.events.append(reason)
+
+
+@pytest.mark.parametrize(
+    ("artifact", "written"),
+    [
+        ({"uri": "file:///m/v2.onnx", "allowUnverified": True},
+         {"uri": "file:///m/v2.onnx", "sha256": None, "allowUnverified": True}),
+        ({"uri": "s3://b/v2.onnx", "sha256": "2" * 64},
+         {"uri": "s3://b/v2.onnx", "sha256": "2" * 64, "allowUnverified": None}),
+    ],
+)  # fmt: skip
+def test_promotion_replaces_the_models_digest_and_opt_out(
+    artifact: dict[str, Any], written: dict[str, Any]
+) -> None:
+    """A merge patch keeps what it does not name: the Model's old sha256 (or allowUnverified)
+    is removed explicitly (null), or it would be checked against the candidate's file."""
+    body = {
+        "metadata": {"name": "fraud-v2", "namespace": "ml"},
+        "spec": {
+            "modelRef": "fraud",
+            "strategy": "canary",
+            "candidate": {"version": "v2", "artifact": artifact},
+        },
+    }
+    client = SpecPatches()
+    promote_into_model(client, body)  # type: ignore[arg-type]
+    assert client.patches == [{"version": "v2", "artifact": written}]
+    assert client.events == ["ModelUpdated"]

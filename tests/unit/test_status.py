@@ -6,15 +6,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from rtml.api.common import ArtifactRecord
 from rtml.operator.conditions import Cond, get_condition, merge_conditions
 from rtml.operator.render import RenderContext
 from rtml.operator.status import (
     Canary,
     Observed,
+    artifact_condition,
     compute_model_status,
     deployment_available,
     holds_rollout,
     invalid_spec_status,
+    unverified_artifacts,
 )
 from tests.unit.helpers import model
 
@@ -397,3 +400,70 @@ def test_a_rolled_back_canary_stalls_a_model_that_still_serves() -> None:
         "errorRate 0.2); v1 still serves; a new spec.version or spec.artifact starts another "
         "canary"
     )
+
+
+UNVERIFIED = {"uri": "file:///models/m.onnx", "allowUnverified": True}
+
+
+def test_a_pinned_model_says_its_artifact_is_verified() -> None:
+    m = model(autoscaling={"minReplicas": 2, "maxReplicas": 2})
+    artifact = cond(compute_model_status(m, Observed(deployment=deployment()), None, CTX, NOW),
+                    "ArtifactUnverified")  # fmt: skip
+    assert (artifact["status"], artifact["reason"]) == ("False", "DigestPinned")
+
+
+def test_a_model_that_opts_out_of_the_digest_is_ready_with_a_warning() -> None:
+    m = model(
+        artifact=UNVERIFIED,
+        fallback={"mode": "model", "artifact": {**UNVERIFIED, "uri": "pvc://models/b.onnx"}},
+        autoscaling={"minReplicas": 2, "maxReplicas": 2},
+    )
+    s = compute_model_status(m, Observed(deployment=deployment()), None, CTX, NOW)
+    # A warning, not a failure: kstatus (Ready, Reconciling, Stalled) sees a Model that is done.
+    assert s["phase"] == "Ready"
+    assert [(cond(s, t)["status"]) for t in ("Ready", "Reconciling", "Stalled")] == [
+        "True",
+        "False",
+        "False",
+    ]
+    artifact = cond(s, "ArtifactUnverified")
+    assert (artifact["status"], artifact["reason"]) == ("True", "AllowUnverified")
+    assert artifact["message"] == (
+        "spec.artifact (file:///models/m.onnx) has no sha256: its bytes are loaded without "
+        "checking them, so whatever file is at that location serves; set its sha256 to pin it; "
+        "spec.fallback.artifact (pvc://models/b.onnx) has no sha256: its bytes are loaded "
+        "without checking them, so whatever file is at that location serves; set its sha256 to "
+        "pin it"
+    )
+    assert artifact["observedGeneration"] == 3
+
+
+def test_pinning_the_artifact_flips_the_warning_off() -> None:
+    opted_out = model(artifact=UNVERIFIED)
+    before = compute_model_status(opted_out, Observed(deployment=deployment()), None, CTX, NOW)
+    later = NOW + timedelta(minutes=5)
+    pinned = model(artifact={"uri": UNVERIFIED["uri"], "sha256": "e" * 64})
+    after = compute_model_status(pinned, Observed(deployment=deployment()), before, CTX, later)
+    artifact = cond(after, "ArtifactUnverified")
+    assert (artifact["status"], artifact["reason"]) == ("False", "DigestPinned")
+    assert artifact["lastTransitionTime"] == "2026-11-27T12:05:00Z"
+
+
+def test_the_artifacts_an_experiment_or_a_kept_champion_load_unverified_are_named() -> None:
+    m = model()  # pinned
+    champion = m.serving("v0", ArtifactRecord(uri="file:///models/v0.onnx"))  # an old record
+    holding = {
+        "metadata": {"name": "fraud-ab"},
+        "spec": {"candidate": {"version": "v2", "artifact": {**UNVERIFIED, "uri": "file:///c"}}},
+    }
+    assert unverified_artifacts(m, champion, holding) == [
+        ("the champion's artifact (status.activeArtifact)", "file:///models/v0.onnx"),
+        ("Experiment fraud-ab's spec.candidate.artifact", "file:///c"),
+    ]
+    # The spec's own artifact, when it is also the candidate (a canary), is named once.
+    spec = model(artifact=UNVERIFIED)
+    own = {"metadata": {"name": "fraud-v1"}, "spec": {"candidate": {"artifact": UNVERIFIED}}}
+    assert unverified_artifacts(spec, spec, own) == [("spec.artifact", UNVERIFIED["uri"])]
+    obs = Observed(deployment=deployment(), artifact=artifact_condition([]))
+    s = compute_model_status(spec, obs, None, CTX, NOW)  # what the operator computed wins
+    assert cond(s, "ArtifactUnverified")["status"] == "False"

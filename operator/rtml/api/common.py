@@ -6,7 +6,14 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -74,6 +81,42 @@ class Condition(ApiModel):
     observed_generation: int | None = None
 
 
+ArtifactUri = Annotated[str, StringConstraints(pattern=ARTIFACT_URI_PATTERN, max_length=2048)]
+Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
+# Every scheme, file:// and pvc:// included: a path on a node or a shared volume can be
+# rewritten as easily as an object in a bucket (docs/artifact-digest.md).
+DIGEST_REQUIRED = (
+    "sha256 is required for every artifact, file:// and pvc:// too: set it to the artifact's "
+    "sha256 digest, or set allowUnverified: true to load the artifact without checking it"
+)
+
+
+def missing_digest(field: str) -> str:
+    """The refusal of an artifact without a digest, naming where it is (`spec.artifact`)."""
+    return (
+        f"{field}.sha256 is required for every artifact, file:// and pvc:// too: set it to the "
+        f"artifact's sha256 digest, or set {field}.allowUnverified: true to load the artifact "
+        "without checking it"
+    )
+
+
+def unverified_warning(field: str, uri: str) -> str:
+    """What is said of an artifact loaded without a digest (the log, the Model's condition)."""
+    return (
+        f"{field} ({uri}) has no sha256: its bytes are loaded without checking them, so "
+        "whatever file is at that location serves; set its sha256 to pin it"
+    )
+
+
+# A record the operator writes, not an order: no digest rule applies, so one written before
+# sha256 was required for every scheme still reads.
+class ArtifactRecord(ApiModel):
+    """The artifact that served the champion's traffic."""
+
+    uri: ArtifactUri
+    sha256: Sha256 | None = None
+
+
 class ArtifactRef(ApiModel):
     """Where a model artifact lives and the digest it must have."""
 
@@ -81,23 +124,36 @@ class ArtifactRef(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "self.uri.startsWith('file://') || has(self.sha256)",
-                    "sha256 is required unless the uri is file://",
+                    "has(self.sha256) || (has(self.allowUnverified) && self.allowUnverified)",
+                    DIGEST_REQUIRED,
                     ".sha256",
                 )
             ]
         }
     )
 
-    uri: Annotated[str, StringConstraints(pattern=ARTIFACT_URI_PATTERN, max_length=2048)] = Field(
-        description="file://, http(s)://, s3://, gs:// or pvc://CLAIM/path"
+    uri: ArtifactUri = Field(description="file://, http(s)://, s3://, gs:// or pvc://CLAIM/path")
+    # Declared before sha256: its validator reads it.
+    allow_unverified: bool | None = Field(
+        default=None,
+        description="true: load the artifact without a sha256 (the Model says so in its "
+        "ArtifactUnverified condition); ignored when sha256 is set",
     )
-    sha256: Annotated[str, StringConstraints(pattern=SHA256_PATTERN)] | None = Field(
-        default=None, description="64 lowercase hex digits; the runtime refuses other digests"
+    sha256: Sha256 | None = Field(
+        default=None,
+        validate_default=True,
+        description="64 lowercase hex digits, required unless allowUnverified is true; the "
+        "runtime refuses other digests",
     )
 
-    @model_validator(mode="after")
-    def _digest_required(self) -> ArtifactRef:
-        if not self.uri.startswith("file://") and self.sha256 is None:
-            raise ValueError("sha256 is required unless the uri is file://")
-        return self
+    @field_validator("sha256")
+    @classmethod
+    def _digest_required(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("allow_unverified") is not True:
+            raise ValueError(DIGEST_REQUIRED)
+        return value
+
+    @property
+    def unverified(self) -> bool:
+        """Whether this artifact loads without a digest check (the opt-out in effect)."""
+        return self.sha256 is None

@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from rtml.api.common import (
     ApiModel,
+    ArtifactRecord,
     ArtifactRef,
     Condition,
     Duration,
@@ -266,6 +267,13 @@ class ModelSpec(ApiModel):
     def open_duration_seconds(self) -> float:
         return parse_duration(self.circuit_breaker.open_duration)
 
+    def unverified_artifacts(self) -> list[tuple[str, str]]:
+        """(field, uri) of the artifacts the runtime loads without a digest (allowUnverified)."""
+        named: list[tuple[str, ArtifactRef]] = [("spec.artifact", self.artifact)]
+        if self.fallback.mode == "model" and self.fallback.artifact is not None:
+            named.append(("spec.fallback.artifact", self.fallback.artifact))
+        return [(field, art.uri) for field, art in named if art.unverified]
+
 
 class ModelStatus(ApiModel):
     observed_generation: int | None = None
@@ -276,7 +284,7 @@ class ModelStatus(ApiModel):
     active_version: str | None = None
     # The artifact serving the champion's traffic (with spec.rollout.strategy canary it lags
     # spec.artifact until the owned Experiment promotes the new one).
-    active_artifact: ArtifactRef | None = None
+    active_artifact: ArtifactRecord | None = None
     experiment: str | None = None
     conditions: list[Condition] = Field(
         default_factory=list,
@@ -322,9 +330,16 @@ class Model(ApiModel):
     def from_manifest(cls, manifest: dict[str, Any]) -> Model:
         return cls.model_validate(manifest)
 
-    def serving(self, version: str, artifact: ArtifactRef) -> Model:
+    def serving(self, version: str, artifact: ArtifactRef | ArtifactRecord) -> Model:
         """This Model with another version and artifact (its format and the rest of its spec
-        kept): what a canary's champion or candidate pods are rendered from."""
-        art = self.spec.artifact.model_copy(update={"uri": artifact.uri, "sha256": artifact.sha256})
+        kept): what a canary's champion or candidate pods are rendered from. A champion
+        recorded without a digest (status.activeArtifact) served unverified when it was
+        accepted, and goes on doing so, with the opt-out said, not implied."""
+        update = {
+            "uri": artifact.uri,
+            "sha256": artifact.sha256,
+            "allow_unverified": True if artifact.sha256 is None else None,
+        }
+        art = self.spec.artifact.model_copy(update=update)
         spec = self.spec.model_copy(update={"version": version, "artifact": art})
         return self.model_copy(update={"spec": spec})

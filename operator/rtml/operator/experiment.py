@@ -230,11 +230,14 @@ def promote_into_model(client: KubeClient, body: dict[str, Any]) -> None:
     (A Model rolled out by its own canary is never written: its Experiment is owned.)"""
     spec = ExperimentSpec.model_validate(body["spec"])
     meta = body["metadata"]
-    candidate = spec.candidate.model_dump(mode="json", by_alias=True, exclude_none=True)
+    art = spec.candidate.artifact
+    # A merge patch keeps what it does not name: the Model's old digest (or opt-out) must be
+    # removed explicitly, or it would stay beside the candidate's URI.
+    artifact = {"uri": art.uri, "sha256": art.sha256, "allowUnverified": art.allow_unverified}
     client.patch_model_spec(
         meta["namespace"],
         spec.model_ref,
-        {"version": candidate["version"], "artifact": candidate["artifact"]},
+        {"version": spec.candidate.version, "artifact": artifact},
     )
     client.event(
         {**body, "kind": "Experiment"},

@@ -30,11 +30,13 @@ from rtml.operator.rollout import experiments_of, holder, plan_of, serving
 from rtml.operator.signature import SignatureCache, check_model_signature
 from rtml.operator.status import (
     Observed,
+    artifact_condition,
     compute_model_status,
     deployment_available,
     holds_rollout,
     invalid_spec_status,
     status_patch,
+    unverified_artifacts,
 )
 from rtml.operator.tenancy import tenancy_problem
 
@@ -169,6 +171,7 @@ def reconcile_model(
         failing=applied.failing,
         experiment=_running(holding),
         canary=serve.canary,
+        artifact=artifact_condition(unverified_artifacts(model, serve.model, holding)),
     )
     status = compute_model_status(serve.model, observed, previous, ctx, now)
     _track_champion(status, serve.model, previous, holding)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rtml import API_VERSION
-from rtml.api.common import ArtifactRef
+from rtml.api.common import ArtifactRecord, ArtifactRef
 from rtml.api.experiment import FINAL_PHASES, ExperimentSpec, ExperimentStatus
 from rtml.api.model import Model
 from rtml.api.traffic import CHAMPION_ONLY, TrafficPlan
@@ -74,7 +74,7 @@ class Serving:
     canary: Canary | None = None  # the spec does not serve yet: its canary, and how it ended
 
 
-def _same(a: ArtifactRef | None, b: ArtifactRef) -> bool:
+def _same(a: ArtifactRecord | None, b: ArtifactRef) -> bool:
     return a is not None and (a.uri, a.sha256) == (b.uri, b.sha256)
 
 
@@ -84,7 +84,7 @@ def serving(model: Model, previous: dict[str, Any], experiments: list[dict[str, 
     if spec.rollout.strategy != "canary":
         return Serving(model)
     active_raw = previous.get("activeArtifact")
-    active = ArtifactRef.model_validate(active_raw) if active_raw else None
+    active = ArtifactRecord.model_validate(active_raw) if active_raw else None
     active_version = previous.get("activeVersion")
     if active is None or active_version is None:
         return Serving(model)  # the first rollout has no champion to protect
@@ -131,9 +131,12 @@ def _candidate_is(exp: dict[str, Any], model: Model) -> bool:
 def render_owned_experiment(model: Model) -> dict[str, Any]:
     """The canary Experiment a Model owns for its new artifact (applied server-side)."""
     r = model.spec.rollout
-    artifact = {"uri": model.spec.artifact.uri}
+    # The candidate's artifact as the spec names it: its digest, or its opt-out from one.
+    artifact: dict[str, Any] = {"uri": model.spec.artifact.uri}
     if model.spec.artifact.sha256:
         artifact["sha256"] = model.spec.artifact.sha256
+    elif model.spec.artifact.allow_unverified:
+        artifact["allowUnverified"] = True
     candidate = {"version": model.spec.version, "artifact": artifact}
     return {
         "apiVersion": API_VERSION,

@@ -263,7 +263,7 @@ def _remote(
     refusal = fetch_refusal(urllib.parse.urlsplit(uri).hostname or "", cache.fetch_hosts)
     if refusal is not None:
         raise ArtifactUnreachableError(f"{uri}: {refusal}")
-    if expected is None:  # the API requires it for remote artifacts
+    if expected is None:  # the Model opted out (allowUnverified): nothing to pin a download to
         raise ArtifactUnreachableError(f"{uri} has no sha256; the operator fetches pinned ones")
     found = cache.parsed(expected)
     if found is not None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from rtml.api.common import unverified_warning
 from rtml.api.model import Model
 from rtml.operator.conditions import Cond, merge_conditions
 from rtml.operator.pods import pod_problem
@@ -38,6 +39,8 @@ class Observed:
     problem: Cond | None = None  # a user-fixable error met while applying (e.g. 422 from the API)
     refused: Cond | None = None  # the spec breaks the tenancy settings (rtml.operator.tenancy)
     failing: Cond | None = None  # a server failure while applying (5xx, 429), being retried
+    # ArtifactUnverified as artifact_condition computed it over everything the pods load.
+    artifact: Cond | None = None
     # The Model's pods, read only while its Deployment is not fully available (bentoml).
     pods: list[dict[str, Any]] | None = None
     # The Experiment holding the Model's traffic while one runs: (name, its last verdict).
@@ -241,6 +244,49 @@ def _features_condition(model: Model, obs: Observed) -> Cond:
     )
 
 
+ARTIFACT_UNVERIFIED = "ArtifactUnverified"
+
+
+def unverified_artifacts(
+    model: Model, serving: Model | None = None, holding: dict[str, Any] | None = None
+) -> list[tuple[str, str]]:
+    """(field, uri) of every artifact the Model's pods load without a digest (allowUnverified):
+    the spec's and its fallback's, the champion kept during a canary (`serving`, the Model as
+    rendered) and the candidate of the Experiment holding the traffic (`holding`)."""
+    found = model.spec.unverified_artifacts()
+    # The spec's own artifact, when it is what the champion or the candidate loads, is said once.
+    said = model.spec.artifact.uri if model.spec.artifact.unverified else None
+    champion = serving.spec.artifact if serving is not None else None
+    if champion is not None and champion.unverified and champion.uri != said:
+        found.append(("the champion's artifact (status.activeArtifact)", champion.uri))
+    art = (((holding or {}).get("spec") or {}).get("candidate") or {}).get("artifact") or {}
+    uri = art.get("uri")
+    if holding is not None and uri and not art.get("sha256") and uri != said:
+        name = holding["metadata"]["name"]
+        found.append((f"Experiment {name}'s spec.candidate.artifact", str(uri)))
+    return found
+
+
+def artifact_condition(unverified: list[tuple[str, str]]) -> Cond:
+    """`ArtifactUnverified`: True while an artifact the pods load has no digest (the Model
+    opted out with allowUnverified). A warning, never a failure: Ready, Reconciling and
+    Stalled, which kstatus and the Argo CD health check read, do not depend on it."""
+    if not unverified:
+        return Cond(
+            ARTIFACT_UNVERIFIED,
+            "False",
+            "DigestPinned",
+            "every artifact the Model loads is pinned by its sha256; the runtime refuses any "
+            "other bytes",
+        )
+    return Cond(
+        ARTIFACT_UNVERIFIED,
+        "True",
+        "AllowUnverified",
+        "; ".join(unverified_warning(field, uri) for field, uri in unverified),
+    )
+
+
 def _work_under_way(obs: Observed, reconciling: bool, stalled: bool, rolling: str) -> Cond:
     """The kstatus `Reconciling` condition: what work is still under way, if any."""
     canary = obs.canary
@@ -328,7 +374,8 @@ def compute_model_status(
         )
     else:
         blocked = Cond("Stalled", "False", "NotStalled", "nothing blocks progress")
-    conds = [features, r.rolled_out, ready, working, blocked]
+    artifact = obs.artifact or artifact_condition(unverified_artifacts(model))
+    conds = [features, r.rolled_out, ready, working, blocked, artifact]
     generation = model.metadata.generation
     active = model.spec.version if r.rolled_out.status == "True" else previous.get("activeVersion")
     status: dict[str, Any] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,17 @@ class DictReader:
         return None
 
 
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def make_runtime(
     tmp_path: Path, clock: FakeClock | None = None, cache: int = 0, **spec: Any
 ) -> tuple[Runtime, DictReader]:
     path = write_sum_model(tmp_path / "m.onnx", ["a", "b", "amount"])
     body: dict[str, Any] = {
         "version": "v1",
-        "artifact": {"uri": f"file://{path}"},
+        "artifact": {"uri": f"file://{path}", "sha256": digest(path)},
         "features": {"featureViewRef": "cards", "requestFeatures": ["amount"]},
         "warmup": {"requests": 3},
         "circuitBreaker": {
@@ -210,7 +215,7 @@ def test_start_opens_the_feature_store_before_ready(tmp_path: Path) -> None:
             "metadata": {"name": "fraud"},
             "spec": {
                 "version": "v1",
-                "artifact": {"uri": f"file://{path}"},
+                "artifact": {"uri": f"file://{path}", "sha256": digest(path)},
                 "features": {"featureViewRef": "cards", "requestFeatures": ["amount"]},
                 "warmup": {"requests": 1},
             },
@@ -296,7 +301,7 @@ def test_signature_mismatch_never_ready(tmp_path: Path) -> None:
             "metadata": {"name": "fraud"},
             "spec": {
                 "version": "v1",
-                "artifact": {"uri": f"file://{path}"},
+                "artifact": {"uri": f"file://{path}", "sha256": digest(path)},
                 "features": {"featureViewRef": "cards"},
             },
         }
@@ -305,6 +310,41 @@ def test_signature_mismatch_never_ready(tmp_path: Path) -> None:
     asyncio.run(rt.start(None))
     assert rt.ready is False
     assert "unknown_input" in rt.not_ready_reason
+
+
+def test_an_artifact_without_a_digest_never_loads_unless_it_opts_out(tmp_path: Path) -> None:
+    """The API models refuse such a spec; a Model built without validation (model_copy, as
+    a canary's champion is) still meets the runtime's own refusal, naming the field."""
+    rt, _ = make_runtime(tmp_path)
+    art = rt.spec.artifact.model_copy(update={"sha256": None})
+    model = rt.config.model.model_copy(
+        update={"spec": rt.spec.model_copy(update={"artifact": art})}
+    )
+    unpinned = Runtime(RuntimeConfig(model=model, feature_view=VIEW, base_dir=tmp_path))
+    asyncio.run(unpinned.start(None))
+    assert unpinned.ready is False
+    assert unpinned.not_ready_reason.startswith("spec.artifact.sha256 is required for every")
+    assert "set spec.artifact.allowUnverified: true" in unpinned.not_ready_reason
+
+
+def test_an_artifact_that_opts_out_loads_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    uri = f"file://{tmp_path / 'm.onnx'}"  # make_runtime writes it
+    with caplog.at_level(logging.WARNING, logger="rtml.runtime"):
+        rt, _ = make_runtime(tmp_path, artifact={"uri": uri, "allowUnverified": True})
+    assert rt.ready
+    (warning,) = [r for r in caplog.records if "unverified" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert warning.getMessage() == (
+        f"loading an unverified artifact: spec.artifact ({uri}) has no sha256: its bytes are "
+        "loaded without checking them, so whatever file is at that location serves; set its "
+        "sha256 to pin it"
+    )
+    assert (getattr(warning, "field", None), getattr(warning, "uri", None)) == (
+        "spec.artifact",
+        uri,
+    )
 
 
 def test_the_reason_is_left_for_the_kubelet_only_where_it_mounted_the_file(

@@ -166,10 +166,10 @@ def test_a_candidate_that_fails_to_load_leaves_the_champion_serving(
     assert rt.plans.active.candidate is not None
     art = {"uri": f"file://{tmp_path / 'candidate.onnx'}", "sha256": "0" * 64}
     if breakage == "missing":
-        art = {"uri": f"file://{tmp_path / 'nope.onnx'}"}
+        art = {"uri": f"file://{tmp_path / 'nope.onnx'}", "sha256": "0" * 64}
     elif breakage == "signature":
         path = write_sum_model(tmp_path / "bad.onnx", ["amount", "not_a_feature"])
-        art = {"uri": f"file://{path}"}
+        art = {"uri": f"file://{path}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     bad = with_revision(
         TrafficPlan.model_validate(
             {

@@ -78,7 +78,8 @@ def app_with(tmp_path: Path, token: str | None) -> RuntimeApp:
             "metadata": {"name": "fraud"},
             "spec": {
                 "version": "v1",
-                "artifact": {"uri": f"file://{tmp_path / 'm.onnx'}"},
+                # Never loaded: authorization is decided before the model is.
+                "artifact": {"uri": f"file://{tmp_path / 'm.onnx'}", "sha256": "a" * 64},
                 "features": {"featureViewRef": "cards"},
             },
         }

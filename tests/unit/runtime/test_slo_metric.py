@@ -4,6 +4,7 @@ compares each Model's p99 with its own spec.slo.p99LatencyMs."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,10 @@ def test_the_models_p99_objective_is_exported_in_seconds(tmp_path: Path) -> None
             "metadata": {"name": "fraud"},
             "spec": {
                 "version": "v1",
-                "artifact": {"uri": f"file://{artifact}"},
+                "artifact": {
+                    "uri": f"file://{artifact}",
+                    "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
+                },
                 "features": {"requestFeatures": ["a", "b"]},
                 "slo": {"p99LatencyMs": 35, "timeoutMs": 100, "featureBudgetMs": 20},
             },

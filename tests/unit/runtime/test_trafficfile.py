@@ -16,7 +16,7 @@ PLAN = TrafficPlan.model_validate(
     {
         "experiment": "fraud-v2",
         "strategy": "canary",
-        "candidate": {"version": "v2", "artifact": {"uri": "file:///m.onnx"}},
+        "candidate": {"version": "v2", "artifact": {"uri": "file:///m.onnx", "sha256": "a" * 64}},
         "weight": 25,
     }
 )
