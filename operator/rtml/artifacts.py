@@ -5,8 +5,9 @@ for the runtime (which serves it), the operator (which reads its inputs) and `rt
 `PVC_ROOT/CLAIM`), `http(s)://` (urllib: no extra dependency), `s3://` (boto3) and `gs://`
 (google-cloud-storage) — the last two only when those SDKs are installed, with an error that
 says so otherwise. Downloads stream into the cache folder under a temporary name, hashed as
-they arrive, optionally capped in size, and are renamed to DIGEST.onnx only after the digest
-matches, so a half-written or wrong file is never loaded.
+they arrive, optionally capped in size (an object store's stored size is checked before the
+first byte), and are renamed to DIGEST.onnx only after the digest matches, so a half-written
+or wrong file is never loaded. docs/runtime.md ("Artifact sources") lists the settings.
 """
 
 from __future__ import annotations
@@ -126,14 +127,14 @@ def _copy_capped(
 def _fetch_into(
     uri: str,
     out: BinaryIO,
-    tmp: Path,
     max_bytes: int | None,
     timeout_s: float,
     deadline: Deadline | None = None,
     opener: urllib.request.OpenerDirector | None = None,
 ) -> str:
-    """Write the object at `uri` into `out` (the open file `tmp`); its sha256. `deadline` and
-    `opener` (e.g. one that checks where it connects) apply to http(s):// only."""
+    """Write the object at `uri` into `out`; its sha256. `opener` (e.g. one that checks where
+    it connects) applies to http(s):// only; `deadline` is checked after every read and bounds
+    each socket operation."""
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme in ("http", "https"):
         if deadline is not None:
@@ -147,30 +148,73 @@ def _fetch_into(
             raise
         with response:
             return _copy_capped(response, out, uri, max_bytes, deadline)
-    if parts.scheme == "s3":
-        try:
-            import boto3  # optional: only Models on S3 need it
-        except ImportError as e:
-            raise ArtifactError(f"{uri}: s3:// artifacts need boto3 installed") from e
-        out.close()
-        boto3.client("s3").download_file(parts.netloc, parts.path.lstrip("/"), str(tmp))
-    elif parts.scheme == "gs":
-        try:
-            from google.cloud import storage  # optional: only Models on GCS need it
-        except ImportError as e:
-            raise ArtifactError(
-                f"{uri}: gs:// artifacts need google-cloud-storage installed"
-            ) from e
-        out.close()
-        storage.Client().bucket(parts.netloc).blob(parts.path.lstrip("/")).download_to_filename(
-            str(tmp)
-        )
-    else:
+    if parts.scheme not in ("s3", "gs"):
         raise ArtifactError(f"{uri}: unsupported scheme {parts.scheme!r}")
-    size = tmp.stat().st_size
-    if max_bytes is not None and size > max_bytes:
+    open_object = _s3_body if parts.scheme == "s3" else _gcs_reader
+    try:
+        stream = open_object(uri, parts, max_bytes, _socket_timeout(timeout_s, deadline))
+    except ArtifactError:
+        raise
+    except Exception:
+        if deadline is not None:
+            deadline.check(uri)  # the request failed at the deadline: say so
+        raise
+    with stream:
+        return _copy_capped(stream, out, uri, max_bytes, deadline)
+
+
+def _socket_timeout(timeout_s: float, deadline: Deadline | None) -> float:
+    return timeout_s if deadline is None else max(0.001, min(timeout_s, deadline.remaining()))
+
+
+def _over_cap(uri: str, size: int | None, max_bytes: int | None) -> None:
+    """Refuse an object whose stored size is over the cap before a byte of it is read."""
+    if max_bytes is not None and size is not None and size > max_bytes:
         raise ArtifactTooLarge(f"{uri} is {size} bytes, over the {max_bytes}-byte limit")
-    return sha256_of(tmp)
+
+
+def _s3_body(
+    uri: str, parts: urllib.parse.SplitResult, max_bytes: int | None, timeout_s: float
+) -> BinaryIO:
+    """The object's body as a stream (GetObject), its stored size checked against the cap. The
+    endpoint, credentials, region and CA bundle come from boto3's own configuration
+    (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_CA_BUNDLE, a pod's web identity, ...)."""
+    try:
+        import boto3  # optional: only Models on S3 need it
+        from botocore.config import Config
+    except ImportError as e:
+        raise ArtifactError(f"{uri}: s3:// artifacts need boto3 installed") from e
+    client = boto3.client("s3", config=Config(connect_timeout=timeout_s, read_timeout=timeout_s))
+    response = client.get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))
+    body: BinaryIO = response["Body"]
+    try:
+        _over_cap(uri, response.get("ContentLength"), max_bytes)
+    except ArtifactTooLarge:
+        body.close()
+        raise
+    return body
+
+
+def _gcs_reader(
+    uri: str, parts: urllib.parse.SplitResult, max_bytes: int | None, timeout_s: float
+) -> BinaryIO:
+    """The object's generation as it is now, as a stream of ranged reads, its stored size
+    checked against the cap. Each request, its retries included, takes at most `timeout_s`
+    (the library's default retries for 120 s). Credentials come from google-auth's defaults;
+    STORAGE_EMULATOR_HOST names another endpoint."""
+    try:
+        from google.cloud import storage  # optional: only Models on GCS need it
+        from google.cloud.storage.retry import DEFAULT_RETRY
+    except ImportError as e:
+        raise ArtifactError(f"{uri}: gs:// artifacts need google-cloud-storage installed") from e
+    limits = {"timeout": timeout_s, "retry": DEFAULT_RETRY.with_timeout(timeout_s)}
+    bucket = storage.Client().bucket(parts.netloc)
+    blob = bucket.get_blob(parts.path.lstrip("/"), **limits)
+    if blob is None:
+        raise ArtifactError(f"artifact {uri} does not exist")
+    _over_cap(uri, blob.size, max_bytes)
+    reader: BinaryIO = blob.open("rb", chunk_size=CHUNK, **limits)
+    return reader
 
 
 def download(
@@ -185,13 +229,14 @@ def download(
 ) -> tuple[Path, str]:
     """A verified copy of a remote artifact in `cache_dir` (DIGEST.onnx) and its sha256.
 
-    `timeout_s` bounds each socket operation; `deadline` (http(s):// only) the whole download."""
+    `timeout_s` bounds each socket operation; `deadline` the whole download (for s3:// and
+    gs:// it is checked between reads, each of which `timeout_s` bounds)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=cache_dir, suffix=".part")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            digest = _fetch_into(uri, out, tmp, max_bytes, timeout_s, deadline, opener)
+            digest = _fetch_into(uri, out, max_bytes, timeout_s, deadline, opener)
         verify(uri, digest, expected)
         target = cache_dir / f"{digest}.onnx"
         tmp.replace(target)
