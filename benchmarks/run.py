@@ -2,11 +2,13 @@
 
     python benchmarks/run.py [--runs 3] [--duration 10] [--quick] [--soak] [--servers a,b]
     python benchmarks/run.py --suite experiments     # no experiment vs 50% canary vs shadow
+    python benchmarks/run.py --suite scale --models 1000   # the operator on an API-only cluster
 
-Builds examples/fraud into a temp dir, starts a private redis-server, registers and
-materialises the FeatureView with rtml's Feast code, then starts each server pinned to CPU 0
-and drives it with wrk pinned to CPU 1 (closed loop, fixed duration). Writes
-benchmarks/results/<timestamp>.json and regenerates benchmarks/RESULTS.md. See README.md.
+The main and experiments suites build examples/fraud into a temp dir, start a private
+redis-server, register and materialise the FeatureView with rtml's Feast code, then start each
+server pinned to CPU 0 and drive it with wrk pinned to CPU 1 (closed loop, fixed duration). Writes
+benchmarks/results/<timestamp>.json and regenerates benchmarks/RESULTS.md. The scale suite
+(benchlib.scale) starts a local control plane and `rtml operator` instead. See README.md.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from benchlib.fixture import (  # noqa: E402
     register_features,
     start_redis,
 )
-from benchlib.machine import KSERVE, NOT_USED, machine_facts  # noqa: E402
+from benchlib.machine import KSERVE, NOT_USED, control_plane_facts, machine_facts  # noqa: E402
 from benchlib.measure import measure  # noqa: E402
 from benchlib.procs import LOAD_CPU, SERVER_CPU, load_average, pinned  # noqa: E402
 from benchlib.profile import profile_rtml  # noqa: E402
 from benchlib.report import format_row, write_experiments_md, write_results_md  # noqa: E402
+from benchlib.scale import goals, run_scale, summary_of  # noqa: E402
+from benchlib.scale_report import write_scale_md  # noqa: E402
 from benchlib.soak import run_soak  # noqa: E402
 from benchlib.summary import medians, targets  # noqa: E402
 from benchlib.venvs import venv_for  # noqa: E402
@@ -53,15 +57,34 @@ def log(message: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=int, default=3, help="runs per server; medians are reported")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="runs per server (scale: whole runs); medians are reported (default 3; scale: 1)",
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load per step")
     p.add_argument("--quick", action="store_true", help="1 run of 3 s per step: a smoke test")
     p.add_argument(
         "--suite",
-        choices=sorted(SUITES),
+        choices=sorted([*SUITES, "scale"]),
         default="main",
         help="main: rtml against the floors and anchors; experiments: rtml with no experiment, "
-        "a 50%% canary and a 100%% shadow (RESULTS.md's experiments section only)",
+        "a 50%% canary and a 100%% shadow (RESULTS.md's experiments section only); scale: "
+        "--models Models reconciled by the operator on an API-only cluster (its section only)",
+    )
+    p.add_argument("--models", type=int, default=1000, help="scale: how many Models")
+    p.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=None,
+        help="scale: the operator's RTML_RESYNC_SECONDS (default: its own, 60 s)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="scale: seconds to wait for every Model to be done before measuring the rest",
     )
     p.add_argument(
         "--servers",
@@ -75,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--note",
         action="append",
         default=[],
-        help="a line for the experiments section's notes (repeatable), e.g. what else ran",
+        help="a line for the experiments or scale section's notes (repeatable), e.g. what else ran",
     )
     p.add_argument(
         "--soak", action="store_true", help="then 5 minutes of rtml at 70%% of saturation"
@@ -102,8 +125,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "disturbed) and report the merged result",
     )
     args = p.parse_args(argv)
+    if args.runs is None:
+        args.runs = 1 if args.suite == "scale" else 3
     if args.quick:
         args.runs, args.duration = 1, 3.0
+    if args.suite == "scale":
+        if args.soak or args.merge_into:
+            p.error("--soak and --merge-into belong to the main and experiments suites")
+        return args
     suite = SUITES[args.suite]
     if args.servers is None:
         args.servers = ",".join(c.key for c in suite)
@@ -231,14 +260,62 @@ def measure_all(
             redis.stop()
 
 
+WRITERS = {"experiments": write_experiments_md, "scale": write_scale_md}
+
+
+def run_scale_suite(args: argparse.Namespace, command: str, stamp: str) -> int:
+    """--suite scale: whole runs of benchlib.scale, medians, goals, its RESULTS.md section."""
+    from rtml.dev.tools import bin_dir
+
+    started = time.monotonic()
+    log_dir = RESULTS / "logs" / stamp
+    log_dir.mkdir(parents=True)
+    log(f"rtml benchmarks {stamp} (scale): {args.models} Models x {args.runs} run(s)")
+    result: dict[str, Any] = {
+        "command": command,
+        "suite": "scale",
+        "started": stamp,
+        "notes": args.note,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": control_plane_facts(bin_dir()),
+        "runs": [],
+    }
+    for run in range(1, args.runs + 1):
+        log(f"run {run}/{args.runs}")
+        run_dir = log_dir / f"run{run}"
+        run_dir.mkdir()
+        with tempfile.TemporaryDirectory(prefix="rtml-scale-") as tmp:
+            result["runs"].append(
+                run_scale(args.models, args.resync_seconds, args.timeout, Path(tmp), run_dir, log)
+            )
+    result["summary"] = summary_of(result["runs"])
+    result["goals"] = goals(result["summary"])
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    RESULTS.mkdir(exist_ok=True)
+    json_path = RESULTS / f"{stamp}.json"
+    json_path.write_text(json.dumps(result, indent=1))
+    log(f"wrote {json_path.relative_to(REPO)} ({result['elapsed_s']:.0f}s in all)")
+    for g in result["goals"]:
+        met = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
+        log(f"  {g['name']}: {g['measured']} {g['unit']} (goal <= {g['limit']:g}) {met}")
+    if not args.no_markdown:
+        md = write_scale_md(result, HERE / "RESULTS.md", json_path)
+        log(f"wrote {md.relative_to(REPO)}")
+    return 0 if all(r.get("wall_s") is not None for r in result["runs"]) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:
         earlier = json.loads(args.report_only.read_text())
-        write = write_experiments_md if earlier.get("suite") == "experiments" else write_results_md
+        write = WRITERS.get(earlier.get("suite"), write_results_md)
         md = write(earlier, HERE / "RESULTS.md", args.report_only)
         log(f"wrote {md.relative_to(REPO)} from {args.report_only}")
         return 0
+    if args.suite == "scale":
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        command = "python benchmarks/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        return run_scale_suite(args, command, stamp)
     preflight()
     os.sched_setaffinity(0, {LOAD_CPU})  # the harness itself stays off the server's CPU
     started = time.monotonic()

@@ -64,3 +64,17 @@ def machine_facts(kserve_python: Path) -> dict[str, Any]:
         "wrk": _first_line(["wrk", "-v"]),
         "redis_server": _first_line(["redis-server", "--version"]),
     }
+
+
+def control_plane_facts(bin_dir: Path) -> dict[str, Any]:
+    """The scale suite's machine: no servers or wrk, the control plane's and Kopf's versions."""
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "kernel": platform.release(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": sys.version.split()[0],
+        "packages": {p: _version(p) for p in ("kopf", "kubernetes", "pydantic")},
+        "kube_apiserver": _first_line([str(bin_dir / "kube-apiserver"), "--version"]),
+        "etcd": _first_line([str(bin_dir / "etcd"), "--version"]),
+    }

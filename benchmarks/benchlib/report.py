@@ -12,6 +12,7 @@ from benchlib.summary import ratios, rtml_peer
 # `--suite experiments` writes only its own section of RESULTS.md (a level-2 heading, level-3
 # headings inside); a main run regenerates the rest of the file and keeps that section.
 EXPERIMENTS_HEADING = "## Experiments: traffic split and shadow"
+SCALE_HEADING = "## Scale: Models reconciled from empty (API-only cluster)"
 ISSUE_ORT_US = 8.5  # issue 3's floor: ONNX Runtime, one row, on the machine of its anchors
 COLUMNS = [
     ("c1_p50_ms", "c=1 p50 ms", "{:.3f}"),
@@ -364,8 +365,11 @@ def write_results_md(result: dict[str, Any], path: Path, json_path: Path) -> Pat
         *_disturbance(result),
         "",
     ]
-    experiments = _section(path.read_text() if path.exists() else "", EXPERIMENTS_HEADING)
-    path.write_text(_with_section("\n".join(text), experiments))
+    old = path.read_text() if path.exists() else ""
+    out = "\n".join(text)
+    for heading in (EXPERIMENTS_HEADING, SCALE_HEADING):  # the other suites' sections stay
+        out = _with_section(out, _section(old, heading))
+    path.write_text(out)
     return path
 
 
