@@ -12,23 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import random
 import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import kopf
 import pytest
 from kopf._cogs.clients import watching
 from kopf._core.actions.invocation import invoke
+from kubernetes import client as k8s
 from kubernetes.client import ApiException
 from urllib3.exceptions import NewConnectionError
 
 from rtml.operator import handlers, main
 from rtml.operator.backoff import Backoff, after_failure, full_jitter
+from rtml.operator.client import KubeClient
 from rtml.operator.kopf_compat import observe_watch_streams, stream_name
 from rtml.operator.liveness import WatchActivity, silent_streams, watch_problem
 from rtml.operator.shutdown import DrainingExecutor
@@ -240,6 +244,49 @@ def test_watch_activity_records_and_forgets() -> None:
     assert activity.snapshot() == {}
 
 
+def test_the_watching_probes_api_check_sees_an_answer_and_survives_none() -> None:
+    """The probe's check reads GET /version. Through the dynamic client every answer raised
+    KeyError('kind'): the check never saw the server answer, and the error ended the heartbeat
+    task, so the `processing` probe failed instead, naming the wrong cause."""
+
+    answers = {  # what the dynamic client's discovery reads first, and /version
+        "/api": {"kind": "APIVersions", "versions": ["v1"]},
+        "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+        "/version": {"major": "1", "minor": "31", "gitVersion": "v1.31.0"},
+    }
+
+    class Version(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path.split("?")[0] in answers
+            body = json.dumps(answers.get(self.path.split("?")[0], {})).encode()
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Version)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    configuration = k8s.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
+    configuration.retries = 0
+    client = KubeClient(k8s.ApiClient(configuration))
+    try:
+        before = handlers._watch.api_answered
+        handlers._ask_api_server(client)
+        assert handlers._watch.api_answered is not None
+        assert handlers._watch.api_answered != before
+        server.shutdown()
+        server.server_close()
+        answered = handlers._watch.api_answered
+        handlers._ask_api_server(client)  # nothing listens: no answer, and no error either
+        assert handlers._watch.api_answered == answered
+    finally:
+        client.close()
+
+
 # -- kopf_compat: what it relies on in Kopf, and what it records -------------------------------
 
 
@@ -280,6 +327,51 @@ def test_every_event_and_every_end_of_a_stream_counts_as_life(
 
     assert len(asyncio.run(consume())) == 2
     assert recorder.seen == ["models.rtml.dev in ns"] * 3
+
+
+def test_streams_that_kopf_ends_for_silence_twice_in_a_row_show_no_life(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A watch whose every connection stalls (tests/integration/test_api_faults.py): Kopf ends
+    each after its inactivity timeout and opens the next. The first such end still counts (a
+    bookmark late once), the second in a row does not, once the server has sent bookmarks."""
+    inactivity = 0.05
+    scripts: list[list[str]] = []
+
+    async def scripted(**_: Any) -> AsyncIterator[dict[str, Any]]:
+        for step in scripts.pop(0):
+            if step == "silence":
+                await asyncio.sleep(inactivity)  # what Kopf's timeout ends
+            else:
+                yield {"type": step}
+
+    monkeypatch.setattr(watching, "watch_objs", scripted)
+    recorder = Recorder()
+    observe_watch_streams(recorder)
+    settings = kopf.OperatorSettings()
+    settings.watching.inactivity_timeout = inactivity
+
+    def run(*streams: list[str]) -> int:
+        """Runs the streams one after another; how often they showed life."""
+        scripts.extend(streams)
+        before = len(recorder.seen)
+
+        async def consume() -> None:
+            wrapped: Any = watching.watch_objs
+            for _ in streams:
+                async for _event in wrapped(resource=resource, namespace=None, settings=settings):
+                    pass
+
+        asyncio.run(consume())
+        return len(recorder.seen) - before
+
+    resource = kopf.Resource("rtml.dev", "v1alpha1", "models")
+    # No bookmark yet: the server may not send them, so a silent end is a quiet stream's.
+    assert run(["silence"], ["silence"], ["silence"]) == 3
+    assert run(["BOOKMARK"], ["silence"]) == 3  # the event, the end, the first silent end
+    assert run(["silence"], ["silence"]) == 0  # stalled: silent ends in a row are no life
+    assert run(["MODIFIED", "silence"], ["silence"]) == 2  # an event resets the count
+    assert run([]) == 1  # an end before the inactivity timeout: the server's, life
 
 
 def test_a_stream_kopf_stops_watching_is_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -375,7 +467,13 @@ def test_begin_stop_drains_arms_the_deadline_and_stops_kopf_once(
     assert calls == ["drain", "deadline 8.0"]
 
 
-def test_the_handlers_drain_stops_the_periodic_loops_and_the_pool() -> None:
+def test_the_handlers_drain_stops_the_periodic_loops_and_the_pools() -> None:
+    fetch_pool = handlers.SIGNATURES._pool()  # the signature check's downloads
+    blocker = threading.Event()
+    for _ in range(handlers.SIGNATURES.workers):  # every worker busy: what follows is queued
+        fetch_pool.submit(blocker.wait, 5)
+    queued = [fetch_pool.submit(time.sleep, 0) for _ in range(3)]
+
     async def scenario() -> tuple[bool, bool]:
         loop_task = asyncio.create_task(asyncio.sleep(10))
         executor = DrainingExecutor(1)
@@ -383,4 +481,9 @@ def test_the_handlers_drain_stops_the_periodic_loops_and_the_pool() -> None:
         await asyncio.sleep(0)
         return loop_task.cancelled(), executor.draining
 
-    assert asyncio.run(scenario()) == (True, True)
+    try:
+        assert asyncio.run(scenario()) == (True, True)
+        assert handlers.SIGNATURES.executor is None
+        assert all(f.cancelled() for f in queued)  # queued downloads never start
+    finally:
+        blocker.set()

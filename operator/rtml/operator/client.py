@@ -71,8 +71,11 @@ class KubeClient:
 
     # -- discovery ---------------------------------------------------------------------------
     def version(self) -> None:
-        """GET /version: raises unless the API server answers (the `watching` probe asks)."""
-        self.dyn.request("get", "/version")
+        """GET /version: raises unless the API server answers (the `watching` probe asks).
+
+        Unserialized: the dynamic client makes each answer an object with a `kind`, which
+        /version lacks, so every answer raised KeyError (docs/outages.md, the fault proxy)."""
+        self.dyn.request("get", "/version", serialize=False)
 
     def serves(self, api_version: str, kind: str) -> bool:
         """Whether the cluster serves this kind now (a CRD may be installed at any time)."""

@@ -409,7 +409,13 @@ def _on_child(body: Mapping[str, Any], memo: kopf.Memo, event_type: str | None) 
         return
     client: KubeClient = memo["client"]
     ns = body["metadata"]["namespace"]
-    model = client.get(f"{GROUP}/{VERSION}", "Model", ns, name)
+    model: dict[str, Any] | None = None
+    # Said in a sentence like any other failure here, not as the HTTP exchange Kopf would log.
+    with (
+        _next_time("child-triggered reconcile failed; the resync will retry", model=name),
+        _retry_on_outage(0),
+    ):
+        model = client.get(f"{GROUP}/{VERSION}", "Model", ns, name)
     if model is None or model["metadata"].get("deletionTimestamp"):
         return
     log.debug("child changed", extra={"kind": body.get("kind"), "event": event_type, "model": name})
