@@ -13,6 +13,7 @@ its answer is sent, so a count taken after the last answer misses nothing.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,7 +50,9 @@ def apiserver_flags(policy: Path, log: Path) -> list[str]:
         f"--audit-policy-file={policy}",
         f"--audit-log-path={log}",
         "--audit-log-format=json",
-        "--audit-log-maxsize=0",  # no rotation: one file for the whole run
+        # One file for the whole run: 0 is not "never" but the log library's default, 100 MB,
+        # and 1,000 Models wrote more than that in 15 minutes.
+        "--audit-log-maxsize=100000",
     ]
 
 
@@ -105,6 +108,8 @@ class AuditTail:
     def poll(self) -> None:
         try:
             with self.path.open("rb") as f:
+                if os.fstat(f.fileno()).st_size < self.offset:
+                    raise RuntimeError(f"{self.path} was rotated: the count would miss events")
                 f.seek(self.offset)
                 data = f.read()
         except FileNotFoundError:

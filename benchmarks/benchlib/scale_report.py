@@ -89,7 +89,7 @@ def write_scale_md(result: dict[str, Any], path: Path, json_path: Path) -> Path:
             f"{_breakdown(rollout.get('writes_by_request', {}))}"
             f" (status codes {_breakdown(rollout.get('write_codes', {}))}). "
             f"No-op resync: {noop.get('window_s')} s, {noop.get('models_resynced')}/{n} Models "
-            f"resynced in {noop.get('reconciles')} reconciles, writes "
+            f"resynced ({noop.get('reconciles')} GETs of a Model), writes "
             f"{_breakdown(noop.get('writes_by_request', {}))}; reads "
             f"{_breakdown(noop.get('reads_by_request', {}), 6)}; objects whose resourceVersion "
             f"changed (by anyone): {_breakdown(noop.get('objects_changed', {}))}. Ready reasons "
