@@ -424,7 +424,7 @@ def run_scale(
             bench = Bench(n, resync_seconds or 60.0, op, audit, kube, models, deployments,
                           result, log)  # fmt: skip
             bench.rollout(api, bodies, timeout)
-            bench.noop_resync(bench.quiet(), resync_seconds is not None)
+            bench.noop_resync(bench.quiet(), resync_seconds is not None, timeout)
             bench.sigterm()
         finally:
             models.stop()
@@ -510,13 +510,14 @@ class Bench:
         self.result["quiet"] = time.time() < deadline
         return time.time()
 
-    def noop_resync(self, start: float, env_set: bool) -> None:
+    def noop_resync(self, start: float, env_set: bool, timeout: float) -> None:
         """A resync that changes nothing: from START until every Model was resynced once more
         (the operator logs `Model resynced` per Model), counting the operator's requests."""
         before = resource_versions(self.kube)
         offset = self.op.log_size()
         resynced: set[str] = set()
-        limit = time.time() + 3 * self.interval + 300
+        # 1,000 Models once queued their first round behind 8 minutes of child events.
+        limit = time.time() + max(3 * self.interval + 300, timeout)
         next_line = time.monotonic()
         while len(resynced) < self.n and time.time() < limit:
             records, offset = self.op.log_lines_from(offset)
