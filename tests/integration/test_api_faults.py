@@ -492,5 +492,7 @@ def test_a_ten_minute_outage_backs_off_and_converges_after(
         assert statistics.mean(late) >= 3 * statistics.mean(series[:3]), (name, series)
         assert max(series) >= 30, (name, series)
     # Kopf's own tries of a watch (1, 1, 2, 3, 5, 8, 13, 21 s apart, then again): about one in
-    # 6 s per stream, far below one a second.
-    assert max(watch_tries.values()) <= OUTAGE_SECONDS / 4, watch_tries
+    # 6 s per stream, each sent twice by aiohttp; far below one request a second (measured: 196
+    # requests per stream in 10 minutes).
+    requests = {stream: len(rs) for stream, rs in watches.items()}
+    assert max(requests.values()) <= OUTAGE_SECONDS / 2, requests
