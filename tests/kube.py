@@ -39,14 +39,21 @@ def thirdparty_crd(file: str) -> Path:
 
 
 def resolve_env(
-    container: dict[str, Any], secret_value: Callable[[str, str], str]
+    container: dict[str, Any],
+    secret_value: Callable[[str, str], str],
+    fields: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """A rendered container's env as the kubelet resolves it: values, and each secretKeyRef
-    (Secret name, key) looked up with `secret_value`."""
+    """A rendered container's env as the kubelet resolves it: values, each secretKeyRef
+    (Secret name, key) looked up with `secret_value`, each fieldRef (the downward API) from
+    `fields` by its fieldPath (a path it lacks fails the test)."""
     out = {}
     for e in container.get("env", []):
         if "value" in e:
             out[e["name"]] = e["value"]
+        elif "fieldRef" in e["valueFrom"]:
+            path = e["valueFrom"]["fieldRef"]["fieldPath"]
+            assert path in (fields or {}), f"{e['name']}: no value for {path}"
+            out[e["name"]] = (fields or {})[path]
         else:
             ref = e["valueFrom"]["secretKeyRef"]
             out[e["name"]] = secret_value(ref["name"], ref["key"])
@@ -201,10 +208,17 @@ def _free_port() -> int:
 class OperatorProcess:
     """`rtml operator` as a real process against the test control plane."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.env = env or {}
+        self.args = args  # more of `rtml operator`'s options, e.g. --leader-elect
         self.port = _free_port()
         self.metrics_port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -240,6 +254,7 @@ class OperatorProcess:
                 str(self.kubeconfig),
                 "--liveness",
                 self.liveness_url,
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -231,11 +231,28 @@ def _check_local_signature(model: Model, views: dict[str, FeatureView], base_dir
     multiple=True,
     help="Watch only these namespaces (repeatable); default: the whole cluster.",
 )
-def operator(kubeconfig: str | None, liveness: str, namespaces: tuple[str, ...]) -> None:
+@click.option(
+    "--leader-elect",
+    is_flag=True,
+    help="Work only while holding the rtml-operator Lease (several replicas: one works, the "
+    "others wait and take over within ~17 s of its death).",
+)
+@click.option(
+    "--lease-namespace",
+    default=None,
+    help="Namespace of the Lease (default: POD_NAMESPACE, else the service account's).",
+)
+def operator(
+    kubeconfig: str | None,
+    liveness: str,
+    namespaces: tuple[str, ...],
+    leader_elect: bool,
+    lease_namespace: str | None,
+) -> None:
     """Run the rtml operator against a cluster until interrupted."""
     from rtml.operator.main import run_operator
 
-    run_operator(kubeconfig, liveness or None, namespaces)
+    run_operator(kubeconfig, liveness or None, namespaces, leader_elect, lease_namespace)
 
 
 @main.command()

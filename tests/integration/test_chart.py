@@ -205,9 +205,13 @@ def test_helm_install_and_least_privilege(
         ]
         for verb, resource in forbidden:
             assert not can(verb, resource, anywhere), f"operator can {verb} {resource}"
+        # The leader election's Lease: in the release's namespace only (docs/outages.md).
+        assert can("update", "leases.coordination.k8s.io", ["-n", ns])
+        assert not can("update", "leases.coordination.k8s.io", anywhere)
         rendered = run([*helm, "get", "manifest", release, "-n", ns]).stdout
         kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered) if d)
-        assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+        assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding",
+                         "ServiceAccount"]  # fmt: skip
     finally:
         run([*helm, "uninstall", release, "--namespace", ns], check=False)
         kube.delete("v1", "Namespace", ns)

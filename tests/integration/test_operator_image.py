@@ -62,12 +62,18 @@ def test_the_operator_image_runs_the_charts_container(
     kubeconfig = token / "kubeconfig"
     shutil.copy(control_plane.kubeconfig, kubeconfig)
     kubeconfig.chmod(0o644)  # readable by the chart's user, as a mounted token would be
-    env = {**resolve_env(container, _no_secret), "KUBECONFIG": "/var/run/rtml/kubeconfig"}
+    name = f"rtml-operator-{uuid.uuid4().hex[:6]}"
+    # The downward API's pod name and namespace: the leader election's identity and the
+    # Lease's namespace ("default": the API server makes it; the chart's is the release's).
+    fields = {"metadata.name": name, "metadata.namespace": "default"}
+    env = {
+        **resolve_env(container, _no_secret, fields),
+        "KUBECONFIG": "/var/run/rtml/kubeconfig",
+    }
     port = container["ports"][0]["containerPort"]
     liveness = f"http://127.0.0.1:{port}{container['livenessProbe']['httpGet']['path']}"
     if _health(liveness):
         pytest.fail(f"port {port} (the chart's liveness port) is taken; the test needs it")
-    name = f"rtml-operator-{uuid.uuid4().hex[:6]}"
     podman_run(
         container["image"],
         container["args"],
@@ -87,7 +93,18 @@ def test_the_operator_image_runs_the_charts_container(
                     f"the operator image never answered {liveness}:\n{podman_logs(name)[-3000:]}"
                 )
             time.sleep(1)
+        # A standby answers its health endpoint too: wait for it to lead (the chart runs it
+        # with --leader-elect), then for Kopf's own endpoint.
+        while '"message": "leading"' not in podman_logs(name):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the operator image never led:\n{podman_logs(name)[-3000:]}")
+            time.sleep(1)
+        while _health(liveness) != 200:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no health after leading:\n{podman_logs(name)[-3000:]}")
+            time.sleep(1)
         logs = podman_logs(name)
+        assert "--leader-elect" in container["args"]
         assert "starting operator" in logs
         assert "Traceback" not in logs, logs[-3000:]
     finally:

@@ -48,6 +48,41 @@ def grants(rules: list[dict[str, Any]], group: str, resource: str) -> set[str]:
     }
 
 
+def _lease(doc: dict[str, Any]) -> bool:
+    """The leader election's Role and RoleBinding (in the release's namespace, any scope)."""
+    return str(doc["metadata"]["name"]).endswith("-leader-election")
+
+
+def test_leader_election_may_write_only_leases_in_the_release_namespace(helm: Path) -> None:
+    for values in ([], NAMESPACED):
+        docs = [d for d in rendered(helm, *values) if _lease(d)]
+        role, binding = sorted(docs, key=lambda d: str(d["kind"]))
+        assert (role["kind"], binding["kind"]) == ("Role", "RoleBinding")
+        assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "rtml-system"
+        assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                  "verbs": ["get", "create", "update"]}]  # fmt: skip
+        (deployment,) = [d for d in rendered(helm, *values) if d["kind"] == "Deployment"]
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert "--leader-elect" in container["args"]
+        env = {e["name"]: e.get("valueFrom") for e in container["env"]}
+        assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_replicas_need_leader_election(helm: Path) -> None:
+    two = rendered(helm, "operator.replicas=2")
+    (deployment,) = [d for d in two if d["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    off = ("operator.leaderElection.enabled=false",)
+    (single,) = [d for d in rendered(helm, *off) if d["kind"] == "Deployment"]
+    assert single["spec"]["strategy"]["type"] == "Recreate"
+    assert "--leader-elect" not in single["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [d for d in rendered(helm, *off) if _lease(d)]
+    refused = template(helm, "operator.replicas=2", *off, check=False)
+    assert refused.returncode != 0
+    assert "operator.replicas above 1 needs operator.leaderElection.enabled" in refused.stderr
+
+
 def test_namespaced_has_no_cluster_role_writing_workloads(helm: Path) -> None:
     docs = rendered(helm, *NAMESPACED)
     cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
@@ -66,8 +101,10 @@ def test_namespaced_has_no_cluster_role_writing_workloads(helm: Path) -> None:
 
 def test_namespaced_gives_each_watched_namespace_a_role_and_binding(helm: Path) -> None:
     docs = rendered(helm, *NAMESPACED)
-    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
-    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role" and not _lease(d)}
+    bindings = {
+        d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding" and not _lease(d)
+    }
     assert set(roles) == set(bindings) == {"team-a", "team-b"}
     for ns, role in roles.items():
         for group, resource in WORKLOADS[:2]:
@@ -87,7 +124,7 @@ def test_namespaced_gives_each_watched_namespace_a_role_and_binding(helm: Path) 
 
 def test_cluster_scope_is_one_cluster_role_and_no_roles(helm: Path) -> None:
     docs = rendered(helm)
-    kinds = [d["kind"] for d in docs]
+    kinds = [d["kind"] for d in docs if not _lease(d)]
     assert "Role" not in kinds
     assert "RoleBinding" not in kinds
     (role,) = [d for d in docs if d["kind"] == "ClusterRole"]

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
@@ -20,11 +20,18 @@ from rtml.contract import SettingsError
 from rtml.logs import configure_logging
 from rtml.operator.shutdown import exit_after
 
+if TYPE_CHECKING:
+    from rtml.operator.leader import Leadership
+
 log = logging.getLogger("rtml.operator")
 
 
 def run_operator(
-    kubeconfig: str | None, liveness: str | None, namespaces: tuple[str, ...] = ()
+    kubeconfig: str | None,
+    liveness: str | None,
+    namespaces: tuple[str, ...] = (),
+    leader_elect: bool = False,
+    lease_namespace: str | None = None,
 ) -> None:
     configure_logging()
     if kubeconfig:
@@ -45,6 +52,8 @@ def run_operator(
         "starting operator",
         extra={"namespaces": list(namespaces) or "all", "metricsPort": port or None},
     )
+    leadership = _lead(kubeconfig, liveness, lease_namespace) if leader_elect else None
+    METRICS.leader.set(1)
     memo = kopf.Memo(kubeconfig=kubeconfig)
     asyncio.run(
         operate(
@@ -56,6 +65,37 @@ def run_operator(
             liveness_endpoint=liveness,
         )
     )
+    if leadership is not None:
+        leadership.step_down()
+
+
+def _lead(kubeconfig: str | None, liveness: str | None, namespace: str | None) -> Leadership:
+    """Wait until this replica leads (rtml.operator.leader); health says "standby" till then."""
+    from rtml.operator.client import KubeClient
+    from rtml.operator.leader import (
+        ElectionSettings,
+        Leadership,
+        StandbyHealth,
+        default_identity,
+        default_namespace,
+    )
+
+    settings = ElectionSettings(namespace or default_namespace(), default_identity())
+    health = StandbyHealth(liveness)
+    try:
+        leadership = Leadership(
+            settings, KubeClient.from_kubeconfig(kubeconfig).api, on_lost=_exit_now
+        )
+        leadership.wait()
+    finally:
+        health.close()
+    return leadership
+
+
+def _exit_now() -> None:
+    """The Lease is lost: stop writing at once (another replica may lead); the pod restarts."""
+    logging.shutdown()
+    os._exit(1)
 
 
 async def operate(grace: float, memo: kopf.Memo, **options: Any) -> None:

@@ -9,6 +9,7 @@ port, scraped by the chart's PodMonitor when enabled; docs/observability.md).
   the API server through its client (Kopf's own watch streams are not counted).
 - `rtml_experiment_phase{namespace, experiment, phase}`: 1 for the current phase (the
   RtmlExperimentRolledBack alert reads it), 0 for earlier ones; gone with the Experiment.
+- `rtml_operator_leader`: 1 while this replica works, 0 while it waits to lead.
 - `rtml_build_info{version, python}` and the process collector's `process_*` series.
 
 Its own registry (not the process-global one): tests run several operators in one process.
@@ -73,6 +74,12 @@ class OperatorMetrics:
             "rtml_experiment_phase",
             "1 for each Experiment's current phase, 0 for the phases it was in before.",
             ("namespace", "experiment", "phase"),
+            registry=r,
+        )
+        self.leader = Gauge(
+            "rtml_operator_leader",
+            "1 while this replica works (it leads, or runs without leader election), 0 while "
+            "it waits as a standby.",
             registry=r,
         )
         info = Gauge(
