@@ -87,6 +87,17 @@ async def index_models(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, 
     return _ref(body, kserve=spec.get("backend") == "kserve")
 
 
+@kopf.index(GROUP, VERSION, "models", id="rtml_model_views")
+async def index_model_views(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[Any, Ref]:
+    """Which Models read which FeatureView: a view's event re-judges only its own Models
+    instead of listing every Model of the namespace (what 1,000 Models made expensive). An
+    empty answer clears what this Model was indexed under before."""
+    view = (spec.get("features") or {}).get("featureViewRef")
+    if not view:
+        return {}
+    return {(body["metadata"]["namespace"], view): _ref(body)[body["metadata"]["uid"]]}
+
+
 @kopf.index(GROUP, VERSION, "experiments", id="rtml_experiments")
 async def index_experiments(
     body: kopf.Body, status: kopf.Status, meta: kopf.Meta, **_: Any
@@ -158,6 +169,7 @@ def _drain(memo: kopf.Memo, executor: DrainingExecutor) -> None:
         if task:
             task.cancel()
     executor.drain()
+    SIGNATURES.close()  # the signature check's own download pool
 
 
 def _wake_models(
@@ -543,27 +555,36 @@ def sweep_feast_registry(memo: kopf.Memo) -> None:
 
 
 @kopf.on.event(*FEATUREVIEWS, id="featureview-dependents")
-def feature_view_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
+def feature_view_changed(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    type: str | None,
+    **kwargs: Any,
+) -> None:
     """A view created, changed, deleted or turning Ready re-judges the Models that read it at
     once: FeaturesResolved holds a Model's rollout until its view is Ready, and waiting for
-    the Model's next resync (60 s by default) would hold it that much longer."""
+    the Model's next resync (60 s by default) would hold it that much longer. The Models come
+    from an index (rtml_model_views), each read afresh: one GET per dependent Model, none for
+    the namespace's other Models."""
     if type is None:
         return  # the initial listing: the Models' resume handlers already cover it
     client: KubeClient = memo["client"]
     meta = body["metadata"]
-    models: list[dict[str, Any]] = []
-    with (
-        _next_time("could not list a FeatureView's Models; their resync will catch up",
-                   featureview=meta["name"]),
-        _retry_on_outage(0),
-    ):  # fmt: skip
-        models = client.list_in(f"{GROUP}/{VERSION}", "Model", meta["namespace"])
-    for model in models:
-        ref = ((model.get("spec") or {}).get("features") or {}).get("featureViewRef")
-        if ref != meta["name"] or model["metadata"].get("deletionTimestamp"):
+    views: kopf.Index[Any, Ref] = kwargs["rtml_model_views"]
+    for ref in sorted(views.get((meta["namespace"], meta["name"]), ())):
+        model: dict[str, Any] | None = None
+        with (
+            _next_time("could not read a FeatureView's Model; its resync will catch up",
+                       featureview=meta["name"], model=ref.name),
+            _retry_on_outage(0),
+        ):  # fmt: skip
+            model = client.get(f"{GROUP}/{VERSION}", "Model", ref.namespace, ref.name)
+        if model is None or model["metadata"].get("deletionTimestamp"):
             continue
-        name = model["metadata"]["name"]
-        with _next_time("view-triggered reconcile failed; the resync will retry", model=name):
+        view = ((model.get("spec") or {}).get("features") or {}).get("featureViewRef")
+        if view != meta["name"]:
+            continue  # changed since it was indexed: its own update handler has it
+        with _next_time("view-triggered reconcile failed; the resync will retry", model=ref.name):
             _reconcile(model, memo, retry=0)
 
 

@@ -139,6 +139,14 @@ class SignatureCache:
                 )
             return self.executor
 
+    def close(self) -> None:
+        """On SIGTERM (the operator's drain): queued downloads never start; one under way
+        ends by its deadline or with the process (rtml.operator.shutdown)."""
+        with self._lock:
+            executor, self.executor = self.executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
     def parsed(self, digest: str) -> Signature | None:
         with self._lock:
             return self._parsed.get(digest)
