@@ -196,8 +196,8 @@ def test_the_operator_refuses_credentials_it_would_write_in_clear(
 
 
 def test_operator_settings_name_their_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RTML_HANDLER_TIMEOUT", "forever")
-    with pytest.raises(SettingsError, match=r"^RTML_HANDLER_TIMEOUT: "):
+    monkeypatch.setenv("RTML_RESYNC_SECONDS", "forever")
+    with pytest.raises(SettingsError, match=r"^RTML_RESYNC_SECONDS: "):
         OperatorSettings.load()
 
 

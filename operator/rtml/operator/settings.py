@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AliasChoices, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rtml.contract import (
@@ -43,11 +43,6 @@ class OperatorSettings(BaseSettings):
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     prometheus_url: str = DEFAULT_PROMETHEUS_URL
     resync_seconds: float = Field(default=60.0, gt=0)
-    handler_timeout_seconds: float = Field(
-        default=120.0,
-        gt=0,
-        validation_alias=AliasChoices("RTML_HANDLER_TIMEOUT", "handler_timeout_seconds"),
-    )
     handler_retries: int = Field(default=20, ge=0)
     max_workers: int = Field(default=4, gt=0)
     watch_server_timeout: int = Field(default=300, gt=0)
