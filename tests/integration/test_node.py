@@ -608,7 +608,17 @@ def test_a_stopped_runtime_is_restarted_by_its_liveness_probe(chain: Chain) -> N
                      f"involvedObject.name={pod['metadata']['name']}")  # fmt: skip
     assert "Liveness probe failed" in events, events
     assert p["status"]["containerStatuses"][0]["lastState"]["terminated"]
-    code, body = _post(f"{chain.service_url('fraud')}/predict", REQUEST)
+    url = f"{chain.service_url('fraud')}/predict"
+
+    def answered() -> tuple[int, dict[str, Any]] | None:
+        # The pod is Ready before its EndpointSlice and kube-proxy's rules say so: until they
+        # do, the ClusterIP refuses the connection (CI saw that once).
+        try:
+            return _post(url, REQUEST)
+        except OSError:
+            return None
+
+    code, body = chain.wait("the Service to answer from the restarted pod", answered, 60)
     assert code == 200, body
 
 
