@@ -9,6 +9,7 @@ label of `rtml_requests_total`) and what the shadow worker scored or dropped.
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from benchlib.configs import EXPERIMENT_CONFIGS, ServerConfig
@@ -19,6 +20,7 @@ CANARY = "rtml-canary-50"
 SHADOW = "rtml-shadow-100"
 SPLIT_COST_LIMIT = 0.95  # saturation with the split >= 95% of without
 SHADOW_P99_LIMIT = 1.10  # the champion's c=1 p99 with shadow <= 110% of without
+SHADOW_TARGET = "shadow 100%: champion's c=1 p99 ÷ no experiment's in the same run (within 10%)"
 SHARE_TOLERANCE = 2.0  # points: the hash's share over many entities (docs/traffic-split.md)
 REQUESTS = "rtml_requests_total"
 DROPPED = "rtml_shadow_dropped_total"
@@ -105,13 +107,20 @@ def experiment_targets(result: dict[str, Any]) -> list[Target]:
         "{:.3f}x",
         ">=",
     )
-    add(
-        "shadow 100%: champion's c=1 p99 ÷ no experiment's (within 10%)",
-        ratio(SHADOW, "c1_p99_ms"),
-        SHADOW_P99_LIMIT,
-        "{:.3f}x",
-        "<=",
-    )
+    paired = paired_ratio(result.get("runs", {}), SHADOW, "p99_ms")
+    if paired is None:
+        out.append(Target(SHADOW_TARGET, "not measured", "", None))
+    else:
+        medians = ratio(SHADOW, "c1_p99_ms")
+        out.append(
+            Target(
+                SHADOW_TARGET,
+                f"{paired:.3f}x paired (ratio of the medians: "
+                + (f"{medians:.3f}x)" if medians is not None else "n/a)"),
+                f"<= {SHADOW_P99_LIMIT:.3f}x",
+                paired <= SHADOW_P99_LIMIT,
+            )
+        )
     share = facts.get(CANARY, {}).get("candidate_share_pct")
     if share is None:
         out.append(Target("50% canary: the candidate's share of answers", "not measured", "", None))
@@ -141,6 +150,23 @@ def experiment_targets(result: dict[str, Any]) -> list[Target]:
             )
         )
     return out
+
+
+def paired_ratio(runs: dict[str, list[dict[str, Any]]], key: str, metric: str) -> float | None:
+    """The median, over runs, of KEY's c=1 METRIC ÷ the baseline's in the same run.
+
+    Each run measures the three servers one after the other, minutes apart at most; the runs
+    are further apart. On a VM whose steal moves between 11% and 34% within an hour, the
+    baseline's own c=1 p99 ranged 2.92-4.42 ms across five runs, wider than the 10% being
+    judged, so a ratio of medians taken over different runs mostly measures the drift. The
+    ratio within each run cancels what the run shares. Chosen before the run that reports it
+    (RESULTS.md gives both)."""
+    pairs = []
+    for base, other in zip(runs.get(BASELINE, []), runs.get(key, []), strict=False):
+        b, o = (base.get("c1") or {}).get(metric), (other.get("c1") or {}).get(metric)
+        if b and o is not None and base.get("run") == other.get("run"):
+            pairs.append(o / b)
+    return statistics.median(pairs) if pairs else None
 
 
 def ratios_to_baseline(summary: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
