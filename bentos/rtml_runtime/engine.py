@@ -209,7 +209,13 @@ class Runtime:
             pvc_root=settings.pvc_root,
             max_bytes=settings.max_artifact_bytes,
         )
-        model = OnnxModel(file, data=data, sha256=art.sha256)  # verified against it
+        model = OnnxModel(
+            file,
+            data=data,
+            sha256=art.sha256,  # verified against it
+            columns=self.spec.feature_columns,
+            output=self.spec.output_choice,
+        )
         del data  # the session holds what it needs
         _ = model.feature_names  # a wide input without names fails here, not on a request
         self._check_signature(model, field)
@@ -223,7 +229,11 @@ class Runtime:
 
     def _check_signature(self, model: OnnxModel, field: str) -> None:
         mismatches = check_signature(
-            model.inputs, self.view, self.request_features, model.declared_features
+            model.inputs,
+            self.view,
+            self.request_features,
+            model.declared_features,
+            columns=self.spec.feature_columns,
         )
         if mismatches:
             raise ModelError(f"{field} does not fit its features: {describe(mismatches)}")

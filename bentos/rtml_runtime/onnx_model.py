@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from rtml.api.signature import InputSpec
-from rtml.onnx_inputs import DECLARED_FEATURES, external_data_files
+from rtml.api.signature import InputSpec, Mismatch, OutputChoice, choose_output, is_zipmap
+from rtml.onnx_inputs import DECLARED_FEATURES, external_data_files, graph_outputs, unzip_output
 
 _NUMPY = {
     "tensor(float)": np.float32,
@@ -54,11 +54,19 @@ class OnnxModel:
     """Scores rows: an [n, k] float matrix whose columns follow `feature_names`."""
 
     def __init__(
-        self, path: Path, threads: int = 1, data: bytes | None = None, sha256: str | None = None
+        self,
+        path: Path,
+        threads: int = 1,
+        data: bytes | None = None,
+        sha256: str | None = None,
+        columns: list[str] | None = None,
+        output: tuple[str | None, int | None] = (None, None),
     ) -> None:
         """`data`: the model's bytes, already verified (the session is made from them, never
         from `path` again; `path` only names the model). Without it, `path` is read. `sha256`:
-        the digest the caller checked `data` against, so the bytes are not hashed twice."""
+        the digest the caller checked `data` against, so the bytes are not hashed twice.
+        `columns`: the Model's spec.features.columns (a single wide input's column names);
+        `output`: its spec.output (name, column), the score (rtml.api.signature.choose_output)."""
         import onnxruntime as ort  # ~0.5 s: loaded with the model, off the import path
 
         opts = ort.SessionOptions()
@@ -78,8 +86,21 @@ class OnnxModel:
         except Exception as e:
             raise ModelError(_load_failure(path, data, e)) from e
         self.inputs = [InputSpec(i.name, i.type, tuple(i.shape)) for i in self.session.get_inputs()]
-        outputs = self.session.get_outputs()
-        self.output_name = next((o.name for o in outputs if o.name == "score"), outputs[0].name)
+        self.output_spec = output
+        self.spec_columns = columns
+        outputs = [InputSpec(o.name, o.type, tuple(o.shape)) for o in self.session.get_outputs()]
+        if any(is_zipmap(o) for o in outputs):
+            import onnx  # only for a ZipMap's class count, which its type does not carry
+
+            outputs = graph_outputs(onnx.load_model_from_string(data))
+        chosen: OutputChoice | Mismatch = choose_output(outputs, *output)
+        if isinstance(chosen, Mismatch):
+            raise ModelError(chosen.message)
+        self.output_name, self.output_column = chosen.name, chosen.column
+        if chosen.zipmap:
+            # ONNX Runtime cannot bind a sequence of maps: score the probabilities it zips.
+            cut, self.output_name = unzip_output(data, chosen.name)
+            self.session = ort.InferenceSession(cut, opts, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         self.declared_features: list[str] | None = (
             json.loads(meta[DECLARED_FEATURES]) if DECLARED_FEATURES in meta else None
@@ -123,12 +144,14 @@ class OnnxModel:
     def feature_names(self) -> list[str]:
         """One name per column: the named inputs, or the declared order of a single wide input."""
         if len(self.inputs) == 1 and self.inputs[0].width > 1:
-            if not self.declared_features:
+            names = self.spec_columns or self.declared_features
+            if not names:
                 raise ModelError(
                     f"the model's single input {self.inputs[0].name!r} has "
-                    f"{self.inputs[0].width} columns but no 'rtml.features' metadata naming them"
+                    f"{self.inputs[0].width} columns, but neither spec.features.columns nor the "
+                    "model's 'rtml.features' metadata names them"
                 )
-            return list(self.declared_features)
+            return list(names)
         return [i.name for i in self.inputs]
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
@@ -148,7 +171,7 @@ class OnnxModel:
                 )
             }
         (out,) = self.session.run([self.output_name], feed)
-        return _scores(out)
+        return _scores(out, self.output_column)
 
     def predict_rows(self, rows: Sequence[Sequence[float]] | np.ndarray) -> list[float]:
         """The scores of a few rows (values in `feature_names` order), in one model call.
@@ -173,7 +196,7 @@ class OnnxModel:
             buffer[:] = rows
             self.session.run_with_iobinding(binding)
             out = binding.get_outputs()[0].numpy()
-        return _scores(out).tolist()  # type: ignore[no-any-return]
+        return _scores(out, self.output_column).tolist()  # type: ignore[no-any-return]
 
     def _bind_rows(self, n: int) -> tuple[Any, np.ndarray]:
         width = self.inputs[0].width if self._wide else len(self.inputs)
@@ -202,7 +225,7 @@ class OnnxModel:
                     view[0] = value
             self.session.run_with_iobinding(self._binding)
             out = self._binding.get_outputs()[0].numpy()
-        return float(_scores(out)[0])
+        return float(_scores(out, self.output_column)[0])
 
     def warmup(self, requests: int, rng_seed: int = 0) -> None:
         """Synthetic predictions so the first real request pays no lazy initialisation."""
@@ -212,9 +235,10 @@ class OnnxModel:
             self.predict_one(rng.random(width, dtype=np.float32).tolist())
 
 
-def _scores(out: Any) -> np.ndarray:
-    """One float per row: a probability output's last column, or the output itself."""
+def _scores(out: Any, column: int | None = None) -> np.ndarray:
+    """One float per row: column `column` of a [N, k] output (default: its last), or the
+    output itself."""
     scores = np.asarray(out, dtype=np.float64)
     if scores.ndim == 2:
-        scores = scores[:, -1]
+        scores = scores[:, -1 if column is None else column]
     return scores.reshape(-1)

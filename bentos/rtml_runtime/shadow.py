@@ -179,6 +179,7 @@ class ShadowProcess:
             "model": str(variant.model.path),
             "sha256": variant.model.sha256,  # the child loads only the bytes this process did
             "columns": variant.columns,
+            "output": list(variant.model.output_spec),  # the same score as the serving process
             "breaker": variant.breaker.settings(),
             "maxBatch": max_batch,
             "lingerS": linger_s,

@@ -68,7 +68,8 @@ def run(config: dict[str, Any]) -> None:
     log.info("shadow worker scheduling: %s", policy, extra={"policy": policy})
     path = Path(config["model"])
     data = read_verified(path, str(path), config["sha256"], None)
-    model = OnnxModel(path, data=data, sha256=config["sha256"])
+    name, column = config.get("output") or (None, None)
+    model = OnnxModel(path, data=data, sha256=config["sha256"], output=(name, column))
     columns = config["columns"]
 
     def changed(dependency: str, old: State, new: State) -> None:

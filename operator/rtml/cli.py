@@ -181,7 +181,7 @@ def _check_local_signature(model: Model, views: dict[str, FeatureView], base_dir
     """
     from rtml.api.signature import check_signature
     from rtml.artifacts import ArtifactError, fetch_artifact, local_path
-    from rtml.onnx_inputs import OnnxSignatureError, onnx_inputs
+    from rtml.onnx_inputs import OnnxSignatureError, onnx_graph
 
     name = model.metadata.name
     binding = model.spec.features
@@ -196,13 +196,21 @@ def _check_local_signature(model: Model, views: dict[str, FeatureView], base_dir
         return 0
     try:
         path = fetch_artifact(art.uri, art.sha256, base_dir, base_dir)  # local: nothing cached
-        inputs, declared = onnx_inputs(path)
+        graph = onnx_graph(path)
     except (ArtifactError, OnnxSignatureError) as e:
         click.echo(f"Model {name}: {e}", err=True)
         return 1
     requested = list(binding.request_features) if binding is not None else []
     view = views[ref] if ref is not None else None
-    mismatches = check_signature(inputs, view, requested, declared)
+    mismatches = check_signature(
+        graph.inputs,
+        view,
+        requested,
+        graph.declared,
+        columns=model.spec.feature_columns,
+        outputs=graph.outputs,
+        output=model.spec.output_choice,
+    )
     for m in mismatches:
         click.echo(f"Model {name}: {m.message} ({m.reason})", err=True)
     if not mismatches:

@@ -4,6 +4,7 @@ session): what the operator, `rtml validate` and the runtime check against a Fea
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,24 @@ class OnnxSignatureError(Exception):
     """The file is not an ONNX model whose inputs can be read."""
 
 
+def _elem(elem_type: int) -> str:
+    from onnx import TensorProto
+
+    return str(TensorProto.DataType.Name(elem_type).lower())
+
+
 def _input_spec(value_info: Any) -> InputSpec:
     """A graph input as ONNX Runtime would describe it: `tensor(float)`, dims or names."""
     from onnx import TensorProto
 
     kind = value_info.type.WhichOneof("value")
+    if kind == "sequence_type":
+        elem = value_info.type.sequence_type.elem_type
+        if elem.WhichOneof("value") == "map_type":
+            key, value = elem.map_type.key_type, elem.map_type.value_type
+            if value.WhichOneof("value") == "tensor_type":
+                dtype = f"seq(map({_elem(key)},tensor({_elem(value.tensor_type.elem_type)})))"
+                return InputSpec(value_info.name, dtype, ())
     if kind != "tensor_type":
         return InputSpec(value_info.name, str(kind), ())
     tensor = value_info.type.tensor_type
@@ -32,10 +46,75 @@ def _input_spec(value_info: Any) -> InputSpec:
     return InputSpec(value_info.name, dtype, shape)
 
 
+@dataclass(frozen=True)
+class OnnxGraph:
+    """What the signature check reads of a model: its inputs, `rtml.features`, its outputs."""
+
+    inputs: list[InputSpec]
+    declared: list[str] | None
+    outputs: list[InputSpec]
+
+
+def graph_outputs(model: Any) -> list[InputSpec]:
+    """The graph's outputs as ONNX Runtime names their types; a ZipMap's output gets the shape
+    [N, number of classes] from the node's class labels (its type carries no shape)."""
+    outputs = []
+    for value_info in model.graph.output:
+        spec = _input_spec(value_info)
+        zipmap = _zipmap(model.graph, spec.name)
+        if zipmap is not None:
+            spec = InputSpec(spec.name, spec.dtype, (None, len(_class_labels(zipmap))))
+        outputs.append(spec)
+    return outputs
+
+
+def _zipmap(graph: Any, output: str) -> Any:
+    return next(
+        (n for n in graph.node if n.op_type == "ZipMap" and output in n.output),
+        None,
+    )
+
+
+def _class_labels(node: Any) -> list[Any]:
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return list(attrs.get("classlabels_int64s") or attrs.get("classlabels_strings") or [])
+
+
+def unzip_output(data: bytes, name: str) -> tuple[bytes, str]:
+    """The model with its ZipMap output `name` replaced by the probability tensor the ZipMap
+    reads ([N, classes], one column per class in the node's class order), which ONNX Runtime
+    can bind and rtml scores; every other output is dropped, so the graph computes only the
+    score. The bytes given were verified against the digest: this is the same model, cut."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load_model_from_string(data)
+    node = _zipmap(model.graph, name)
+    if node is None:
+        raise ValueError(f"ONNX output {name!r} is not the output of a ZipMap node")
+    source = node.input[0]
+    classes = len(_class_labels(node))
+    model.graph.node.remove(node)
+    del model.graph.output[:]
+    model.graph.output.append(
+        helper.make_tensor_value_info(source, TensorProto.FLOAT, [None, classes])
+    )
+    return model.SerializeToString(), source
+
+
 def onnx_inputs(
     path: Path, max_bytes: int = MAX_SIGNATURE_BYTES
 ) -> tuple[list[InputSpec], list[str] | None]:
-    """The graph's inputs and its `rtml.features` metadata, without loading it for inference.
+    """The graph's inputs and its `rtml.features` metadata (see `onnx_graph`)."""
+    graph = onnx_graph(path, max_bytes)
+    return graph.inputs, graph.declared
+
+
+def onnx_graph(path: Path, max_bytes: int = MAX_SIGNATURE_BYTES) -> OnnxGraph:
+    """The graph's inputs, its `rtml.features` metadata and its outputs, without loading it for
+    inference.
 
     Reads the protobuf only (no external tensor data, no session). Files over `max_bytes` are
     refused.
@@ -68,7 +147,7 @@ def onnx_inputs(
                 f"{path}: metadata {DECLARED_FEATURES!r} must be a list of names"
             )
         declared = names
-    return inputs, declared
+    return OnnxGraph(inputs, declared, graph_outputs(model))
 
 
 def _tensors(graph: Any) -> Any:

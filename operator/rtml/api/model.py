@@ -41,6 +41,32 @@ class FeatureBinding(ApiModel):
         description="features the caller sends in the request itself",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+    columns: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description=(
+            "for a model whose only ONNX input is [N, k] (the default export of skl2onnx, "
+            "onnxmltools and torch.onnx): the feature in each column, in order; the model's "
+            "rtml.features metadata, if any, must agree"
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
+    )
+
+
+class Output(ApiModel):
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="the ONNX output that is the score (default: 'score', else the only float one)",
+    )
+    column: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="the column of that output that is the score (a classifier's class index)",
+    )
 
 
 class Slo(ApiModel):
@@ -250,6 +276,7 @@ class ModelSpec(ApiModel):
     artifact: Artifact
     backend: Literal["bentoml", "kserve"] = Field(default="bentoml", description="what runs it")
     features: FeatureBinding | None = None
+    output: Output | None = None
     slo: Slo = Field(default_factory=Slo)
     circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
     fallback: Fallback = Field(default_factory=Fallback)
@@ -258,6 +285,16 @@ class ModelSpec(ApiModel):
     warmup: Warmup = Field(default_factory=Warmup)
     runtime: RuntimeOverrides = Field(default_factory=RuntimeOverrides)
     rollout: Rollout = Field(default_factory=Rollout)
+
+    @property
+    def output_choice(self) -> tuple[str | None, int | None]:
+        """spec.output as (name, column); (None, None) when not set."""
+        return (self.output.name, self.output.column) if self.output else (None, None)
+
+    @property
+    def feature_columns(self) -> list[str] | None:
+        """spec.features.columns, if set."""
+        return self.features.columns if self.features is not None else None
 
     @property
     def slow_call_ms(self) -> int:

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from rtml.api.common import ArtifactRef
 from rtml.api.featureview import FeatureView
 from rtml.api.model import Model
-from rtml.api.signature import InputSpec, check_signature, describe
+from rtml.api.signature import check_signature, describe
 from rtml.artifacts import (
     ArtifactError,
     ArtifactTooLarge,
@@ -41,7 +41,7 @@ from rtml.artifacts import (
     sha256_of,
     verify,
 )
-from rtml.onnx_inputs import OnnxSignatureError, onnx_inputs
+from rtml.onnx_inputs import OnnxGraph, OnnxSignatureError, onnx_graph
 from rtml.operator.artifact_cache import clean_cache_dir
 from rtml.operator.artifact_fetch import FetchGuard, FetchRefused
 from rtml.operator.artifact_hosts import fetch_refusal
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("rtml.operator.signature")
 MAX_BYTES = 64 << 20
 RUNTIME_ENFORCES = "the runtime enforces the same check at start-up"
-Signature = tuple[list[InputSpec], list[str] | None]
+Signature = OnnxGraph
 ModelKey = tuple[str, str, str]  # namespace, name, uid: a Model to wake when a download settles
 
 
@@ -157,7 +157,7 @@ class SignatureCache:
         if found is not None:
             return found
         try:
-            signature = onnx_inputs(path, self.max_bytes)
+            signature = onnx_graph(path, self.max_bytes)
         except OnnxSignatureError as e:
             raise ArtifactUnreadableError(str(e)) from e
         with self._lock:
@@ -382,9 +382,16 @@ def check_model_signature(
         return while_checking(signature, previous, meta.generation)
     if isinstance(signature, Cond):
         return signature
-    inputs, declared = signature
     request_features = list(binding.request_features) if binding is not None else []
-    mismatches = check_signature(inputs, view, request_features, declared)
+    mismatches = check_signature(
+        signature.inputs,
+        view,
+        request_features,
+        signature.declared,
+        columns=model.spec.feature_columns,
+        outputs=signature.outputs,
+        output=model.spec.output_choice,
+    )
     if mismatches:
         return _resolved(
             "False",
