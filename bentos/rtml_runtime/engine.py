@@ -36,6 +36,15 @@ from rtml_runtime.features import FeatureReader, merge_features
 from rtml_runtime.metrics import RuntimeMetrics, VariantMetrics
 from rtml_runtime.onnx_model import ModelError, OnnxModel
 from rtml_runtime.plans import PlanSwitch
+from rtml_runtime.ranking import (
+    RankRequest,
+    cache_key,
+    instance_id,
+    is_ranking,
+    parse_filters,
+    parse_top_k,
+    ranked,
+)
 from rtml_runtime.ratelimit import TokenBucket
 from rtml_runtime.shadow import ShadowScorer
 from rtml_runtime.v2codec import InferRequest
@@ -119,6 +128,15 @@ class Runtime:
         self.limiter = TokenBucket.from_spec(self.spec.rate_limit, clock=clock)
         self.cache: TTLCache[str, dict[str, Any] | None] = TTLCache(
             config.settings.cache_entries, config.settings.cache_ttl_seconds, clock=clock
+        )
+        # Whole ranking answers, by canonical body (RTML_RANK_CACHE_TTL_SECONDS; 0: off).
+        self.rank_cache: TTLCache[str, dict[str, Any]] = TTLCache(
+            config.settings.rank_cache_entries, config.settings.rank_cache_ttl_seconds, clock=clock
+        )
+        self.filterable = frozenset(
+            [*(f.name for f in self.view.spec.features), *self.request_features]
+            if self.view is not None
+            else self.request_features
         )
         slow = self.spec.slow_call_ms
         self.feature_breaker = CircuitBreaker.from_spec(
@@ -527,6 +545,8 @@ class Runtime:
                 f"{self.config.settings.max_batch_rows} per request (RTML_MAX_BATCH_ROWS)",
                 "instances",
             )
+        if is_ranking(payload, (self.entity_field, "entity_id")):
+            return await self.rank(payload)
         plan = self.plans.active
         champion = plan.champion.metrics  # the batch as a whole: rate limit, in flight
         self.check_rate(champion)
@@ -579,6 +599,115 @@ class Runtime:
             "variant": only.role if only is not None else "mixed",
             "latency_ms": round(elapsed * 1000, 3),
         }
+
+    def _rank_request(self, payload: dict[str, Any]) -> RankRequest:
+        top_k = parse_top_k(payload.get("topK"))
+        filters = parse_filters(payload.get("filters"), self.filterable)
+        ids = []
+        for i, row in enumerate(payload["instances"]):
+            if not isinstance(row, dict):
+                raise bad_input("each instance must be an object", f"instances[{i}]")
+            ids.append(instance_id(row, f"instances[{i}]"))
+        return RankRequest(top_k, filters, ids)
+
+    async def rank(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The ranking form of /predict_batch (ranking.py): N candidates for one entity, one
+        feature read, one model call, by the one variant the entity's sticky key chooses.
+        Checked, not armed, against timeoutMs, as /predict is (the one await is the read)."""
+        variant = self.plans.active.answering(payload)
+        m = variant.metrics
+        self.check_rate(m)
+        start = time.perf_counter()
+        # Only valid bodies are kept, so a hit needs no checking again.
+        key = cache_key(payload, variant.role, variant.version) if self.rank_cache.ttl_s else ""
+        hit = self.rank_cache.get(key) if key else None
+        if hit is not None:
+            m.outcomes["ok"].inc(len(hit["predictions"]))
+            return {**hit, "cached": True, "latency_ms": self._ms(start)}
+        m.inflight.inc()
+        try:
+            request = self._rank_request(payload)
+            entity = self.entity_id(payload)
+            candidates = [
+                self.request_values(row, f"instances[{i}].features")
+                for i, row in enumerate(payload["instances"])
+            ]
+            rows, preds = await self._rank_rows(entity, candidates, request, variant)
+        except RequestError as e:
+            m.outcomes["rejected" if e.status == 503 else "error"].inc()
+            raise
+        finally:
+            m.inflight.dec()
+        elapsed = time.perf_counter() - start
+        if elapsed > self.timeout_s:
+            m.outcomes["error"].inc()
+            raise RequestError(
+                504,
+                "deadline_exceeded",
+                f"no answer within spec.slo.timeoutMs ({self.spec.slo.timeout_ms} ms)",
+            )
+        m.duration.observe(elapsed)
+        for p in preds:
+            m.outcomes[p.outcome].inc()
+        order = ranked([p.score for p in preds], request.top_k)
+        predictions = []
+        for rank, j in enumerate(order, start=1):
+            p, i = preds[j], rows[j]
+            out: dict[str, Any] = {"index": i, "score": p.score, "degraded": p.degraded}
+            if request.ids[i] is not None:
+                out["id"] = request.ids[i]
+            if request.top_k is not None:
+                out["rank"] = rank
+            predictions.append(out)
+        answer = {
+            "predictions": predictions,
+            "candidates": len(request.ids),
+            "scored": len(preds),
+            "model": self.config.name,
+            "version": variant.version,
+            "variant": variant.role,
+            "cached": False,
+        }
+        if key and not any(p.degraded for p in preds):  # a fallback answer is not kept
+            self.rank_cache.put(key, answer)
+        return {**answer, "latency_ms": round(elapsed * 1000, 3)}
+
+    @staticmethod
+    def _ms(start: float) -> float:
+        return round((time.perf_counter() - start) * 1000, 3)
+
+    async def _rank_rows(
+        self,
+        entity: str | None,
+        candidates: list[dict[str, Any]],
+        request: RankRequest,
+        variant: Variant,
+    ) -> tuple[list[int], list[Prediction]]:
+        """(positions of the candidates kept by the filters, their predictions)."""
+        stored: dict[str, Any] | None = None
+        failed = False
+        if entity is not None:
+            stored, failed = await self._stored_features(entity, variant.metrics)
+        rows: list[int] = []
+        merged_rows: list[dict[str, Any]] = []
+        used_default = False
+        for i, given in enumerate(candidates):
+            merged, used_default = merge_features(self.view, stored, given)
+            if all(f.keeps(merged) for f in request.filters):
+                rows.append(i)
+                merged_rows.append(merged)
+        if not merged_rows:
+            return rows, []
+        if failed:  # as /predict: spec.fallback answers each row, degraded
+            return rows, [self._fallback("features", r, variant) for r in merged_rows]
+        model, columns = variant.model, variant.columns
+        matrix = [feature_row(r, columns) for r in merged_rows]
+        scores = self._score(variant, lambda: model.predict_rows(matrix))
+        if scores is None:
+            return rows, [self._fallback("model", r, variant) for r in merged_rows]
+        degraded = entity is not None and used_default  # the entity's read: the same for all
+        outcome = "fallback" if degraded else "ok"
+        return rows, [Prediction(s, degraded, outcome, variant) for s in scores]
 
     async def infer_v2(self, name: str, request: InferRequest) -> dict[str, Any]:
         """Open Inference Protocol v2: inputs are the model's own tensors, one row each

@@ -264,6 +264,10 @@ class RuntimeSettings(BaseSettings):
     max_artifact_bytes: int = Field(default=2 << 30, gt=0)
     cache_entries: int = Field(default=100_000, ge=0)
     cache_ttl_seconds: float = Field(default=1.0, ge=0)
+    rank_cache_ttl_seconds: float = Field(
+        default=0.0, ge=0, description="how long a ranking answer is reused; 0: no result cache"
+    )
+    rank_cache_entries: int = Field(default=1024, ge=0, description="ranking answers kept")
     artifact_dir: Path = Field(
         default=Path(ARTIFACT_DIR), description="where downloaded artifacts are kept"
     )
