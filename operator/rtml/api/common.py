@@ -38,13 +38,28 @@ CRON_PATTERN = (
 )
 
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
-ARTIFACT_URI_PATTERN = r"^(file|https?|s3|gs|pvc)://.+$"
+# Free text: any character of the Basic Multilingual Plane but a control. Kopf writes a character
+# beyond it (an emoji) as 12 bytes of JSON, one inside it as at most 6: refusing those planes
+# halves what every free-text field costs the spec's budget (docs/annotation-size.md).
+BMP_CHARS = r" -~\x{A0}-\x{FFFD}"
+TEXT_PATTERN = rf"^[{BMP_CHARS}]*$"
+MULTILINE_TEXT_PATTERN = rf"^[\t\n\r{BMP_CHARS}]*$"
+ARTIFACT_URI_PATTERN = rf"^(file|https?|s3|gs|pvc)://[{BMP_CHARS}]+$"
 # A DNS-1123 subdomain: what a resource name reference must be.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
-Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
-Cron = Annotated[str, StringConstraints(pattern=CRON_PATTERN)]
+# Every field is bounded so that no spec outgrows the annotations that hold copies of it
+# (docs/annotation-size.md; rtml.api.size proves the bound from the generated CRDs).
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=32)]
+Cron = Annotated[str, StringConstraints(pattern=CRON_PATTERN, max_length=256)]
 ResourceName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=253)]
+# Printable ASCII but the five characters JSON writers escape (" \ < > &): a name costs one
+# byte a character in every copy of the spec, where a free string costs up to twelve.
+FEATURE_NAME_PATTERN = r"^[ !#-%'-;=?-\[\]-~]+$"
+# A feature, a request field or a column: as long as a FeatureView feature name may be.
+FeatureName = Annotated[
+    str, StringConstraints(pattern=FEATURE_NAME_PATTERN, min_length=1, max_length=63)
+]
 
 
 def parse_duration(value: str) -> float:
@@ -52,6 +67,17 @@ def parse_duration(value: str) -> float:
     if not re.fullmatch(DURATION_PATTERN, value):
         raise ValueError(f"{value!r} is not a duration such as 30s, 5m or 24h")
     return sum(float(n) * _DURATION_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+
+
+def map_keys(max_length: int, pattern: str, what: str) -> JsonDict:
+    """The rule bounding a map's keys (a CRD has no propertyNames), in the one shape
+    rtml.api.size reads: `what` says what a key is, for the message."""
+    if "'" in pattern or "\\" in pattern:
+        raise ValueError("a key pattern is written as a CEL raw string: no quote, no backslash")
+    return cel(
+        f"self.all(k, k.size() <= {max_length} && k.matches(r'{pattern}'))",
+        f"every key must be {what} of at most {max_length} characters",
+    )
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
@@ -82,7 +108,7 @@ class Condition(ApiModel):
 
 
 ArtifactUri = Annotated[str, StringConstraints(pattern=ARTIFACT_URI_PATTERN, max_length=2048)]
-Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
+Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN, max_length=64)]
 # Every scheme, file:// and pvc:// included: a path on a node or a shared volume can be
 # rewritten as easily as an object in a bucket (docs/artifact-digest.md).
 DIGEST_REQUIRED = (

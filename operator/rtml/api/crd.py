@@ -69,6 +69,8 @@ _KEEP = {
     "maxLength",
     "minItems",
     "maxItems",
+    "minProperties",
+    "maxProperties",
     "format",
 }
 
@@ -95,11 +97,13 @@ def _unwrap_optional(node: dict[str, Any]) -> dict[str, Any]:
 
 def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     """Turn one pydantic JSON Schema node into a structural OpenAPI v3 schema node."""
-    node = _resolve(_unwrap_optional(_resolve(node, defs)), defs)
+    node = _resolve(node, defs)
     if node.get("x-kubernetes-any-scalar"):
-        node = {k: v for k, v in node.items() if k in ("description",)}
-        return {**node, "x-kubernetes-preserve-unknown-fields": True}
+        return _any_scalar(node)
+    node = _resolve(_unwrap_optional(node), defs)
     out: dict[str, Any] = {k: v for k, v in node.items() if k in _KEEP}
+    if "const" in node and "enum" not in out:  # a one-value Literal: an enum of one
+        out["enum"] = [node["const"]]
     out.update({k: v for k, v in node.items() if k.startswith("x-kubernetes-")})
     # JSON Schema 2020 writes exclusive bounds as numbers; OpenAPI v3.0 as a flag on the bound.
     for bound, flag in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
@@ -135,6 +139,17 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     if "default" in out and out["default"] is None:
         del out["default"]
     return out
+
+
+def _any_scalar(node: dict[str, Any]) -> dict[str, Any]:
+    """A number, string or boolean (a feature's default): untyped for the API server, which
+    cannot say "one of these types", yet bounded: its string branch's length and characters,
+    and no list or object (maxItems, maxProperties 0) in place of a scalar."""
+    out = {k: v for k, v in node.items() if k == "description"}
+    for option in node.get("anyOf", []):
+        if option.get("type") == "string":
+            out.update({k: v for k, v in option.items() if k in ("maxLength", "pattern")})
+    return {**out, "maxItems": 0, "maxProperties": 0, "x-kubernetes-preserve-unknown-fields": True}
 
 
 def _all_optional(node: dict[str, Any], defs: dict[str, Any]) -> bool:

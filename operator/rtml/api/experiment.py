@@ -7,7 +7,15 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from rtml.api.common import ApiModel, ArtifactRef, Condition, Duration, ResourceName, cel
+from rtml.api.common import (
+    ApiModel,
+    ArtifactRef,
+    Condition,
+    Duration,
+    FeatureName,
+    ResourceName,
+    cel,
+)
 from rtml.api.model import (
     DEFAULT_STEPS,
     STEPS_ASCENDING,
@@ -80,7 +88,7 @@ class ExperimentSpec(ApiModel):
     canary: Canary = Field(default_factory=Canary)
     abtest: AbTest | None = None
     shadow: Shadow | None = None
-    sticky_key: str | None = Field(default=None, min_length=1)
+    sticky_key: FeatureName | None = Field(default=None)
     analysis: Analysis = Field(default_factory=Analysis)
     on_success: Literal["promote", "keep"] = "keep"
 

@@ -7,12 +7,20 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
-from rtml.api.common import ApiModel, Condition, Cron, Duration, cel
+from rtml.api.common import BMP_CHARS, TEXT_PATTERN, ApiModel, Condition, Cron, Duration, cel
 from rtml.api.model import Metadata
 
-Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+Identifier = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", max_length=63)
+]
+# The bounds that keep a FeatureView's spec within its annotation budget
+# (docs/annotation-size.md): 256 features whose string defaults are at most 32 characters.
+MAX_FEATURES = 256
+MAX_DEFAULT_LENGTH = 32
+DefaultText = Annotated[str, StringConstraints(max_length=MAX_DEFAULT_LENGTH, pattern=TEXT_PATTERN)]
 Dtype = Literal["FLOAT", "DOUBLE", "INT32", "INT64", "STRING", "BOOL"]
 NUMERIC = ("FLOAT", "DOUBLE", "INT32", "INT64")
+SOURCE_PATH_PATTERN = rf"^(file|s3|gs)://[{BMP_CHARS}]+$"
 
 
 class Entity(ApiModel):
@@ -27,7 +35,7 @@ class Feature(ApiModel):
 
     name: Identifier
     dtype: Dtype
-    default: float | int | str | bool | None = Field(
+    default: float | int | DefaultText | bool | None = Field(
         default=None,
         description="used for missing entities and fallback.mode defaultFeatures",
         json_schema_extra={"x-kubernetes-any-scalar": True},
@@ -64,8 +72,8 @@ class Source(ApiModel):
     )
 
     type: Literal["file", "push"] = Field(default="file", description="batch file or push")
-    path: Annotated[str, StringConstraints(pattern=r"^(file|s3|gs)://.+$")] | None = Field(
-        default=None, description="parquet file: file://, s3:// or gs://"
+    path: Annotated[str, StringConstraints(pattern=SOURCE_PATH_PATTERN, max_length=2048)] | None = (
+        Field(default=None, description="parquet file: file://, s3:// or gs://")
     )
     timestamp_field: Identifier = Field(default="event_timestamp")
 
@@ -85,7 +93,7 @@ class FeatureViewSpec(ApiModel):
     entity: Entity
     features: list[Feature] = Field(
         min_length=1,
-        max_length=1000,
+        max_length=MAX_FEATURES,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     ttl: Duration = Field(default="24h", description="Feast TTL")

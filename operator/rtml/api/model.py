@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from rtml.api.common import (
+    MULTILINE_TEXT_PATTERN,
+    TEXT_PATTERN,
     ApiModel,
     ArtifactRecord,
     ArtifactRef,
     Condition,
     Duration,
+    FeatureName,
     ResourceName,
     cel,
+    map_keys,
     parse_duration,
 )
 
@@ -22,6 +27,15 @@ Percent = Annotated[int, Field(ge=1, le=100)]
 Millis = Annotated[int, Field(ge=1, le=600_000)]
 Step = Annotated[int, Field(ge=1, le=100)]
 DEFAULT_STEPS = (5, 25, 50, 100)
+# The bounds that keep a Model's spec within its annotation budget (docs/annotation-size.md).
+MAX_COLUMNS = 256
+MAX_REQUEST_FEATURES = 256
+MAX_ENV = 16
+MAX_ENV_NAME = 128
+MAX_ENV_VALUE = 256
+MAX_IMAGE = 512
+MAX_RESOURCES = 8
+MAX_RESOURCE_NAME = 317  # a qualified name: a 253-character prefix, "/", a 63-character name
 STEPS_ASCENDING = cel("self.isSorted()", "steps must be in ascending order")
 
 
@@ -33,18 +47,19 @@ class FeatureBinding(ApiModel):
     feature_view_ref: ResourceName | None = Field(
         default=None, description="a FeatureView in the same namespace"
     )
-    entity_key: str | None = Field(
-        default=None, min_length=1, description="request field holding the entity id"
+    entity_key: FeatureName | None = Field(
+        default=None, description="request field holding the entity id"
     )
-    request_features: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
+    request_features: list[FeatureName] = Field(
         default_factory=list,
+        max_length=MAX_REQUEST_FEATURES,
         description="features the caller sends in the request itself",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    columns: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] | None = Field(
+    columns: list[FeatureName] | None = Field(
         default=None,
         min_length=1,
-        max_length=4096,
+        max_length=MAX_COLUMNS,
         description=(
             "for a model whose only ONNX input is [N, k] (the default export of skl2onnx, "
             "onnxmltools and torch.onnx): the feature in each column, in order; the model's "
@@ -59,6 +74,7 @@ class Output(ApiModel):
         default=None,
         min_length=1,
         max_length=253,
+        pattern=TEXT_PATTERN,
         description="the ONNX output that is the score (default: 'score', else the only float one)",
     )
     column: int | None = Field(
@@ -202,23 +218,60 @@ class Warmup(ApiModel):
 
 
 class EnvVar(ApiModel):
-    name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-    value: str = ""
+    name: str = Field(
+        min_length=1, max_length=MAX_ENV_NAME, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+    )
+    value: str = Field(default="", max_length=MAX_ENV_VALUE, pattern=MULTILINE_TEXT_PATTERN)
 
 
-Quantity = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")]
+# The characters of an image reference (registry/path:tag@algorithm:digest): nothing else pulls.
+IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+Quantity = Annotated[
+    str,
+    StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$", max_length=64),
+]
+# A qualified name (cpu, memory, nvidia.com/gpu) as Kubernetes takes it for a resource:
+# an optional DNS-subdomain prefix and a name, written without backslashes (a CEL raw string).
+RESOURCE_KEY_PATTERN = (
+    "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    "[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+RESOURCE_KEYS = map_keys(
+    MAX_RESOURCE_NAME, RESOURCE_KEY_PATTERN, "a resource name such as cpu or nvidia.com/gpu"
+)
+ResourceList = Annotated[
+    dict[str, Quantity],
+    Field(
+        max_length=MAX_RESOURCES, json_schema_extra={"x-kubernetes-validations": [RESOURCE_KEYS]}
+    ),
+]
 
 
 class Resources(ApiModel):
-    requests: dict[str, Quantity] = Field(default_factory=dict)
-    limits: dict[str, Quantity] = Field(default_factory=dict)
+    requests: ResourceList = Field(default_factory=dict)
+    limits: ResourceList = Field(default_factory=dict)
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _resource_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if len(key) > MAX_RESOURCE_NAME or not re.fullmatch(RESOURCE_KEY_PATTERN, key):
+                raise ValueError(f"{key!r} is not a resource name such as cpu or nvidia.com/gpu")
+        return value
 
 
 class RuntimeOverrides(ApiModel):
-    image: str | None = Field(default=None, min_length=1, description="runtime image")
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_IMAGE,
+        pattern=IMAGE_PATTERN,
+        description="runtime image",
+    )
     resources: Resources | None = None
     env: list[EnvVar] = Field(
         default_factory=list,
+        max_length=MAX_ENV,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     service_account_name: ResourceName | None = None
@@ -232,6 +285,7 @@ class AnalysisMetric(ApiModel):
 class Analysis(ApiModel):
     metrics: list[AnalysisMetric] = Field(
         default_factory=list,
+        max_length=4,  # one per metric name
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     min_requests: int = Field(default=100, ge=1, description="candidate requests before deciding")
@@ -271,7 +325,10 @@ class Rollout(ApiModel):
 
 class ModelSpec(ApiModel):
     version: Annotated[
-        str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+        str,
+        StringConstraints(
+            pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$", max_length=63
+        ),
     ] = Field(description="label of this artifact (v3); shows in metrics and responses")
     artifact: Artifact
     backend: Literal["bentoml", "kserve"] = Field(default="bentoml", description="what runs it")
