@@ -9,6 +9,8 @@ Writes into DIR (default: build/ beside this file):
   request features; 30 named float32 [N, 1] inputs, concatenated inside the graph, one output
   `score` = P(fraud), and the input order as JSON in the metadata property `rtml.features`;
 - backup.onnx: a logistic regression with the same signature, for `fallback.mode: model`;
+- holdout.parquet: the labelled transactions no model trained on (the 30 inputs by name and the
+  label `fraud`), for `rtml optimize --data` (docs/optimize.md);
 - challengers for Experiments, with the same signature (candidates.py): candidate.onnx (trees
   retrained with another seed), slow.onnx (plus a genuinely heavier branch), erroring.onnx
   (fails on real transactions) and shifted.onnx (scores raised by 0.3).
@@ -282,6 +284,18 @@ def onnx_scores(model: onnx.ModelProto, x: np.ndarray, inputs: list[str]) -> np.
     return np.asarray(session.run(["score"], feed)[0])
 
 
+def split_keeping_holdout(
+    x: np.ndarray, y: np.ndarray, seed: int, out: Path, inputs: list[str]
+) -> list[np.ndarray]:
+    """Train/test split; the test rows, which no model trains on, also go to holdout.parquet
+    (the inputs by name and the label `fraud`) for `rtml optimize --data`."""
+    parts: list[np.ndarray] = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
+    x_test, y_test = parts[1], parts[3]
+    holdout = pd.DataFrame(x_test, columns=inputs).assign(fraud=y_test.astype(bool))
+    holdout.to_parquet(out / "holdout.parquet", index=False)
+    return parts
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -350,12 +364,10 @@ def main(argv: list[str] | None = None) -> None:
         + [scored[n].to_numpy() for n in sig.request_features]
     ).astype(np.float32)
     y = scored["fraud"].to_numpy().astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.25, random_state=args.seed, stratify=y
-    )
+    x_train, x_test, y_train, y_test = split_keeping_holdout(x, y, args.seed, out, sig.inputs)
     print(
         f"[3/5] {len(y):,} labelled transactions, {y.mean():.1%} fraud; "
-        f"training on {len(y_train):,}"
+        f"training on {len(y_train):,}, {len(y_test):,} held out (holdout.parquet)"
     )
 
     fit_started = time.perf_counter()

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rtml.bench_cli import bench
 from rtml.experiment_cli import experiment
 from rtml.features.cli import add_feature_commands
+from rtml.optimize_cli import optimize
 from rtml_runtime.cli import serve
 
 if TYPE_CHECKING:
@@ -329,6 +330,7 @@ add_feature_commands(main)
 main.add_command(experiment)
 main.add_command(serve)
 main.add_command(bench)
+main.add_command(optimize)
 
 if __name__ == "__main__":
     main()
