@@ -46,7 +46,7 @@ from rtml.operator.featureview import (
 from rtml.operator.kopf_compat import observe_watch_streams
 from rtml.operator.liveness import WatchActivity, silent_streams, watch_problem
 from rtml.operator.metrics import METRICS
-from rtml.operator.reconcile import KSERVE, SIGNATURES, reconcile_model
+from rtml.operator.reconcile import APPLIED, KSERVE, SIGNATURES, reconcile_model
 from rtml.operator.render.meta import MODEL_LABEL
 from rtml.operator.settings import OperatorSettings
 from rtml.operator.shutdown import DrainingExecutor
@@ -443,11 +443,17 @@ CHILD_LABELS = {MODEL_LABEL: kopf.PRESENT}
 @kopf.on.event("", "v1", "configmaps", id="child-configmap", labels=CHILD_LABELS)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", id="child-pdb", labels=CHILD_LABELS)
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", id="child-hpa", labels=CHILD_LABELS)
+@kopf.on.event(
+    "networking.k8s.io", "v1", "networkpolicies", id="child-networkpolicy", labels=CHILD_LABELS
+)
 # A pod crashing, failing its probes or unschedulable: the Model's status says so at once.
 @kopf.on.event("", "v1", "pods", id="child-pod", labels=CHILD_LABELS)
 def child_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
     """A child edited or deleted by hand, a Deployment's status moved, or one of the Model's
-    pods changed: reconcile the owner."""
+    pods changed: reconcile the owner. Every event (the initial listing too) also tells which
+    version of the child exists, so a reconcile skips applying what is already there
+    (rtml.operator.applied)."""
+    APPLIED.observe(body, deleted=type == "DELETED")
     if type is None:
         return  # the initial listing: the resume handlers already cover it
     _on_child(body, memo, type)

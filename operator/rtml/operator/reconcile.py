@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from rtml import API_VERSION
 from rtml.api.model import Model
+from rtml.operator.applied import Applied
 from rtml.operator.client import KubeClient
 from rtml.operator.conditions import Cond, get_condition
 from rtml.operator.errors import (
@@ -44,6 +45,7 @@ log = logging.getLogger("rtml.operator.reconcile")
 KSERVE = ("serving.kserve.io/v1beta1", "InferenceService")
 KEDA = ("keda.sh/v1alpha1", "ScaledObject")
 SIGNATURES = SignatureCache.from_env()
+APPLIED = Applied()  # children applied by this process (rtml.operator.applied)
 
 
 def _context(client: KubeClient, base: RenderContext) -> RenderContext:
@@ -79,9 +81,12 @@ class ApplyOutcome:
 
 def _apply_all(client: KubeClient, desired: list[dict[str, Any]]) -> ApplyOutcome:
     for obj in desired:
+        if APPLIED.unchanged(obj):
+            continue  # what this process applied last, and nobody changed it since
         try:
-            client.apply(obj)
+            APPLIED.record(obj, client.apply(obj))
         except ApiException as e:
+            APPLIED.forget(obj)
             what = f"{obj['kind']} {obj['metadata']['name']}"
             words = api_error_message(e.status, e.body)
             if e.status in PERMANENT_STATUSES:
@@ -149,7 +154,9 @@ def reconcile_model(
         applied = _apply_all(client, [*desired, *owned])
     problem = applied.problem
     if problem is None and applied.failing is None and kserve_installed and not held:
-        _prune(client, model, desired)
+        if not APPLIED.pruned(meta["uid"], desired):
+            _prune(client, model, desired)
+            APPLIED.mark_pruned(meta["uid"], desired)
         _end_superseded(client, body, serve.superseded)
         if holding is None and _new(serve.experiment, experiments):
             holding = serve.experiment  # the canary just created holds the traffic from now

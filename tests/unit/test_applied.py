@@ -1,0 +1,89 @@
+"""rtml.operator.applied: when a reconcile may skip applying a child (nothing else does)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rtml.operator.applied import Applied
+
+
+def deployment(image: str = "rt:1") -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "fraud", "namespace": "ml"},
+        "spec": {"template": {"spec": {"containers": [{"name": "runtime", "image": image}]}}},
+    }
+
+
+def live(
+    obj: dict[str, Any], rv: int, generation: int | None = 1, uid: str = "u1"
+) -> dict[str, Any]:
+    meta = {**obj["metadata"], "uid": uid, "resourceVersion": str(rv)}
+    if generation is not None:
+        meta["generation"] = generation
+    return {**obj, "metadata": meta}
+
+
+def test_first_sight_applies_and_a_repeat_is_skipped() -> None:
+    applied = Applied()
+    assert not applied.unchanged(deployment())
+    applied.record(deployment(), live(deployment(), 10))
+    assert applied.unchanged(deployment())
+    assert not applied.unchanged(deployment("rt:2"))  # a new desired state
+
+
+def test_a_status_change_does_not_count_but_a_spec_edit_does() -> None:
+    applied = Applied()
+    applied.record(deployment(), live(deployment(), 10))
+    applied.observe(live(deployment(), 11))  # the controller wrote status: same generation
+    assert applied.unchanged(deployment())
+    applied.observe(live(deployment("evil:1"), 12, generation=2))  # edited by hand
+    assert not applied.unchanged(deployment())
+
+
+def test_an_older_event_never_hides_a_newer_version() -> None:
+    applied = Applied()
+    applied.observe(live(deployment("evil:1"), 12, generation=2))  # the edit's event came first
+    applied.record(deployment(), live(deployment(), 10))  # then our older apply's answer
+    assert not applied.unchanged(deployment())
+
+
+def test_kinds_without_generation_compare_resource_versions() -> None:
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ml"},
+          "data": {"a": "1"}}  # fmt: skip
+    applied = Applied()
+    applied.record(cm, live(cm, 5, generation=None))
+    applied.observe(live(cm, 5, generation=None))  # our own apply's event
+    assert applied.unchanged(cm)
+    applied.observe(live(cm, 6, generation=None))  # anyone's write
+    assert not applied.unchanged(cm)
+
+
+def test_deletion_recreation_failure_and_unwatched_kinds_apply_again() -> None:
+    applied = Applied()
+    applied.record(deployment(), live(deployment(), 10))
+    applied.observe(live(deployment(), 13), deleted=True)
+    assert not applied.unchanged(deployment())
+    applied.record(deployment(), live(deployment(), 14, uid="u2"))
+    assert applied.unchanged(deployment())
+    applied.observe(live(deployment(), 20, uid="u3"))  # recreated by someone else
+    assert not applied.unchanged(deployment())
+    applied.record(deployment(), live(deployment(), 21, uid="u3"))
+    applied.forget(deployment())  # an apply whose outcome is unknown
+    assert not applied.unchanged(deployment())
+    exp = {"apiVersion": "rtml.dev/v1alpha1", "kind": "Experiment",
+           "metadata": {"name": "e", "namespace": "ml"}, "spec": {}}  # fmt: skip
+    applied.record(exp, live(exp, 30))
+    assert not applied.unchanged(exp)  # not watched as a child: always applied
+
+
+def test_pruning_is_repeated_only_when_the_set_of_children_changes() -> None:
+    applied = Applied()
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+           "metadata": {"name": "fraud", "namespace": "ml"}}  # fmt: skip
+    assert not applied.pruned("m1", [deployment(), hpa])  # never pruned by this process
+    applied.mark_pruned("m1", [deployment(), hpa])
+    assert applied.pruned("m1", [hpa, deployment("rt:2")])  # same children, new contents
+    assert not applied.pruned("m1", [deployment()])  # the HPA is no longer wanted: prune it
+    assert not applied.pruned("m2", [deployment(), hpa])
