@@ -33,12 +33,18 @@ def test_first_sight_applies_and_a_repeat_is_skipped() -> None:
     assert not applied.unchanged(deployment("rt:2"))  # a new desired state
 
 
-def test_a_status_change_does_not_count_but_a_spec_edit_does() -> None:
+def test_a_status_change_does_not_count_but_a_spec_or_label_edit_does() -> None:
     applied = Applied()
     applied.record(deployment(), live(deployment(), 10))
-    applied.observe(live(deployment(), 11))  # the controller wrote status: same generation
+    # A controller wrote status (an HPA has no generation at all: the content decides).
+    applied.observe({**live(deployment(), 11, generation=None), "status": {"replicas": 1}})
     assert applied.unchanged(deployment())
     applied.observe(live(deployment("evil:1"), 12, generation=2))  # edited by hand
+    assert not applied.unchanged(deployment())
+    applied.record(deployment(), live(deployment(), 13, generation=3))
+    relabelled = live(deployment(), 14, generation=3)
+    relabelled["metadata"]["labels"] = {"rtml.dev/model": "other"}
+    applied.observe(relabelled)  # metadata only: no new generation, still a change
     assert not applied.unchanged(deployment())
 
 
@@ -49,14 +55,14 @@ def test_an_older_event_never_hides_a_newer_version() -> None:
     assert not applied.unchanged(deployment())
 
 
-def test_kinds_without_generation_compare_resource_versions() -> None:
+def test_a_configmap_edit_counts_and_its_own_event_does_not() -> None:
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ml"},
           "data": {"a": "1"}}  # fmt: skip
     applied = Applied()
     applied.record(cm, live(cm, 5, generation=None))
     applied.observe(live(cm, 5, generation=None))  # our own apply's event
     assert applied.unchanged(cm)
-    applied.observe(live(cm, 6, generation=None))  # anyone's write
+    applied.observe(live({**cm, "data": {"a": "2"}}, 6, generation=None))  # anyone's write
     assert not applied.unchanged(cm)
 
 

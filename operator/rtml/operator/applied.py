@@ -8,10 +8,10 @@ API server decodes, merges, diffs and audits: 7 per Model per reconcile, and eve
 
 A child is skipped when both hold:
 - the object to apply is byte-for-byte (canonical JSON) what this process applied last, and
-- the child is still as that apply left it: the watch (`handlers.child_changed`) has seen no
-  newer version of its spec since — `metadata.generation` for kinds whose spec bumps it (a
-  Deployment's status moving does not count), `resourceVersion` for the others (ConfigMap,
-  Service).
+- the child is still as that apply left it: the newest version the watch
+  (`handlers.child_changed`) has seen has the same uid and the same content — everything but
+  `status` and the server's bookkeeping in `metadata` (labels, annotations and owners count):
+  a controller writing a Deployment's or an HPA's status does not count, a hand edit does.
 Anything else — first sight after a start, a hand edit, a deletion, a kind that is not
 watched — applies as before. Memory only: a restarted or newly elected operator applies
 everything once. Rejected: reading each child back before applying (a GET per child per
@@ -75,9 +75,18 @@ def _version(obj: Mapping[str, Any] | None) -> Version | None:
         order = int(rv)
     except ValueError:
         return None  # not an etcd revision: no ordering, so never skip on it
-    generation = meta.get("generation")
-    marker = f"{uid}/g{generation}" if generation else f"{uid}/rv{rv}"
-    return Version(marker, order)
+    return Version(f"{uid}/{digest(_content(obj))}", order)
+
+
+def _content(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What an apply sets and a controller's status write leaves alone: everything but `status`
+    and the server's bookkeeping in `metadata`. (Not `generation`: an HPA has none, and the
+    HPA controller rewrites its status every few seconds while metrics are missing; 1,000
+    Models' HPAs were re-applied in a loop that way.)"""
+    meta = obj.get("metadata") or {}
+    kept = {k: meta.get(k) for k in ("labels", "annotations", "ownerReferences")}
+    rest = {k: v for k, v in obj.items() if k not in ("status", "metadata", "apiVersion", "kind")}
+    return {"metadata": kept, **rest}
 
 
 def digest(obj: Mapping[str, Any]) -> str:
