@@ -93,3 +93,16 @@ def test_pruning_is_repeated_only_when_the_set_of_children_changes() -> None:
     assert applied.pruned("m1", [hpa, deployment("rt:2")])  # same children, new contents
     assert not applied.pruned("m1", [deployment()])  # the HPA is no longer wanted: prune it
     assert not applied.pruned("m2", [deployment(), hpa])
+
+
+def test_an_annotation_a_kubernetes_controller_adds_is_not_a_change() -> None:
+    applied = Applied()
+    applied.record(deployment(), live(deployment(), 10))  # the create's answer: no revision yet
+    annotated = live(deployment(), 11)
+    annotated["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "1"}
+    applied.observe(annotated)
+    assert applied.unchanged(deployment())
+    annotated = live(deployment(), 12)
+    annotated["metadata"]["annotations"] = {"team.example.com/owner": "someone"}
+    applied.observe(annotated)  # anyone else's annotation is a change
+    assert not applied.unchanged(deployment())

@@ -84,7 +84,15 @@ def _content(obj: Mapping[str, Any]) -> dict[str, Any]:
     HPA controller rewrites its status every few seconds while metrics are missing; 1,000
     Models' HPAs were re-applied in a loop that way.)"""
     meta = obj.get("metadata") or {}
-    kept = {k: meta.get(k) for k in ("labels", "annotations", "ownerReferences")}
+    kept = {k: meta.get(k) for k in ("labels", "ownerReferences")}
+    # Annotations Kubernetes' own controllers add (deployment.kubernetes.io/revision, set after
+    # the Deployment's creation) are theirs: counting them made every Deployment's first
+    # reconcile after that annotation re-apply it (616 writes in one no-op resync of 1,000).
+    kept["annotations"] = {
+        k: v
+        for k, v in (meta.get("annotations") or {}).items()
+        if not k.split("/")[0].endswith(("kubernetes.io", "k8s.io"))
+    }
     rest = {k: v for k, v in obj.items() if k not in ("status", "metadata", "apiVersion", "kind")}
     return {"metadata": kept, **rest}
 
