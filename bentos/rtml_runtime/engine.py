@@ -489,6 +489,18 @@ class Runtime:
         if not self.ready:
             raise RequestError(503, "not_ready", f"the model is not ready: {self.not_ready_reason}")
 
+    def _within_deadline(self, start: float, m: Any) -> float:
+        """Seconds since `start`; a 504 (counted as an error) past spec.slo.timeoutMs."""
+        elapsed = time.perf_counter() - start
+        if elapsed > self.timeout_s:
+            m.outcomes["error"].inc()
+            raise RequestError(
+                504,
+                "deadline_exceeded",
+                f"no answer within spec.slo.timeoutMs ({self.spec.slo.timeout_ms} ms)",
+            )
+        return elapsed
+
     async def predict(self, payload: Any) -> dict[str, Any]:
         self._require_ready()
         if not isinstance(payload, dict):
@@ -510,14 +522,7 @@ class Runtime:
             raise
         finally:
             m.inflight.dec()
-        elapsed = time.perf_counter() - start
-        if elapsed > self.timeout_s:
-            m.outcomes["error"].inc()
-            raise RequestError(
-                504,
-                "deadline_exceeded",
-                f"no answer within spec.slo.timeoutMs ({self.spec.slo.timeout_ms} ms)",
-            )
+        elapsed = self._within_deadline(start, m)
         m.duration.observe(elapsed)
         m.outcomes[p.outcome].inc()
         m.score.observe(p.score)
@@ -638,14 +643,7 @@ class Runtime:
             raise
         finally:
             m.inflight.dec()
-        elapsed = time.perf_counter() - start
-        if elapsed > self.timeout_s:
-            m.outcomes["error"].inc()
-            raise RequestError(
-                504,
-                "deadline_exceeded",
-                f"no answer within spec.slo.timeoutMs ({self.spec.slo.timeout_ms} ms)",
-            )
+        elapsed = self._within_deadline(start, m)
         m.duration.observe(elapsed)
         for p in preds:
             m.outcomes[p.outcome].inc()

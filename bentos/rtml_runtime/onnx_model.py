@@ -19,7 +19,7 @@ import numpy as np
 from rtml.api.signature import InputSpec, Mismatch, OutputChoice, choose_output, is_zipmap
 from rtml.onnx_inputs import DECLARED_FEATURES, external_data_files, graph_outputs, unzip_output
 
-_NUMPY = {
+NUMPY_TYPES = {  # ONNX input type -> the numpy type rtml feeds it
     "tensor(float)": np.float32,
     "tensor(double)": np.float64,
     "tensor(int64)": np.int64,
@@ -106,10 +106,10 @@ class OnnxModel:
             json.loads(meta[DECLARED_FEATURES]) if DECLARED_FEATURES in meta else None
         )
         for spec in self.inputs:
-            if spec.dtype not in _NUMPY:
+            if spec.dtype not in NUMPY_TYPES:
                 raise ModelError(f"input {spec.name!r} has unsupported type {spec.dtype}")
         # (input name, numpy type) in feed order, resolved once rather than per request.
-        self._feed_types = [(spec.name, _NUMPY[spec.dtype]) for spec in self.inputs]
+        self._feed_types = [(spec.name, NUMPY_TYPES[spec.dtype]) for spec in self.inputs]
         self._ranks = [len(spec.shape) for spec in self.inputs]
         self._bind_one_row(ort)
 

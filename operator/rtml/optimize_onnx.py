@@ -48,20 +48,13 @@ from rtml.optimize import (
     quantizable_nodes,
     quantization_node_count,
 )
-from rtml_runtime.onnx_model import MAX_BOUND_ROWS, ModelError, OnnxModel
+from rtml_runtime.onnx_model import MAX_BOUND_ROWS, NUMPY_TYPES, ModelError, OnnxModel
 
 Progress = Callable[[str], None]
 GRAPH_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
 CALIBRATION_BATCH = 64
 # /predict_batch binds batches of up to this many rows; a score's batch drift is measured at it.
 DRIFT_BATCH = MAX_BOUND_ROWS
-_NUMPY = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(bool)": np.bool_,
-}
 
 
 class OptimizeError(Exception):
@@ -201,12 +194,12 @@ def feeds(model: OnnxModel, x: np.ndarray, batch: int) -> list[dict[str, np.ndar
     for start in range(0, len(x), batch):
         rows = x[start : start + batch]
         if len(inputs) == 1 and inputs[0].width > 1:
-            out.append({inputs[0].name: rows.astype(_NUMPY[inputs[0].dtype])})
+            out.append({inputs[0].name: rows.astype(NUMPY_TYPES[inputs[0].dtype])})
             continue
         out.append(
             {
                 spec.name: (rows[:, i] if len(spec.shape) == 1 else rows[:, i : i + 1]).astype(
-                    _NUMPY[spec.dtype]
+                    NUMPY_TYPES[spec.dtype]
                 )
                 for i, spec in enumerate(inputs)
             }
