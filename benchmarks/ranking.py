@@ -1,16 +1,20 @@
 """Ranking: rows/s of one 500-candidate /predict_batch call against 500 single /predict calls,
 the same server, the same entity and features, in one run.
 
-    python benchmarks/ranking.py [--runs 3] [--candidates 500] [--repeats 5]
+    python benchmarks/ranking.py [--example ranking|fraud] [--runs 3] [--candidates 500]
 
-Builds examples/fraud into a temp dir, starts a private redis-server and materialises the
+`--example` (benchlib.ranking_example): `ranking` (the default) serves examples/ranking, the
+LightGBM ranker as onnxmltools exported it, for the request's user and the catalogue's first N
+items; `fraud` serves examples/fraud for a card and N synthetic transactions (the earlier runs).
+Builds the example into a temp dir, starts a private redis-server and materialises the
 FeatureView (benchlib.fixture, as run.py does), then `rtml serve` as `rtml-redis` (a Redis read
 per request, L1 cache off, the ranking result cache off) pinned to CPU 0, with
 RTML_MAX_BATCH_ROWS at the candidate count. The client runs on CPU 1 over one keep-alive
 connection, one request at a time (closed loop, concurrency 1): what is compared is the work per
 row, not a server's saturation. Per run: `--repeats` ranking calls (their median time) and one
 pass of the single calls; rows/s is candidates / seconds. Medians over runs are printed and
-written to benchmarks/results/ranking-<timestamp>.json.
+written to benchmarks/results/ranking-<timestamp>.json, and RESULTS.md's ranking section is
+rebuilt from the newest result of each example (benchlib.ranking_report).
 """
 
 from __future__ import annotations
@@ -32,29 +36,16 @@ REPO = HERE.parent
 sys.path[:0] = [str(REPO / "operator"), str(REPO / "bentos"), str(REPO)]  # REPO: tests.redis_server
 
 from benchlib.configs import BY_KEY  # noqa: E402
-from benchlib.fixture import build_fixture, register_features, start_redis  # noqa: E402
+from benchlib.fixture import register_features, start_redis  # noqa: E402
 from benchlib.procs import LOAD_CPU, free_port  # noqa: E402
+from benchlib.ranking_example import EXAMPLES, example_candidates, example_fixture  # noqa: E402
+from benchlib.ranking_report import write_ranking_md  # noqa: E402
 
 RESULTS = HERE / "results"
 
 
 def log(message: str) -> None:
     print(message, flush=True)
-
-
-def candidates(n: int) -> list[dict[str, Any]]:
-    """N distinct candidates' request features (the fraud example's three)."""
-    return [
-        {
-            "id": f"item-{i}",
-            "features": {
-                "amount": round(5 + (i * 37) % 900 + i / 1000, 3),
-                "merchant_risk": round((i * 13 % 100) / 100, 2),
-                "hour_of_day": i % 24,
-            },
-        }
-        for i in range(n)
-    ]
 
 
 def call(conn: http.client.HTTPConnection, path: str, body: bytes) -> dict[str, Any]:
@@ -108,6 +99,9 @@ def one_run(port: int, entity: str, rows: list[dict[str, Any]], repeats: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--example", choices=EXAMPLES, default="ranking", help="the example served (see above)"
+    )
     p.add_argument("--runs", type=int, default=3, help="runs; medians are reported")
     p.add_argument("--candidates", type=int, default=500)
     p.add_argument("--repeats", type=int, default=5, help="ranking calls per run (median)")
@@ -116,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="rtml-rank-bench-") as tmp:
         root = Path(tmp)
-        fixture = build_fixture(root, log)
+        fixture = example_fixture(args.example, root, log)
         redis, url = start_redis(root, log)
         server = None
         try:
@@ -128,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_ready(port, server.alive)
             os.sched_setaffinity(0, {LOAD_CPU})
             entity = fixture.entity_ids[0]
-            rows = candidates(args.candidates)
+            rows = example_candidates(args.example, fixture, args.candidates)
             for _ in range(args.warmup):
                 one_run(port, entity, rows, 1)
             runs = []
@@ -142,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     median["speedup"] = median["batch_rows_per_s"] / median["single_rows_per_s"]
     log(
-        f"median of {args.runs} runs, {args.candidates} candidates: one ranking call "
+        f"{args.example}: median of {args.runs} runs, {args.candidates} candidates: one call "
         f"{median['batch_call_ms']:.1f} ms ({median['batch_rows_per_s']:.0f} rows/s); "
         f"{args.candidates} single calls {median['single_calls_ms']:.1f} ms "
         f"({median['single_rows_per_s']:.0f} rows/s); {median['speedup']:.1f}x"
@@ -150,9 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"ranking-{stamp}.json"
-    report = {"args": vars(args), "runs": runs, "median": median, "cpu_count": os.cpu_count()}
+    report = {
+        "command": " ".join(
+            ["python benchmarks/ranking.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "args": vars(args),
+        "runs": runs,
+        "median": median,
+        "cpu_count": os.cpu_count(),
+    }
     out.write_text(json.dumps(report, indent=2) + "\n")
     log(f"wrote {out.relative_to(REPO)}")
+    section = write_ranking_md(RESULTS, HERE / "RESULTS.md")
+    log(f"wrote the ranking section of {section.relative_to(REPO)}")
     return 0
 
 

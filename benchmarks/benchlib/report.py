@@ -13,6 +13,7 @@ from benchlib.summary import ratios, rtml_peer
 # headings inside); a main run regenerates the rest of the file and keeps that section.
 EXPERIMENTS_HEADING = "## Experiments: traffic split and shadow"
 SCALE_HEADING = "## Scale: Models reconciled from empty (API-only cluster)"
+RANKING_HEADING = "## Ranking: one call for N candidates against N single calls"  # ranking.py
 ISSUE_ORT_US = 8.5  # issue 3's floor: ONNX Runtime, one row, on the machine of its anchors
 COLUMNS = [
     ("c1_p50_ms", "c=1 p50 ms", "{:.3f}"),
@@ -367,7 +368,7 @@ def write_results_md(result: dict[str, Any], path: Path, json_path: Path) -> Pat
     ]
     old = path.read_text() if path.exists() else ""
     out = "\n".join(text)
-    for heading in (EXPERIMENTS_HEADING, SCALE_HEADING):  # the other suites' sections stay
+    for heading in (EXPERIMENTS_HEADING, RANKING_HEADING, SCALE_HEADING):  # others' sections stay
         out = _with_section(out, _section(old, heading))
     path.write_text(out)
     return path
