@@ -22,7 +22,8 @@ command -v go >/dev/null || {
 # generator), the image tools (mmdebstrap, buildah, podman, umoci, runc: docs/images.md), what
 # the node's runc is built with (pkg-config, libseccomp-dev: docs/local-control-plane.md),
 # Prometheus (Experiments' analysis: docs/experiments.md) and Lua 5.1 (the Argo CD health
-# checks' tests: docs/gitops.md).
+# checks' tests: docs/gitops.md), and libgomp1 (OpenMP, which the ranking example's
+# LightGBM wheel loads).
 missing=()
 for pkg in redis-server wrk mmdebstrap buildah podman umoci runc pkg-config; do
   command -v "$pkg" >/dev/null || [[ -x "/usr/sbin/$pkg" ]] || missing+=("$pkg")  # runc: sbin
@@ -31,6 +32,7 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql
 [[ -e /usr/include/seccomp.h ]] || missing+=(libseccomp-dev)
 [[ -x /usr/bin/prometheus ]] || missing+=(prometheus)
 [[ -x /usr/bin/lua5.1 ]] || missing+=(lua5.1)
+compgen -G "/usr/lib/*/libgomp.so.1" >/dev/null || missing+=(libgomp1)  # LightGBM's wheel links it
 if ((${#missing[@]})); then
   say "installing ${missing[*]} from Debian's packages"
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
