@@ -7,8 +7,9 @@ event loop; with micro-batches and nice 19 the champion's c=1 p99 was still 1.30
 shadow (target 1.10x). Here the request path's whole share of the work is one non-blocking
 `os.write` of the row (float64s, in the candidate's column order) to a pipe; the child process
 (`rtml_runtime.shadow_worker`, in the idle scheduling class) reads, batches and scores, and
-sends each batch's results back through a second pipe. A reader thread in the serving process
-records them on the shadow variant's metrics (`/metrics` is served here) at a few µs per row.
+reports what it scored through a second pipe every 100 ms, bucketed as the histograms count; a
+reader thread in the serving process adds each report to the shadow variant's metrics
+(`/metrics` is served here) in O(buckets), not O(rows).
 
 The pipe is the bounded queue: its capacity is set to RTML_SHADOW_QUEUE rows (as far as the
 kernel allows), and a row that does not fit is dropped and counted
@@ -42,16 +43,20 @@ from typing import Any, Protocol
 import numpy as np
 
 from rtml_runtime.breaker import CircuitBreaker
+from rtml_runtime.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
+from rtml_runtime.prometheus_compat import add_observations, bucket_index, upper_bounds
 from rtml_runtime.variants import Variant, feature_row
 
 log = logging.getLogger("rtml.runtime.shadow")
 MAX_BATCH = 64
 LINGER_S = 0.005  # the child wakes at most once per 5 ms: the writer pays each wake-up
+REPORT_S = 0.1  # the child reports what it scored at most this often (one reader wake-up each)
 ROW_DTYPE = "d"  # float64: any number a feature holds, within float64's precision
-# One result frame: kind, the breaker's state after it (gauge value), rows, seconds; the
-# scores of an `ok` frame follow as float64s.
-RESULT = struct.Struct("<BBId")
-OK, ERROR, REJECTED = 0, 1, 2
+DURATION_BOUNDS = upper_bounds(LATENCY_BUCKETS)
+SCORE_BOUNDS = upper_bounds(SCORE_BUCKETS)
+# One report: the breaker's state after it (gauge value), rows ok, in error, rejected, the sum of
+# their durations and of their scores; then a count per duration bucket and per score bucket.
+REPORT = struct.Struct(f"<BIIIdd{len(DURATION_BOUNDS)}I{len(SCORE_BOUNDS)}I")
 PIPE_BUF = 4096  # POSIX: a write of at most this many bytes to a pipe is atomic
 _F_SETPIPE_SZ = 1031
 
@@ -65,60 +70,87 @@ class Scorer(Protocol):
 
 
 @dataclass
-class BatchResults:
-    """What scoring one batch came to, as frames for the serving process."""
+class ShadowTally:
+    """What the child scored since its last report, as the serving process's histograms count
+    it: the child does the bucketing, so recording a report costs the same for 1 row or 1,000
+    (prometheus_compat.py says why that matters)."""
 
-    frames: list[tuple[int, int, float, list[float]]] = field(default_factory=list)
+    ok: int = 0
+    errors: int = 0
+    rejected_rows: int = 0
+    duration_sum: float = 0.0
+    score_sum: float = 0.0
+    durations: list[int] = field(default_factory=lambda: [0] * len(DURATION_BOUNDS))
+    scores: list[int] = field(default_factory=lambda: [0] * len(SCORE_BOUNDS))
     breaker_state: int = 0
 
-    def ok(self, per_row_s: float, scores: list[float]) -> None:
-        self.frames.append((OK, len(scores), per_row_s, scores))
+    @property
+    def rows(self) -> int:
+        return self.ok + self.errors + self.rejected_rows
 
-    def error(self, elapsed_s: float) -> None:
-        self.frames.append((ERROR, 1, elapsed_s, []))
+    def _duration(self, seconds: float, n: int) -> None:
+        i = bucket_index(DURATION_BOUNDS, seconds)
+        if i is not None:
+            self.durations[i] += n
+        self.duration_sum += seconds * n
 
-    def rejected(self, n: int) -> None:
-        self.frames.append((REJECTED, n, 0.0, []))
+    def record_ok(self, per_row_s: float, scores: Sequence[float]) -> None:
+        self.ok += len(scores)
+        self._duration(per_row_s, len(scores))
+        for score in scores:
+            i = bucket_index(SCORE_BOUNDS, score)
+            if i is not None:
+                self.scores[i] += 1
+            self.score_sum += score
+
+    def record_error(self, elapsed_s: float) -> None:
+        self.errors += 1
+        self._duration(elapsed_s, 1)
+
+    def record_rejected(self, n: int) -> None:
+        self.rejected_rows += n
 
     def encode(self) -> bytes:
-        out = bytearray()
-        for kind, n, seconds, scores in self.frames:
-            out += RESULT.pack(kind, self.breaker_state, n, seconds)
-            if scores:
-                out += struct.pack(f"<{len(scores)}d", *scores)
-        return bytes(out)
+        return REPORT.pack(
+            self.breaker_state,
+            self.ok,
+            self.errors,
+            self.rejected_rows,
+            self.duration_sum,
+            self.score_sum,
+            *self.durations,
+            *self.scores,
+        )
 
 
-def decode_results(buf: bytes) -> tuple[list[tuple[int, int, int, float, list[float]]], bytes]:
-    """Whole frames at the start of `buf` (kind, breaker state, rows, seconds, scores), and
-    the bytes of an incomplete last frame."""
-    frames = []
+def decode_reports(buf: bytes) -> tuple[list[ShadowTally], bytes]:
+    """The whole reports at the start of `buf`, and the bytes of an incomplete last one."""
+    reports = []
     at = 0
-    while len(buf) - at >= RESULT.size:
-        kind, state, n, seconds = RESULT.unpack_from(buf, at)
-        size = RESULT.size + (8 * n if kind == OK else 0)
-        if len(buf) - at < size:
-            break
-        scores = list(struct.unpack_from(f"<{n}d", buf, at + RESULT.size)) if kind == OK else []
-        frames.append((kind, state, n, seconds, scores))
-        at += size
-    return frames, buf[at:]
+    nd = len(DURATION_BOUNDS)
+    while len(buf) - at >= REPORT.size:
+        state, ok, errors, rejected, dsum, ssum, *counts = REPORT.unpack_from(buf, at)
+        reports.append(
+            ShadowTally(ok, errors, rejected, dsum, ssum, counts[:nd], counts[nd:], state)
+        )
+        at += REPORT.size
+    return reports, buf[at:]
 
 
-def score_rows(model: Scorer, breaker: CircuitBreaker, rows: Rows, out: BatchResults) -> None:
+def score_rows(model: Scorer, breaker: CircuitBreaker, rows: Rows, out: ShadowTally) -> None:
     """Score `rows` in one model call, each row let through by the breaker first; a batch the
     model fails is scored again row by row, so a row it refuses (a value that is not a number)
     is the only error of its batch. Each row's duration is the batch's time divided by its
     rows (what a row cost; a batch of one is exactly its latency)."""
     allowed = [row for row in rows if breaker.allow()]
     if len(allowed) < len(rows):
-        out.rejected(len(rows) - len(allowed))
+        out.record_rejected(len(rows) - len(allowed))
     if allowed:
         _score(model, breaker, allowed, out)
     out.breaker_state = breaker.state.gauge
 
 
-def _score(model: Scorer, breaker: CircuitBreaker, rows: Rows, out: BatchResults) -> None:
+def _score(model: Scorer, breaker: CircuitBreaker, rows: Rows, out: ShadowTally) -> None:
     n = len(rows)
     start = time.perf_counter()
     try:
@@ -132,42 +164,42 @@ def _score(model: Scorer, breaker: CircuitBreaker, rows: Rows, out: BatchResults
             return
         elapsed = time.perf_counter() - start
         breaker.record(elapsed, ok=False)
-        out.error(elapsed)
+        out.record_error(elapsed)
         log.exception("shadow scoring failed")
         return
     per_row = (time.perf_counter() - start) / n
     for _ in scores:
         breaker.record(per_row, ok=True)
-    out.ok(per_row, [float(s) for s in scores])
+    out.record_ok(per_row, [float(s) for s in scores])
 
 
-def record_frames(
-    variant: Variant, frames: Sequence[tuple[int, int, int, float, list[float]]]
-) -> int:
-    """Put a child's results on the shadow variant's metrics; the rows they account for."""
+def record_reports(variant: Variant, reports: Sequence[ShadowTally]) -> int:
+    """Put a child's reports on the shadow variant's metrics; the rows they account for."""
     m = variant.metrics
     rows = 0
-    for kind, state, n, seconds, scores in frames:
-        rows += n
-        if kind == OK:
-            for score in scores:
-                m.duration.observe(seconds)
-                m.score.observe(score)
-            m.outcomes["ok"].inc(n)
-        elif kind == ERROR:
-            m.duration.observe(seconds)
-            m.outcomes["error"].inc(n)
-        else:
-            m.outcomes["rejected"].inc(n)
+    for r in reports:
+        rows += r.rows
+        add_observations(m.duration, r.durations, r.duration_sum)
+        add_observations(m.score, r.scores, r.score_sum)
+        for outcome, n in (("ok", r.ok), ("error", r.errors), ("rejected", r.rejected_rows)):
+            if n:
+                m.outcomes[outcome].inc(n)
         if variant.breaker_gauge is not None:
-            variant.breaker_gauge.set(state)
+            variant.breaker_gauge.set(r.breaker_state)
     return rows
 
 
 class ShadowProcess:
     """The serving process's end of one shadow child: a pipe of rows out, of results in."""
 
-    def __init__(self, variant: Variant, queue_rows: int, max_batch: int, linger_s: float) -> None:
+    def __init__(
+        self,
+        variant: Variant,
+        queue_rows: int,
+        max_batch: int,
+        linger_s: float,
+        report_s: float = REPORT_S,
+    ) -> None:
         self.variant = variant
         self.width = 8 * len(variant.columns)
         self.submitted = 0
@@ -183,6 +215,7 @@ class ShadowProcess:
             "breaker": variant.breaker.settings(),
             "maxBatch": max_batch,
             "lingerS": linger_s,
+            "reportS": report_s,
             "rowsFd": rows_r,
             "resultsFd": results_w,
         }
@@ -244,9 +277,9 @@ class ShadowProcess:
                 return
             if not data:
                 break
-            frames, buf = decode_results(buf + data)
+            reports, buf = decode_reports(buf + data)
             try:
-                self.accounted += record_frames(self.variant, frames)
+                self.accounted += record_reports(self.variant, reports)
             except Exception:
                 log.exception("recording shadow results failed")
         code = self.proc.wait()
@@ -280,12 +313,19 @@ class ShadowProcess:
 class ShadowScorer:
     """Owns the shadow child of the shadow plan in effect (none without one)."""
 
-    def __init__(self, size: int, max_batch: int = MAX_BATCH, linger_s: float = LINGER_S) -> None:
+    def __init__(
+        self,
+        size: int,
+        max_batch: int = MAX_BATCH,
+        linger_s: float = LINGER_S,
+        report_s: float = REPORT_S,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.size = size
         self.max_batch = max_batch
         self.linger_s = linger_s
+        self.report_s = report_s
         self.process: ShadowProcess | None = None
 
     def use(self, variant: Variant | None) -> None:
@@ -297,7 +337,9 @@ class ShadowScorer:
         if current is not None:
             current.close()
         if variant is not None:
-            self.process = ShadowProcess(variant, self.size, self.max_batch, self.linger_s)
+            self.process = ShadowProcess(
+                variant, self.size, self.max_batch, self.linger_s, self.report_s
+            )
 
     def submit(self, variant: Variant, features: Mapping[str, Any]) -> bool:
         """Queue one scoring of `features` by `variant`; False (counted) when it cannot be."""

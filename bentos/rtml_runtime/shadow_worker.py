@@ -1,12 +1,14 @@
 """The shadow child process (shadow.py starts it): read rows from a pipe, score them in
-micro-batches with the candidate, write the results back. Under SCHED_IDLE (nice 19 where that
+micro-batches with the candidate, report what they came to. Under SCHED_IDLE (nice 19 where that
 is refused), so on a shared core the kernel hands the CPU to the serving process as soon as it
 needs it.
 
 The micro-batches (docs/traffic-split.md): wait for a row, sleep `lingerS` (5 ms) when fewer
 than a batch are queued, take what is queued (up to `maxBatch`, 64), score it with one ONNX
-Runtime call. Exits at the end of its input (the serving process closed the pipe or is gone)
-or on SIGTERM.
+Runtime call. What it scored is tallied (histogram buckets included) and reported every
+`reportS` (100 ms): after the batch that makes a report due, or by a wait for rows that times
+out when it is due. Exits at the end of its input (the serving process closed the pipe or is
+gone) or on SIGTERM.
 """
 
 from __future__ import annotations
@@ -27,16 +29,18 @@ from rtml.artifacts import read_verified
 from rtml.logs import configure_logging
 from rtml_runtime.breaker import CircuitBreaker, State
 from rtml_runtime.onnx_model import OnnxModel
-from rtml_runtime.shadow import BatchResults, score_rows
+from rtml_runtime.shadow import ShadowTally, score_rows
 
 log = logging.getLogger("rtml.runtime.shadow")
 
 
-def read_rows(fd: int, pending: bytearray, width: int, wait: bool) -> bool:
-    """Append what the pipe holds to `pending` (waiting for something when `wait`); False at
-    the end of the input."""
-    if wait:
-        select.select([fd], [], [])
+def read_rows(
+    fd: int, pending: bytearray, width: int, wait: bool, timeout: float | None = None
+) -> bool:
+    """Append what the pipe holds to `pending` (waiting for something when `wait`, at most
+    `timeout` seconds); False at the end of the input."""
+    if wait and not select.select([fd], [], [], timeout)[0]:
+        return True
     while True:
         try:
             data = os.read(fd, 1 << 16)
@@ -82,12 +86,28 @@ def run(config: dict[str, Any]) -> None:
     rows_fd, results_fd = int(config["rowsFd"]), int(config["resultsFd"])
     max_batch, linger_s = int(config["maxBatch"]), float(config["lingerS"])
     os.set_blocking(rows_fd, False)
+    report_s = float(config.get("reportS", 0.0))
     width = 8 * len(columns)
     pending = bytearray()
     open_input = True
+    tally = ShadowTally()
+    reported = time.monotonic()
+
+    def report() -> None:
+        nonlocal tally, reported
+        data = tally.encode()
+        while data:
+            data = data[os.write(results_fd, data) :]
+        tally, reported = ShadowTally(), time.monotonic()
+
     while open_input or len(pending) >= width:
         if len(pending) < width:
-            open_input = read_rows(rows_fd, pending, width, wait=True)
+            # Idle: wait for rows, but no longer than the next report is due.
+            due = None if not tally.rows else max(0.0, reported + report_s - time.monotonic())
+            open_input = read_rows(rows_fd, pending, width, wait=True, timeout=due)
+            if open_input and len(pending) < width:
+                report()  # timed out waiting: what was scored goes out now
+                continue
             if len(pending) // width < max_batch and linger_s > 0 and open_input:
                 time.sleep(linger_s)
                 open_input = read_rows(rows_fd, pending, width, wait=False)
@@ -96,11 +116,9 @@ def run(config: dict[str, Any]) -> None:
         n = min(len(pending) // width, max_batch)
         rows = np.frombuffer(bytes(pending[: n * width]), dtype="<f8").reshape(n, len(columns))
         del pending[: n * width]
-        out = BatchResults()
-        score_rows(model, breaker, rows, out)
-        data = out.encode()
-        while data:
-            data = data[os.write(results_fd, data) :]
+        score_rows(model, breaker, rows, tally)
+        if time.monotonic() - reported >= report_s:
+            report()
 
 
 def main(argv: list[str]) -> int:

@@ -16,15 +16,15 @@ import pytest
 from rtml_runtime.breaker import CircuitBreaker
 from rtml_runtime.metrics import RuntimeMetrics
 from rtml_runtime.onnx_model import OnnxModel
+from rtml_runtime.prometheus_compat import add_observations, check
 from rtml_runtime.shadow import (
-    ERROR,
-    OK,
-    REJECTED,
-    BatchResults,
+    DURATION_BOUNDS,
+    SCORE_BOUNDS,
     Rows,
     ShadowScorer,
-    decode_results,
-    record_frames,
+    ShadowTally,
+    decode_reports,
+    record_reports,
     score_rows,
 )
 from rtml_runtime.variants import SHADOW, Variant
@@ -101,81 +101,103 @@ def test_a_batch_is_one_model_call_with_its_time_divided_among_the_rows(
     monkeypatch.setattr(
         "rtml_runtime.shadow.time", SimpleNamespace(perf_counter=lambda: next(ticks))
     )
-    out = BatchResults()
+    out = ShadowTally()
     breaker = make_breaker()
     score_rows(recording, breaker, [[1.0]] * 4, out)
     assert recording.calls == [4]
-    assert out.frames == [(OK, 4, pytest.approx(0.2), [pytest.approx(sigmoid(1.0))] * 4)]
+    assert out.ok == 4
+    assert out.duration_sum == pytest.approx(0.8)
+    assert out.durations[DURATION_BOUNDS.index(0.25)] == 4  # 0.2 s each: the 0.25 s bucket
+    assert out.score_sum == pytest.approx(4 * sigmoid(1.0))
     assert breaker.buffered_calls == 4  # one breaker record per row
 
 
 def test_a_row_the_model_refuses_is_the_only_error_of_its_batch(model: OnnxModel) -> None:
-    out = BatchResults()
+    out = ShadowTally()
     rows: list[list[Any]] = [[1.0]] * 5 + [["not a number"]] + [[1.0]] * 5
     score_rows(model, make_breaker(), rows, out)
-    kinds = [f[0] for f in out.frames]
-    assert kinds.count(ERROR) == 1
-    assert sum(f[1] for f in out.frames if f[0] == OK) == 10
+    assert (out.ok, out.errors, out.rejected_rows) == (10, 1, 0)
+    assert sum(out.durations) == 11
 
 
 def test_a_failing_batch_counts_an_error_per_row(model: OnnxModel) -> None:
     failing = Recording(model, fail=True)
-    out = BatchResults()
+    out = ShadowTally()
     score_rows(failing, make_breaker(), [[1.0]] * 20, out)
     assert failing.calls == [20] + [1] * 20  # the batch, then each of its rows alone
-    assert [f[0] for f in out.frames] == [ERROR] * 20
+    assert (out.ok, out.errors) == (0, 20)
 
 
 def test_an_open_breaker_rejects_each_row_without_a_model_call(model: OnnxModel) -> None:
     failing = Recording(model, fail=True)
     breaker = make_breaker(window=4)
-    score_rows(failing, breaker, [[1.0]] * 4, BatchResults())  # 4 failures of 4: open
+    score_rows(failing, breaker, [[1.0]] * 4, ShadowTally())  # 4 failures of 4: open
     calls = len(failing.calls)
-    out = BatchResults()
+    out = ShadowTally()
     score_rows(failing, breaker, [[1.0]] * 10, out)
     assert len(failing.calls) == calls
-    assert [(f[0], f[1]) for f in out.frames] == [(REJECTED, 10)]
+    assert (out.ok, out.errors, out.rejected_rows) == (0, 0, 10)
     assert out.breaker_state == 1  # open
 
 
-def test_result_frames_survive_any_cut_of_the_stream() -> None:
-    out = BatchResults()
-    out.ok(0.001, [0.25, 0.5])
-    out.error(0.002)
-    out.rejected(3)
-    out.breaker_state = 2
-    data = out.encode()
+def test_reports_survive_any_cut_of_the_stream() -> None:
+    first, second = ShadowTally(), ShadowTally()
+    first.record_ok(0.001, [0.25, 0.5])
+    first.record_error(0.002)
+    second.record_rejected(3)
+    second.breaker_state = 2
+    data = first.encode() + second.encode()
     for cut in range(len(data) + 1):
-        first, rest = decode_results(data[:cut])
-        second, left = decode_results(rest + data[cut:])
+        a, rest = decode_reports(data[:cut])
+        b, left = decode_reports(rest + data[cut:])
         assert left == b""
-        assert first + second == [
-            (OK, 2, 2, 0.001, [0.25, 0.5]),
-            (ERROR, 2, 1, 0.002, []),
-            (REJECTED, 2, 3, 0.0, []),
+        assert a + b == [first, second]
+
+
+def test_reports_land_on_the_shadow_variants_metrics_as_observe_would_put_them(
+    model: OnnxModel,
+) -> None:
+    metrics, replayed = RuntimeMetrics(), RuntimeMetrics()
+    variant = make_variant(model, metrics)
+    out = ShadowTally()
+    out.record_ok(0.5, [0.25, 0.75, 1.5, float("nan")])
+    out.record_error(0.1)
+    out.record_rejected(4)
+    out.breaker_state = 1
+    reports, _ = decode_reports(out.encode())
+    assert record_reports(variant, reports) == 9
+    # What four observations of each would have exported, row by row.
+    m = replayed.variant("fraud", "v2", SHADOW)
+    for seconds in (0.5, 0.5, 0.5, 0.5, 0.1):
+        m.duration.observe(seconds)
+    for score in (0.25, 0.75, 1.5, float("nan")):
+        m.score.observe(score)
+
+    def histograms(r: RuntimeMetrics) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name, s.labels, s.value)
+            for family in r.registry.collect()
+            if family.name in ("rtml_request_duration_seconds", "rtml_prediction_score")
+            for s in family.samples
+            if not s.name.endswith("_created") and not s.name.endswith("_sum")
         ]
 
-
-def test_results_land_on_the_shadow_variants_metrics(model: OnnxModel) -> None:
-    metrics = RuntimeMetrics()
-    variant = make_variant(model, metrics)
-    out = BatchResults()
-    out.ok(0.5, [0.25, 0.75])
-    out.error(0.1)
-    out.rejected(4)
-    out.breaker_state = 1
-    frames, _ = decode_results(out.encode())
-    assert record_frames(variant, frames) == 7
-    assert sample(metrics, "rtml_requests_total", outcome="ok") == 2
+    assert histograms(metrics) == histograms(replayed)
+    assert sample(metrics, "rtml_request_duration_seconds_sum") == pytest.approx(2.1)
+    assert sample(metrics, "rtml_requests_total", outcome="ok") == 4
     assert sample(metrics, "rtml_requests_total", outcome="error") == 1
     assert sample(metrics, "rtml_requests_total", outcome="rejected") == 4
-    assert sample(metrics, "rtml_prediction_score_sum") == pytest.approx(1.0)
-    assert sample(metrics, "rtml_request_duration_seconds_count") == 3
-    assert sample(metrics, "rtml_request_duration_seconds_sum") == pytest.approx(1.1)
     state = metrics.registry.get_sample_value(
         "rtml_circuit_breaker_state", {**LABELS, "dependency": "model"}
     )
     assert state == 1
+
+
+def test_the_prometheus_compat_check_passes_and_refuses_a_wrong_bucket_count() -> None:
+    check()  # this prometheus_client keeps histograms as prometheus_compat assumes
+    child = RuntimeMetrics().variant("fraud", "v2", SHADOW).score
+    with pytest.raises(ValueError, match="bucket counts"):
+        add_observations(child, [1] * (len(SCORE_BOUNDS) - 1), 1.0)
 
 
 # -- the child process -----------------------------------------------------------------------------
