@@ -100,7 +100,7 @@ class Assessor:
         verdict = decision.by_score(self.policy, score, outcome.hits)
         return self._done(Assessment(verdict, score, scores, names, degraded))
 
-    async def assess(
+    def assess(
         self,
         outcome: RuleOutcome,
         values: Mapping[str, Any],
@@ -116,7 +116,7 @@ class Assessor:
         if self.ensemble is None:
             scores: dict[str, float | None] = {PRIMARY: first()}
         else:
-            main, members = await self.ensemble.score(values, first)
+            main, members = self.ensemble.score(values, first)
             scores = {PRIMARY: main, **members}
         names = tuple(h.name for h in outcome.hits)
         failing = any(s is None for s in scores.values())

@@ -587,7 +587,7 @@ class Runtime:
             p.assessment = self.assessor.on_score(outcome, p.score, {}, True)
             return p
         model, row = variant.model, feature_row(merged, variant.columns)
-        a = await self.assessor.assess(
+        a = self.assessor.assess(
             outcome, merged, lambda: model.predict_one(row), variant.breaker, degraded
         )
         score = math.nan if a.score is None else a.score
