@@ -9,7 +9,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from rtml.api.model import Decision
 from rtml_runtime import decision
@@ -227,3 +230,78 @@ def test_an_audit_record_carries_the_inputs_digest_not_the_inputs() -> None:
 def test_audit_with_the_sqlite_profile_and_no_redis_is_refused_in_words(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match=r"spec\.audit needs a Redis.*RTML_AUDIT_REDIS_URL"):
         make_runtime(tmp_path, decision={}, audit={"stream": "audit"})
+
+
+def write_slow_model(path: Path, inputs: list[str], depth: int = 150, width: int = 1024) -> Path:
+    """The sum model's signature and score, plus a chain of `depth` dense layers whose result is
+    added times zero: a real ONNX model that takes milliseconds a row (~160 M multiply-adds,
+    as slow.onnx does), far beyond the 1 ms these tests give it."""
+    rng = np.random.default_rng(0)
+    first = rng.normal(0, 0.1, (len(inputs), width)).astype(np.float32)
+    tied = rng.normal(0, 1 / np.sqrt(width), (width, width)).astype(np.float32)
+    nodes = [
+        helper.make_node("Concat", inputs, ["x"], axis=1),
+        helper.make_node("ReduceSum", ["x", "axes"], ["s"], keepdims=1),
+        helper.make_node("MatMul", ["x", "w0"], ["h0"]),
+    ]
+    for i in range(1, depth + 1):
+        nodes += [
+            helper.make_node("MatMul", [f"h{i - 1}", "w"], [f"m{i}"]),
+            helper.make_node("Tanh", [f"m{i}"], [f"h{i}"]),
+        ]
+    nodes += [
+        helper.make_node("ReduceMean", [f"h{depth}"], ["mean"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+        helper.make_node("Add", ["s", "nothing"], ["t"]),
+        helper.make_node("Sigmoid", ["t"], ["score"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 1]) for n in inputs],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])],
+        initializer=[
+            numpy_helper.from_array(np.array([1], np.int64), "axes"),
+            numpy_helper.from_array(first, "w0"),
+            numpy_helper.from_array(tied, "w"),
+            numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def slow_member(tmp_path: Path) -> dict[str, Any]:
+    slow = write_slow_model(tmp_path / "slow.onnx", ["a", "b", "amount"])
+    return {"name": "slow", "artifact": {"uri": f"file://{slow}", "sha256": digest(slow)}}
+
+
+def test_a_late_member_is_not_waited_for_and_its_breaker_opens(tmp_path: Path) -> None:
+    rt, _ = make_runtime(tmp_path, ensemble={"models": [slow_member(tmp_path)], "timeoutMs": 1})
+    request = {"card_id": "c1", "features": {"amount": 0.5}}
+    for _ in range(4):  # the breaker's minimumCalls in make_runtime
+        out = asyncio.run(rt.predict(request))
+        assert out["modelScores"] == {
+            "primary": pytest.approx(sigmoid(3.5), rel=1e-6),
+            "slow": None,
+        }
+        assert out["score"] == out["modelScores"]["primary"]
+        assert out["degraded"] is True
+    assert calls(rt, "slow", "late") == 4
+    asyncio.run(rt.predict(request))
+    assert calls(rt, "slow", "open") == 1  # four failures of four: open, not called
+    asyncio.run(rt.close())
+
+
+def test_too_few_models_scoring_answers_the_conservative_decision(tmp_path: Path) -> None:
+    ensemble = {"models": [slow_member(tmp_path)], "timeoutMs": 1, "minHealthy": 2}
+    conservative = {"action": "block", "riskLevel": "high", "reason": "no models"}
+    rt, _ = make_runtime(tmp_path, ensemble=ensemble, decision={"conservative": conservative})
+    out = asyncio.run(rt.predict({"card_id": "c1", "features": {"amount": 0.5}}))
+    assert (out["decision"], out["riskLevel"], out["reasons"]) == ("block", "high", ["no models"])
+    assert out["score"] is None
+    assert out["degraded"] is True
+    asyncio.run(rt.close())
