@@ -8,13 +8,13 @@ the declared conservative decision (one model of one failing is "more than half"
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rtml.api.model import PRIMARY, ModelSpec
 from rtml_runtime import decision
+from rtml_runtime.breaker import CircuitBreaker
 from rtml_runtime.decision import Verdict
 from rtml_runtime.ensemble import (
     CALL_OUTCOMES,
@@ -105,7 +105,7 @@ class Assessor:
         outcome: RuleOutcome,
         values: Mapping[str, Any],
         primary: Callable[[], float],
-        breaker: Any,
+        breaker: CircuitBreaker,
         degraded: bool,
     ) -> Assessment:
         """Score every model (the primary with `primary` behind `breaker`), then decide."""
@@ -130,7 +130,3 @@ class Assessor:
     def close(self) -> None:
         if self.ensemble is not None:
             self.ensemble.close()
-
-
-def score_or_nan(a: Assessment) -> float:
-    return math.nan if a.score is None else a.score
