@@ -373,7 +373,7 @@ class Rule(ApiModel):
 class MemberArtifact(ArtifactRef):
     """An ensemble member's artifact: as spec.artifact, with a shorter URI (the spec's budget)."""
 
-    uri: Annotated[  # type: ignore[assignment]
+    uri: Annotated[
         str,
         StringConstraints(pattern=r"^(file|https?|s3|gs|pvc)://[!-~]+$", max_length=MAX_MEMBER_URI),
     ] = Field(description="file://, http(s)://, s3://, gs:// or pvc://CLAIM/path (ASCII)")
