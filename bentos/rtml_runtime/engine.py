@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,14 @@ from rtml.api.signature import check_signature, describe
 from rtml.api.traffic import CHAMPION_ONLY, TrafficPlan
 from rtml.artifacts import ArtifactError, artifact_bytes
 from rtml.contract import TERMINATION_MESSAGE_PATH
+from rtml_runtime.assess import Assessment, Assessor
+from rtml_runtime.audit import AuditWriter
 from rtml_runtime.breaker import CircuitBreaker, State
 from rtml_runtime.cache import TTLCache
 from rtml_runtime.clock import SYSTEM_CLOCK, Clock
 from rtml_runtime.config import RuntimeConfig
 from rtml_runtime.deadline import DeadlineExceeded, within
+from rtml_runtime.ensemble import CALL_OUTCOMES, Member
 from rtml_runtime.errors import RequestError, bad_input, too_many_rows
 from rtml_runtime.features import FeatureReader, merge_features
 from rtml_runtime.metrics import RuntimeMetrics, VariantMetrics
@@ -97,6 +101,9 @@ class Prediction:
     variant: Variant
     # The feature values the model scored (for a shadow scoring), None for a fallback answer.
     features: dict[str, Any] | None = None
+    # The decision, for a Model with spec.rules, spec.ensemble or spec.decision (score: NaN
+    # when no model gave one).
+    assessment: Assessment | None = None
 
 
 class Runtime:
@@ -159,6 +166,8 @@ class Runtime:
         self.feature_budget_s = self.spec.slo.feature_budget_ms / 1000
         self.columns: list[str] = []
         self.shadow = ShadowScorer(config.settings.shadow_queue)
+        self.assessor: Assessor | None = None  # set by load() when the Model decides
+        self.audit: AuditWriter | None = None  # set by load() with spec.audit
 
     # Set by load(): the champion and the traffic plan in effect.
     plans: PlanSwitch
@@ -182,6 +191,12 @@ class Runtime:
             self.backup = self._load_checked(
                 fallback.artifact, "spec.fallback.artifact", min(self.spec.warmup.requests, 10)
             )
+        if self.spec.decides:
+            self.assessor = Assessor(
+                self.config.name, self.spec, self._load_members(), self.metrics
+            )
+        if self.spec.audit is not None and self.assessor is not None:
+            self.audit = self._audit_writer()
         self.reader = reader
         champion = Variant(
             CHAMPION,
@@ -200,6 +215,67 @@ class Runtime:
             sticky_field=self.entity_field,
             sticky_alias="entity_id" if self.view is not None else None,
             on_shadow=self.shadow.use,
+        )
+
+    def _load_members(self) -> list[Member]:
+        """spec.ensemble's models, each fetched, digest-checked and warmed up as spec.artifact
+        is, each with its own model breaker (rtml_circuit_breaker_state's `variant` is
+        `ensemble`, its `version` the member's name)."""
+        ensemble = self.spec.ensemble
+        members = []
+        for i, m in enumerate(ensemble.models if ensemble is not None else []):
+            model = self._load_checked(m.artifact, f"spec.ensemble.models[{i}].artifact")
+            gauge = self.metrics.breaker_state.labels(self.config.name, m.name, "ensemble", "model")
+            gauge.set(0)
+
+            def changed(
+                name: str, old: State, new: State, member: str = m.name, g: Any = gauge
+            ) -> None:
+                log.warning(
+                    "circuit breaker changed state",
+                    extra={"dependency": name, "member": member, "from": old.name, "to": new.name},
+                )
+                g.set(new.gauge)
+
+            breaker = CircuitBreaker.from_spec(
+                "model",
+                self.spec.circuit_breaker,
+                self.spec.slow_call_ms,
+                clock=self.clock,
+                on_state_change=changed,
+            )
+            calls = {
+                o: self.metrics.model_calls.labels(self.config.name, m.name, o)
+                for o in CALL_OUTCOMES
+            }
+            members.append(Member(m.name, model, model.feature_names, m.weight, breaker, calls))
+        return members
+
+    def _audit_writer(self) -> AuditWriter:
+        """spec.audit's writer: to RTML_AUDIT_REDIS_URL, else the online store's Redis; with
+        the sqlite profile and no such setting the runtime refuses to become ready."""
+        assert self.spec.audit is not None
+        settings = self.config.settings
+        if settings.audit_redis_url is not None:
+            url = settings.audit_redis_url.get_secret_value()
+        elif self.config.store.kind == "redis":
+            url = self.config.store.redis_url_with_password
+        else:
+            raise ModelError(
+                "spec.audit needs a Redis for its stream, and the online store is "
+                f"{self.config.store.kind}: set RTML_AUDIT_REDIS_URL (spec.runtime.env) or "
+                "serve with the redis profile"
+            )
+        name = self.config.name
+        records = self.metrics.audit_records
+        return AuditWriter(
+            self.spec.audit,
+            url,
+            settings.audit_queue,
+            written=records.labels(name, "written"),
+            dropped=records.labels(name, "dropped"),
+            failed=records.labels(name, "failed"),
+            depth=self.metrics.audit_queue.labels(name),
         )
 
     def load_candidate(self, candidate: Candidate) -> OnnxModel:
@@ -314,6 +390,10 @@ class Runtime:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.shadow.close)
+        if self.assessor is not None:
+            self.assessor.close()
+        if self.audit is not None:
+            await asyncio.to_thread(self.audit.close)
         if self.reader is not None:
             await self.reader.close()
 
@@ -467,11 +547,14 @@ class Runtime:
         entity = self.entity_id(payload, prefix[: -len("features")])
         request = self.request_values(payload, prefix)
         stored: dict[str, Any] | None = None
+        failed = False
         if entity is not None:
             stored, failed = await self._stored_features(entity, variant.metrics)
-            if failed:
+            if failed and self.assessor is None:
                 merged, _ = merge_features(self.view, None, request)
                 return self._fallback("features", merged, variant)
+        if self.assessor is not None:
+            return await self._assess(entity, request, stored, failed, variant)
         merged, used_default = merge_features(self.view, stored, request)
         model, row = variant.model, feature_row(merged, variant.columns)
         score = self._score(variant, lambda: model.predict_one(row))
@@ -480,10 +563,50 @@ class Runtime:
         degraded = entity is not None and used_default
         return Prediction(score, degraded, "fallback" if degraded else "ok", variant, merged)
 
+    async def _assess(
+        self,
+        entity: str | None,
+        request: dict[str, Any],
+        stored: dict[str, Any] | None,
+        failed: bool,
+        variant: Variant,
+    ) -> Prediction:
+        """Rules, then the models, then the decision (assess.py). A failed feature read is
+        answered by spec.fallback as without decisions, after the rules (which see the
+        request and the view's defaults), and its score decided by the thresholds."""
+        assert self.assessor is not None
+        merged, used_default = merge_features(self.view, stored, request)
+        degraded = failed or (entity is not None and used_default)
+        given = request if entity is None else {**request, self.entity_field: entity}
+        outcome = self.assessor.check_rules(given, merged)
+        if outcome.blocking:
+            a = self.assessor.blocked(outcome, degraded)
+            return Prediction(math.nan, degraded, "ok", variant, merged, a)
+        if failed:
+            p = self._fallback("features", merged, variant)
+            p.assessment = self.assessor.on_score(outcome, p.score, {}, True)
+            return p
+        model, row = variant.model, feature_row(merged, variant.columns)
+        a = self.assessor.assess(
+            outcome, merged, lambda: model.predict_one(row), variant.breaker, degraded
+        )
+        score = math.nan if a.score is None else a.score
+        return Prediction(score, a.degraded, "fallback" if a.degraded else "ok", variant, merged, a)
+
     def _shadow(self, shadow: Variant | None, p: Prediction) -> None:
         """Hand the row the champion scored to the shadow worker (never waited for)."""
         if shadow is not None and p.features is not None:
             self.shadow.submit(shadow, p.features)
+
+    def _refuse_decisions(self, where: str) -> None:
+        """A path that cannot apply spec.rules: refused, or it would let a request past them."""
+        if self.assessor is not None:
+            raise RequestError(
+                400,
+                "decisions_not_applied",
+                f"{where} does not apply spec.rules, spec.ensemble or spec.decision, which "
+                "this Model declares: send each request to /predict (or /predict_batch)",
+            )
 
     def _require_ready(self) -> None:
         if not self.ready:
@@ -525,10 +648,11 @@ class Runtime:
         elapsed = self._within_deadline(start, m)
         m.duration.observe(elapsed)
         m.outcomes[p.outcome].inc()
-        m.score.observe(p.score)
+        if not math.isnan(p.score):
+            m.score.observe(p.score)
         if plan.shadow is not None:
             self._shadow(plan.shadowing(payload), p)
-        return {
+        answer = {
             "score": p.score,
             "model": self.config.name,
             "version": variant.version,
@@ -536,6 +660,39 @@ class Runtime:
             "degraded": p.degraded,
             "latency_ms": round(elapsed * 1000, 3),
         }
+        if p.assessment is not None:
+            return self._audited(self._decided(answer, p), payload)
+        return answer
+
+    def _audited(self, answer: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        """Hand the answer to the audit writer (queued, never waited for)."""
+        if self.audit is not None:
+            inputs = {
+                self.entity_field: payload.get(self.entity_field, payload.get("entity_id")),
+                "features": payload.get("features", {}),
+            }
+            self.audit.submit(answer, inputs, answer["requestId"])
+        return answer
+
+    def _batch_row(self, payload: dict[str, Any], p: Prediction) -> dict[str, Any]:
+        row = {
+            "score": p.score,
+            "degraded": p.degraded,
+            "version": p.variant.version,
+            "variant": p.variant.role,
+        }
+        if p.assessment is None:
+            return row
+        return self._audited({"model": self.config.name, **self._decided(row, p)}, payload)
+
+    def _decided(self, answer: dict[str, Any], p: Prediction) -> dict[str, Any]:
+        """An answer with its decision; `score` is null when no model gave one."""
+        assert p.assessment is not None
+        answer.update(p.assessment.fields())
+        answer["requestId"] = uuid.uuid4().hex  # names the audit record of this answer
+        if math.isnan(p.score):
+            answer["score"] = None
+        return answer
 
     async def predict_batch(self, payload: Any) -> dict[str, Any]:
         self._require_ready()
@@ -551,6 +708,7 @@ class Runtime:
                 "instances",
             )
         if is_ranking(payload, (self.entity_field, "entity_id")):
+            self._refuse_decisions("the ranking form of /predict_batch")
             return await self.rank(payload)
         plan = self.plans.active
         champion = plan.champion.metrics  # the batch as a whole: rate limit, in flight
@@ -589,15 +747,7 @@ class Runtime:
                 self._shadow(plan.shadowing(r), p)
         only = next(iter(answered)) if len(answered) == 1 else None
         return {
-            "predictions": [
-                {
-                    "score": p.score,
-                    "degraded": p.degraded,
-                    "version": p.variant.version,
-                    "variant": p.variant.role,
-                }
-                for p in preds
-            ],
+            "predictions": [self._batch_row(r, p) for r, p in zip(rows, preds, strict=True)],
             "model": self.config.name,
             # Who answered every row; "mixed" when the rows were split between variants.
             "version": only.version if only is not None else "mixed",
@@ -722,6 +872,7 @@ class Runtime:
                     f"no output named {output!r}; the model's output is {V2_OUTPUT!r}",
                     f"outputs[{i}].name",
                 )
+        self._refuse_decisions(f"/v2/models/{name}/infer")
         variant = self.plans.active.answering_drawn()
         m = variant.metrics
         self.check_rate(m)

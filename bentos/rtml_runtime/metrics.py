@@ -140,6 +140,36 @@ class RuntimeMetrics:
             registry=r,
         )
 
+        # Decisions (docs/decisions.md): only a Model with rules, an ensemble or thresholds.
+        self.decisions = Counter(
+            "rtml_decisions", "Assessments by decision.", ("model", "decision"), registry=r
+        )
+        self.rule_hits = Counter(
+            "rtml_rule_hits", "spec.rules hits.", ("model", "rule", "severity"), registry=r
+        )
+        self.rule_errors = Counter(
+            "rtml_rule_errors",
+            "spec.rules evaluations that failed (a key the request lacks, a wrong type).",
+            ("model", "rule"),
+            registry=r,
+        )
+        self.model_calls = Counter(
+            "rtml_model_calls",
+            "Model scorings in assessments, by model (primary or an ensemble member's name) and "
+            "outcome (ok, error, open, late).",
+            ("model", "member", "outcome"),
+            registry=r,
+        )
+        self.audit_records = Counter(
+            "rtml_audit_records",
+            "Audit records by outcome: written, dropped (queue full), failed (Redis refused).",
+            ("model", "outcome"),
+            registry=r,
+        )
+        self.audit_queue = Gauge(
+            "rtml_audit_queue_depth", "Audit records waiting to be written.", ("model",), registry=r
+        )
+
     def variant(self, model: str, version: str, variant: str) -> VariantMetrics:
         labels = (model, version, variant)
         return VariantMetrics(

@@ -287,6 +287,14 @@ class RuntimeSettings(BaseSettings):
         default=None,
         description="the bearer token POST /push/{view} requires; unset or empty: /push is off",
     )
+    audit_redis_url: SecretStr | None = Field(
+        default=None,
+        description="the Redis that spec.audit's streams go to; unset: the online store's Redis "
+        "(required with the sqlite profile)",
+    )
+    audit_queue: int = Field(
+        default=10_000, ge=1, description="audit records waiting to be written before new ones drop"
+    )
 
 
 # --- credentials in pods --------------------------------------------------------------------------

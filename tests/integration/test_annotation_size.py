@@ -69,7 +69,7 @@ def largest_model(name: str, ns: str) -> dict[str, Any]:
         "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "metric": "cpu"},
         "runtime": {
             "image": "registry.local:5000/" + "r" * 400 + "/runtime@sha256:" + "0" * 64,
-            "env": [{"name": f"E{i:02d}_" + "N" * 124, "value": WIDE * 256} for i in range(16)],
+            "env": [{"name": f"E{i:02d}_" + "N" * 124, "value": WIDE * 256} for i in range(8)],
             "resources": {"requests": resources, "limits": resources},
         },
         "rollout": {
@@ -81,6 +81,35 @@ def largest_model(name: str, ns: str) -> dict[str, Any]:
                 ]
             },
         },
+        # Decisions: `&&` and `>` are what kubectl's writer spends 6 bytes on.
+        "rules": [
+            {
+                "name": f"r{i}" + "x" * 61,
+                "expression": "request.amount > 1.0 && features.n > 2.0" + " && true" * 19,
+                "severity": "high",
+                "reason": "r" * 128,
+            }
+            for i in range(8)
+        ],
+        "ensemble": {
+            "models": [
+                {
+                    "name": f"m{i}" + "x" * 61,
+                    "version": "v" * 63,
+                    "artifact": {"uri": "s3://b/" + "&" * 505, "sha256": DIGEST},
+                    "weight": 1000,
+                }
+                for i in range(2)
+            ],
+        },
+        "decision": {
+            "thresholds": [
+                {"minScore": i, "action": "approve", "riskLevel": "medium", "reason": "x" * 128}
+                for i in range(4)
+            ],
+            "conservative": {"action": "approve", "riskLevel": "medium", "reason": "x" * 128},
+        },
+        "audit": {"stream": "s" * 128, "alertStream": "a" * 128, "maxLen": 100_000_000},
     }
     return {
         "apiVersion": "rtml.dev/v1alpha1",

@@ -87,6 +87,21 @@ def test_validate_examples() -> None:
     assert "Model fraud: valid" in out.output
 
 
+def test_validate_refuses_a_rule_that_does_not_compile_naming_its_field(tmp_path: Path) -> None:
+    detector = REPO / "examples" / "fraud" / "detector.yaml"
+    good = CliRunner().invoke(main, ["validate", str(detector)])
+    assert good.exit_code == 0, good.output
+    assert "Model fraud-detector: valid" in good.output
+    text = detector.read_text()
+    bad = text.replace("features.txn_count_1h > 10 &&", "txn_count_1h > 10 &&")
+    assert bad != text
+    (tmp_path / "detector.yaml").write_text(bad)
+    out = CliRunner().invoke(main, ["validate", str(tmp_path / "detector.yaml")])
+    assert out.exit_code == 1
+    assert "spec.rules[1].expression" in out.output
+    assert "undeclared reference to 'txn_count_1h'" in out.output
+
+
 def signature_manifest(folder: Path, b_dtype: str, request: list[str]) -> Path:
     """A FeatureView and a Model whose relative file:// artifact takes inputs a, b, amount."""
     digest = hashlib.sha256(write_sum_model(folder / "m.onnx", ["a", "b", "amount"]).read_bytes())

@@ -191,11 +191,40 @@ def test_the_largest_names_and_values_within_the_bounds_are_accepted() -> None:
         output={"name": "dense/Sigmoid:0"},
         runtime={
             "image": "registry.local:5000/rtml/runtime@sha256:" + "0" * 64,
-            "env": [{"name": f"E{i}", "value": "\u2028é\n" * 85} for i in range(16)],
+            "env": [{"name": f"E{i}", "value": "\u2028é\n" * 85} for i in range(8)],
             "resources": {"limits": {"nvidia.com/gpu": "1", "hugepages-2Mi": "64Mi"}},
+        },
+        # Decisions at their bounds: what each writer spends most on (`&&`, `<`, `>`).
+        rules=[
+            {
+                "name": f"r{i}" + "x" * 61,
+                "expression": "request.amount > 1.0 && features.n < 2.0" + " && true" * 19,
+                "severity": "high",
+                "reason": "r" * 128,
+            }
+            for i in range(8)
+        ],
+        ensemble={
+            "models": [
+                {
+                    "name": f"m{i}",
+                    "version": "v" * 63,
+                    "artifact": {"uri": "https://b/m?a=1&b=2" + "&" * 493, "sha256": DIGEST},
+                    "weight": 1000,
+                }
+                for i in range(2)
+            ],
+            "minHealthy": 3,
+        },
+        decision={
+            "thresholds": [
+                {"minScore": i, "action": "block", "riskLevel": "high"} for i in range(4)
+            ]
         },
     )
     assert m.spec.runtime.env[0].value.startswith("\u2028")
+    assert len(m.spec.rules) == 8
+    assert m.spec.ensemble is not None
     view = FeatureView.model_validate(
         {
             "spec": {

@@ -7,8 +7,10 @@ from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from rtml.api.common import (
+    FEATURE_NAME_PATTERN,
     MULTILINE_TEXT_PATTERN,
     TEXT_PATTERN,
     ApiModel,
@@ -18,10 +20,12 @@ from rtml.api.common import (
     Duration,
     FeatureName,
     ResourceName,
+    Sha256,
     cel,
     map_keys,
     parse_duration,
 )
+from rtml.api.expressions import ExpressionError, compile_expression
 
 Percent = Annotated[int, Field(ge=1, le=100)]
 Millis = Annotated[int, Field(ge=1, le=600_000)]
@@ -30,13 +34,40 @@ DEFAULT_STEPS = (5, 25, 50, 100)
 # The bounds that keep a Model's spec within its annotation budget (docs/annotation-size.md).
 MAX_COLUMNS = 256
 MAX_REQUEST_FEATURES = 256
-MAX_ENV = 16
+MAX_ENV = 8  # 16 until spec.rules needed the room (docs/annotation-size.md)
 MAX_ENV_NAME = 128
 MAX_ENV_VALUE = 256
 MAX_IMAGE = 512
 MAX_RESOURCES = 8
 MAX_RESOURCE_NAME = 317  # a qualified name: a 253-character prefix, "/", a 63-character name
 STEPS_ASCENDING = cel("self.isSorted()", "steps must be in ascending order")
+# Decisions (docs/decisions.md). Sized to the ~6 KB the spec's budget had left plus what
+# runtime.env gave up (MAX_ENV 16 -> 8; docs/annotation-size.md): an expression may hold
+# `&&`, `<`, `>`, which kubectl's writer spends 6 bytes on, so 8 of 192 characters cost ~9 KB.
+MAX_RULES = 8
+MAX_EXPRESSION = 192
+MAX_REASON = 128
+MAX_ENSEMBLE = 2  # extra models beside spec.artifact: a two- or three-model ensemble
+MAX_MEMBER_URI = 512
+MAX_THRESHOLDS = 4
+MAX_STREAM = 128
+PRIMARY = "primary"  # the name spec.artifact's score goes by in modelScores
+# A rule's or an ensemble member's name: it labels metrics and keys the response's maps.
+PART_NAME_PATTERN = r"^[a-z0-9]([-_a-z0-9]*[a-z0-9])?$"
+PartName = Annotated[str, StringConstraints(pattern=PART_NAME_PATTERN, max_length=63)]
+# A reason is said to the caller and the audit log: plain ASCII text, one byte a character.
+Reason = Annotated[str, StringConstraints(pattern=FEATURE_NAME_PATTERN, max_length=MAX_REASON)]
+Severity = Literal["low", "medium", "high"]
+RiskLevel = Literal["low", "medium", "high"]
+Action = Literal["approve", "review", "block"]
+# A Redis Stream key: printable ASCII (no space), as a FeatureName is.
+StreamName = Annotated[
+    str, StringConstraints(pattern=r"^[!#-%'-;=?-\[\]-~]+$", max_length=MAX_STREAM)
+]
+VersionLabel = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$", max_length=63),
+]
 
 
 class Artifact(ArtifactRef):
@@ -323,6 +354,162 @@ class Rollout(ApiModel):
         return self
 
 
+class Rule(ApiModel):
+    name: PartName = Field(description="labels rtml_rule_hits_total and the response's ruleHits")
+    expression: str = Field(
+        min_length=1,
+        max_length=MAX_EXPRESSION,
+        pattern=r"^[ -~]+$",
+        description="a CEL condition over `request` (the values sent, and the entity id) and "
+        "`features` (every value the model scores), e.g. request.amount > 10000.0",
+    )
+    severity: Severity = Field(
+        description="high: a hit blocks at once, no model is called; medium: at least review; "
+        "low: a reason only"
+    )
+    reason: Reason | None = Field(default=None, description="said when the rule hits")
+
+
+class MemberArtifact(ArtifactRef):
+    """An ensemble member's artifact: as spec.artifact, with a shorter URI (the spec's budget)."""
+
+    uri: Annotated[
+        str,
+        StringConstraints(pattern=r"^(file|https?|s3|gs|pvc)://[!-~]+$", max_length=MAX_MEMBER_URI),
+    ] = Field(description="file://, http(s)://, s3://, gs:// or pvc://CLAIM/path (ASCII)")
+    sha256: Sha256 | None = Field(
+        default=None,
+        validate_default=True,
+        description="64 lowercase hex digits, required unless allowUnverified is true",
+    )
+
+
+class EnsembleMember(ApiModel):
+    name: PartName = Field(description="its key in modelScores and its metrics' label")
+    version: VersionLabel | None = Field(default=None, description="label of its artifact")
+    artifact: MemberArtifact
+    weight: float = Field(default=1.0, gt=0, le=1000, description="its weight in the average")
+
+    @field_validator("name")
+    @classmethod
+    def _not_primary(cls, value: str) -> str:
+        if value == PRIMARY:
+            raise ValueError(f"{PRIMARY!r} is the name of spec.artifact's score")
+        return value
+
+
+class Ensemble(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.minHealthy) || self.minHealthy <= size(self.models) + 1",
+                    "minHealthy must not exceed the number of models, spec.artifact included",
+                    ".minHealthy",
+                )
+            ]
+        }
+    )
+
+    weight: float = Field(default=1.0, gt=0, le=1000, description="spec.artifact's weight")
+    models: list[EnsembleMember] = Field(
+        min_length=1,
+        max_length=MAX_ENSEMBLE,
+        description="models scored beside spec.artifact, each with its own breaker",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    min_healthy: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ENSEMBLE + 1,
+        description="fewer models scoring than this: the conservative decision; default more "
+        "than half failing (half of the models, rounded up, must score)",
+    )
+    timeout_ms: Millis | None = Field(
+        default=None,
+        description="a model that has not scored this long after scoring began is late "
+        "(counted as failing); default spec.slo.p99LatencyMs",
+    )
+
+    @model_validator(mode="after")
+    def _healthy_fits(self) -> Ensemble:
+        if self.min_healthy is not None and self.min_healthy > len(self.models) + 1:
+            raise ValueError(
+                "minHealthy must not exceed the number of models, spec.artifact included"
+            )
+        return self
+
+    @property
+    def required(self) -> int:
+        """Models that must score: minHealthy, or half of all of them rounded up."""
+        n = len(self.models) + 1
+        return self.min_healthy if self.min_healthy is not None else (n + 1) // 2
+
+
+class Threshold(ApiModel):
+    min_score: float = Field(description="a score at or above this takes this action")
+    action: Action
+    risk_level: RiskLevel
+    reason: Reason | None = None
+
+
+class ConservativeDecision(ApiModel):
+    action: Action = Field(default="review", description="answered when too few models score")
+    risk_level: RiskLevel = "high"
+    reason: Reason = "too few models could score this request"
+
+
+def _default_thresholds() -> list[Threshold]:
+    return [
+        Threshold(min_score=0.5, action="review", risk_level="medium", reason="elevated risk"),
+        Threshold(min_score=0.8, action="block", risk_level="high", reason="high risk"),
+    ]
+
+
+class Decision(ApiModel):
+    thresholds: list[Threshold] = Field(
+        default_factory=_default_thresholds,
+        min_length=1,
+        max_length=MAX_THRESHOLDS,
+        description="ascending by minScore; the last one the score reaches decides, and a score "
+        "below the first is approved at riskLevel low",
+        json_schema_extra={
+            "x-kubernetes-list-type": "atomic",
+            "x-kubernetes-validations": [
+                cel(
+                    "self.all(a, self.all(b, a == b || a.minScore != b.minScore))"
+                    " && self.map(t, t.minScore).isSorted()",
+                    "thresholds must be in ascending order of minScore",
+                )
+            ],
+        },
+    )
+    conservative: ConservativeDecision = Field(default_factory=ConservativeDecision)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _ascending(cls, value: list[Threshold]) -> list[Threshold]:
+        if any(b.min_score <= a.min_score for a, b in pairwise(value)):
+            raise ValueError("thresholds must be in ascending order of minScore")
+        return value
+
+
+class Audit(ApiModel):
+    stream: StreamName = Field(
+        default="rtml:audit", description="the Redis Stream every assessment is appended to"
+    )
+    max_len: int = Field(
+        default=100_000, ge=1, le=100_000_000, description="the stream's approximate bound"
+    )
+    alert_stream: StreamName | None = Field(
+        default=None, description="decisions at or above alertAt are also appended here"
+    )
+    alert_at: Action = Field(default="block", description="the least decision that alerts")
+    include_inputs: bool = Field(
+        default=False, description="also record the raw inputs (else only their sha256)"
+    )
+
+
 class ModelSpec(ApiModel):
     version: Annotated[
         str,
@@ -342,6 +529,41 @@ class ModelSpec(ApiModel):
     warmup: Warmup = Field(default_factory=Warmup)
     runtime: RuntimeOverrides = Field(default_factory=RuntimeOverrides)
     rollout: Rollout = Field(default_factory=Rollout)
+    rules: list[Rule] = Field(
+        default_factory=list,
+        max_length=MAX_RULES,
+        description="conditions evaluated before the model (docs/decisions.md)",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    ensemble: Ensemble | None = None
+    decision: Decision | None = None
+    audit: Audit | None = None
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_compile(cls, rules: list[Rule]) -> list[Rule]:
+        """Every expression compiles (CEL, type-checked), refused naming its field."""
+        seen: set[str] = set()
+        for i, rule in enumerate(rules):
+            if rule.name in seen:
+                raise PydanticCustomError(
+                    "rule_name",
+                    "spec.rules[{i}].name {name} is used twice",
+                    {"i": i, "name": rule.name},
+                )
+            seen.add(rule.name)
+            try:
+                compile_expression(rule.expression)
+            except ExpressionError as e:
+                raise PydanticCustomError(
+                    "cel_expression", "spec.rules[{i}].expression {why}", {"i": i, "why": str(e)}
+                ) from None
+        return rules
+
+    @property
+    def decides(self) -> bool:
+        """Whether /predict answers with a decision (rules, an ensemble or thresholds)."""
+        return bool(self.rules) or self.ensemble is not None or self.decision is not None
 
     @property
     def output_choice(self) -> tuple[str | None, int | None]:
@@ -366,6 +588,8 @@ class ModelSpec(ApiModel):
         named: list[tuple[str, ArtifactRef]] = [("spec.artifact", self.artifact)]
         if self.fallback.mode == "model" and self.fallback.artifact is not None:
             named.append(("spec.fallback.artifact", self.fallback.artifact))
+        for i, member in enumerate(self.ensemble.models if self.ensemble else []):
+            named.append((f"spec.ensemble.models[{i}].artifact", member.artifact))
         return [(field, art.uri) for field, art in named if art.unverified]
 
 

@@ -1,0 +1,141 @@
+"""spec.ensemble: extra models scored beside the primary one, combined by weight.
+
+Each member was digest-checked, signature-checked and warmed up as spec.artifact is
+(Runtime._load_checked) and has its own model breaker. Members score in worker threads (ONNX
+Runtime releases the GIL) while the primary scores on the event loop's thread, which then
+joins them: a stalled member holds the loop at most `spec.ensemble.timeoutMs` (as long as
+scoring in line would hold it, but bounded), never the member's own time. A late one is
+abandoned (cancelled if it had not started) and counted as a failed call by its breaker, which
+opens after enough of them and then spares the thread.
+
+Measured (benchmarks/ensemble_cost.py, fraud model + one member, one row): in line 74 µs,
+joined from a thread 178 µs, awaited through asyncio 287 µs. In line cannot cut a stalled
+member off; awaiting costs a further ~110 µs of loop wake-ups for no gain, since the loop
+has nothing else to do for this request while the member scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+
+from rtml_runtime.breaker import CircuitBreaker
+from rtml_runtime.onnx_model import OnnxModel
+from rtml_runtime.variants import feature_row
+
+log = logging.getLogger("rtml.runtime")
+# How a model fared in one assessment (rtml_model_calls_total's `outcome`).
+CALL_OUTCOMES = ("ok", "error", "open", "late")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Member:
+    """One extra model of the ensemble, with its own breaker and call counters."""
+
+    name: str
+    model: OnnxModel
+    columns: list[str]
+    weight: float
+    breaker: CircuitBreaker
+    calls: Mapping[str, Counter]  # outcome -> rtml_model_calls_total child
+
+
+def weighted_score(
+    scores: Mapping[str, float | None], weights: Mapping[str, float]
+) -> float | None:
+    """The weighted mean of the models that scored (None when none did): a failing model's
+    weight is left out, not counted as a zero."""
+    total = sum(weights[n] for n, s in scores.items() if s is not None)
+    if total <= 0:
+        return None
+    return sum(weights[n] * s for n, s in scores.items() if s is not None) / total
+
+
+def enough_scored(scores: Mapping[str, float | None], required: int) -> bool:
+    """Whether at least `required` models scored: fewer is the conservative decision."""
+    return sum(s is not None for s in scores.values()) >= required
+
+
+def scored_call(
+    breaker: CircuitBreaker, predict: Callable[[], float], calls: Mapping[str, Counter], name: str
+) -> float | None:
+    """A model call on this thread behind its breaker: the score, or None (open or raised)."""
+    if not breaker.allow():
+        calls["open"].inc()
+        return None
+    start = time.perf_counter()
+    try:
+        score = predict()
+    except Exception:
+        breaker.record(time.perf_counter() - start, ok=False)
+        calls["error"].inc()
+        log.exception("model inference failed", extra={"member": name})
+        return None
+    breaker.record(time.perf_counter() - start, ok=True)
+    calls["ok"].inc()
+    return score
+
+
+def _timed(model: OnnxModel, row: list[float]) -> tuple[float, float]:
+    start = time.perf_counter()
+    score = model.predict_one(row)
+    return score, time.perf_counter() - start
+
+
+class EnsembleScorer:
+    """Scores the members beside the primary model, each under `timeout_s` from the start."""
+
+    def __init__(self, members: Sequence[Member], timeout_s: float) -> None:
+        self.members = tuple(members)
+        self.timeout_s = timeout_s
+        # One worker per member: a stalled member holds only its own thread.
+        self.pool = ThreadPoolExecutor(
+            max_workers=max(1, len(self.members)), thread_name_prefix="rtml-ensemble"
+        )
+
+    def score(
+        self, values: Mapping[str, object], primary: Callable[[], float | None]
+    ) -> tuple[float | None, dict[str, float | None]]:
+        """(the primary's score, each member's score); None for a model that was open, failed
+        or was late. `primary` is called on this thread while the members run in theirs; then
+        each member is joined for what is left of `timeout_s`."""
+        started = time.perf_counter()
+        running: list[tuple[Member, Future[tuple[float, float]]]] = []
+        scores: dict[str, float | None] = {}
+        for m in self.members:
+            if not m.breaker.allow():
+                m.calls["open"].inc()
+                scores[m.name] = None
+                continue
+            row = feature_row(values, m.columns)
+            running.append((m, self.pool.submit(_timed, m.model, row)))
+        first = primary()
+        for m, f in running:
+            left = max(0.0, self.timeout_s - (time.perf_counter() - started))
+            scores[m.name] = self._settle(m, f, left)
+        return first, scores
+
+    def _settle(self, m: Member, f: Future[tuple[float, float]], left_s: float) -> float | None:
+        try:
+            score, elapsed = f.result(timeout=left_s)
+        except TimeoutError:
+            f.cancel()  # drops it if its thread had not started it
+            m.breaker.record(self.timeout_s, ok=False)
+            m.calls["late"].inc()
+            return None
+        except Exception as e:
+            m.breaker.record(self.timeout_s, ok=False)
+            m.calls["error"].inc()
+            log.error("ensemble model failed: %s", e, extra={"member": m.name})
+            return None
+        m.breaker.record(elapsed, ok=True)
+        m.calls["ok"].inc()
+        return score
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
