@@ -2,9 +2,10 @@
 
     python benchmarks/run.py [--runs 3] [--duration 10] [--quick] [--soak] [--servers a,b]
     python benchmarks/run.py --suite experiments     # no experiment vs 50% canary vs shadow
+    python benchmarks/run.py --suite floors          # rtml vs the bare app and the Redis floor
     python benchmarks/run.py --suite scale --models 1000   # the operator on an API-only cluster
 
-The main and experiments suites build examples/fraud into a temp dir, start a private
+The main, experiments and floors suites build examples/fraud into a temp dir, start a private
 redis-server, register and materialise the FeatureView with rtml's Feast code, then start each
 server pinned to CPU 0 and drive it with wrk pinned to CPU 1 (closed loop, fixed duration). Writes
 benchmarks/results/<timestamp>.json and regenerates benchmarks/RESULTS.md. The scale suite
@@ -37,6 +38,7 @@ from benchlib.fixture import (  # noqa: E402
     register_features,
     start_redis,
 )
+from benchlib.floor_report import write_floors_md  # noqa: E402
 from benchlib.machine import KSERVE, NOT_USED, control_plane_facts, machine_facts  # noqa: E402
 from benchlib.measure import measure  # noqa: E402
 from benchlib.procs import LOAD_CPU, SERVER_CPU, load_average, pinned  # noqa: E402
@@ -45,7 +47,7 @@ from benchlib.report import format_row, write_experiments_md, write_results_md  
 from benchlib.scale import goals, run_scale, summary_of  # noqa: E402
 from benchlib.scale_report import write_scale_md  # noqa: E402
 from benchlib.soak import run_soak  # noqa: E402
-from benchlib.summary import medians, targets  # noqa: E402
+from benchlib.summary import floor_targets, medians, score_check, targets  # noqa: E402
 from benchlib.venvs import venv_for  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -70,7 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=sorted([*SUITES, "scale"]),
         default="main",
         help="main: rtml against the floors and anchors; experiments: rtml with no experiment, "
-        "a 50%% canary and a 100%% shadow (RESULTS.md's experiments section only); scale: "
+        "a 50%% canary and a 100%% shadow (RESULTS.md's experiments section only); floors: "
+        "rtml (BentoML- and uvicorn-hosted) beside the bare app and the Redis floor "
+        "(RESULTS.md's 'Floors for the feature path' section only); scale: "
         "--models Models reconciled by the operator on an API-only cluster (its section only)",
     )
     p.add_argument("--models", type=int, default=1000, help="scale: how many Models")
@@ -92,13 +96,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated subset of the suite's servers (default: all of them); main: "
         + ", ".join(c.key for c in SUITES["main"])
         + "; experiments: "
-        + ", ".join(c.key for c in SUITES["experiments"]),
+        + ", ".join(c.key for c in SUITES["experiments"])
+        + "; floors: "
+        + ", ".join(c.key for c in SUITES["floors"]),
     )
     p.add_argument(
         "--note",
         action="append",
         default=[],
-        help="a line for the experiments or scale section's notes (repeatable), e.g. what else ran",
+        help="a line for the experiments, floors or scale section's notes (repeatable)",
     )
     p.add_argument(
         "--soak", action="store_true", help="then 5 minutes of rtml at 70%% of saturation"
@@ -139,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [k for k in args.servers.split(",") if BY_KEY.get(k) not in suite]
     if unknown:
         p.error(f"unknown servers in the {args.suite} suite: {', '.join(unknown)}")
-    if args.suite == "experiments" and args.soak:
+    if args.suite != "main" and args.soak:
         p.error("--soak belongs to the main suite")
     return args
 
@@ -232,7 +238,7 @@ def measure_all(
         try:
             register_features(fixture, redis_url, log)
             experiments = args.suite == "experiments"
-            if not experiments:
+            if args.suite == "main":
                 result["floors"] = run_floors(fixture, log_dir)
             for run in range(1, args.runs + 1):
                 log(f"run {run}/{args.runs}")
@@ -252,15 +258,26 @@ def measure_all(
                 result["soak"] = run_soak(
                     fixture, result["summary"], log_dir, args.soak_seconds, log
                 )
-            result["targets"] = [t.__dict__ for t in targets(result["summary"], result.get("soak"))]
+            checks = (
+                targets(result["summary"], result.get("soak"))
+                if args.suite == "main"
+                else floor_targets(result["summary"])
+            )
+            checks += score_check(result["runs"])
+            result["targets"] = [t.__dict__ for t in checks]
             missed = [t for t in result["targets"] if t["met"] is False]
             if args.profile == "always" or (args.profile == "auto" and missed):
-                result["profiles"] = profile_rtml(fixture, missed, log_dir, log)
+                measured = [k for k, runs in result["runs"].items() if runs]
+                result["profiles"] = profile_rtml(fixture, missed, log_dir, log, measured)
         finally:
             redis.stop()
 
 
-WRITERS = {"experiments": write_experiments_md, "scale": write_scale_md}
+WRITERS = {
+    "experiments": write_experiments_md,
+    "scale": write_scale_md,
+    "floors": write_floors_md,
+}
 
 
 def run_scale_suite(args: argparse.Namespace, command: str, stamp: str) -> int:
@@ -350,17 +367,23 @@ def main(argv: list[str] | None = None) -> int:
     json_path = RESULTS / f"{stamp}.json"
     json_path.write_text(json.dumps(result, indent=1))
     log(f"wrote {json_path.relative_to(REPO)} ({result['elapsed_s']:.0f}s in all)")
-    if args.suite == "experiments":
+    if args.suite != "main":
         for t in result["targets"]:
             met = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
             log(f"  {t['name']}: {t['measured']} ({t['limit']}) {met}")
     if not args.no_markdown:
-        write = write_experiments_md if args.suite == "experiments" else write_results_md
+        write = WRITERS.get(args.suite, write_results_md)
         md = write(result, HERE / "RESULTS.md", json_path)
         log(f"wrote {md.relative_to(REPO)}")
     failed = [k for k, runs in result["runs"].items() if any("error" in r for r in runs)]
     if failed:
         log(f"!! FAILED: {', '.join(failed)} (see the log lines above)")
+        return 1
+    differ = [
+        t["name"] for t in result.get("targets", []) if "scores" in t["name"] and not t["met"]
+    ]
+    if differ:
+        log(f"!! DIFFERENT SCORES: {'; '.join(differ)}")
         return 1
     return 0
 

@@ -19,8 +19,9 @@ PYTHONPATH = os.pathsep.join([str(REPO / "operator"), str(REPO / "bentos")])
 class ServerConfig:
     key: str
     label: str
-    family: str  # bare | kserve | bentoml | rtml
+    family: str  # bare | floor | kserve | bentoml | rtml
     features: bool  # every request reads the entity's features from Redis
+    host: str = "bentoml"  # rtml only: `rtml serve --server HOST` (bentoml | uvicorn)
     cached: bool = False  # rtml's L1 cache on (its defaults)
     # rtml following a traffic plan file (--traffic): "none" (a plan without an experiment),
     # "canary" (the candidate answers `percent` of requests) or "shadow" (it also scores
@@ -43,7 +44,14 @@ class ServerConfig:
             "BENCH_MODEL": str(fixture.model_path),
             "PYTHONUNBUFFERED": "1",
         }
-        if self.features and not self.is_rtml:
+        if self.family == "floor":
+            env |= {
+                "BENCH_REDIS_URL": fixture.redis_url,
+                "BENCH_FEAST_VIEW": fixture.view_name,
+                "BENCH_FEAST_FEATURES": ",".join(fixture.feature_names),
+                "BENCH_JOIN_KEY": fixture.join_key,
+            }
+        elif self.features and not self.is_rtml:
             assert fixture.feast_repo is not None
             env |= {
                 "BENCH_FEAST_REPO": str(fixture.feast_repo),
@@ -55,7 +63,9 @@ class ServerConfig:
         py = sys.executable
         uvicorn = [py, "-m", "uvicorn", "--app-dir", str(SERVERS_DIR), "--port", str(port)]
         quiet = ["--no-access-log", "--log-level", "warning"]
-        if self.family == "bare":
+        if self.family == "floor":
+            argv = [*uvicorn, *quiet, "--lifespan=off", "floor_redis:app"]
+        elif self.family == "bare":
             module = "starlette_feast:app" if self.features else "bare_asgi:app"
             argv = [*uvicorn, *quiet, module]
             if not self.features:
@@ -87,7 +97,7 @@ class ServerConfig:
             # --no-register: the harness registered and materialised the view already, as the
             # operator does in a cluster; every server starts against the same ready store.
             argv = [py, "-m", "rtml.cli", "serve", str(manifest), "--port", str(port)]
-            argv.append("--no-register")
+            argv += ["--no-register", "--server", self.host]
             if self.features:
                 argv += [
                     "--profile",
@@ -142,6 +152,9 @@ class ServerConfig:
 CONFIGS = [
     ServerConfig("bare", "bare ASGI + ONNX Runtime", "bare", features=False),
     ServerConfig("bare-feast", "Starlette + Feast SDK (async) + ORT", "bare", features=True),
+    ServerConfig(
+        "floor-redis", "floor: raw ASGI + one HMGET (hiredis) + ORT", "floor", features=True
+    ),
     ServerConfig("kserve", "KServe 0.21 Python server, v1", "kserve", features=False),
     ServerConfig("kserve-feast", "KServe 0.21 + Feast SDK (async)", "kserve", features=True),
     ServerConfig("bentoml", "BentoML 1.4 default service", "bentoml", features=False),
@@ -150,6 +163,22 @@ CONFIGS = [
     ServerConfig("rtml-redis", "rtml runtime + Redis read, cache off", "rtml", features=True),
     ServerConfig(
         "rtml-cached", "rtml runtime + Redis, L1 cache on (cached)", "rtml", True, cached=True
+    ),
+    # The same runtime app without BentoML around it (`rtml serve --server uvicorn`): what the
+    # BentoML host costs, beside the floors.
+    ServerConfig(
+        "rtml-uvicorn",
+        "rtml runtime under plain uvicorn (no features)",
+        "rtml",
+        False,
+        host="uvicorn",
+    ),
+    ServerConfig(
+        "rtml-redis-uvicorn",
+        "rtml runtime under plain uvicorn + Redis read, cache off",
+        "rtml",
+        True,
+        host="uvicorn",
     ),
 ]
 # `--suite experiments`: the example's Model + FeatureView as `rtml-redis` (a Redis read per
@@ -176,5 +205,9 @@ EXPERIMENT_CONFIGS = [
         percent=100,
     ),
 ]
-SUITES = {"main": CONFIGS, "experiments": EXPERIMENT_CONFIGS}
+# `--suite floors`: the floors and rtml on the same work, hosted by BentoML and by plain uvicorn
+# (issue 13's ratios); the same configs as the main suite's, so the same Lua, cards and pinning.
+FLOOR_KEYS = ("bare", "floor-redis", "rtml", "rtml-redis", "rtml-uvicorn", "rtml-redis-uvicorn")
+FLOOR_CONFIGS = [c for c in CONFIGS if c.key in FLOOR_KEYS]
+SUITES = {"main": CONFIGS, "experiments": EXPERIMENT_CONFIGS, "floors": FLOOR_CONFIGS}
 BY_KEY = {c.key: c for c in CONFIGS + EXPERIMENT_CONFIGS}

@@ -35,6 +35,9 @@ DISTURBED_SHARE = 0.10
 ATTEMPTS = 2
 QUIET_SHARE = 0.15
 QUIET_WAIT_S = 30.0
+# Cards whose scores every server reports before it is loaded: the harness compares the floor's
+# with rtml's on the same requests (summary.score_check).
+SAMPLE_CARDS = 20
 
 
 class ServerError(RuntimeError):
@@ -51,6 +54,22 @@ def wrk_script(config: ServerConfig, fixture: Fixture, work_dir: Path) -> Path:
 
 def first_body(config: ServerConfig, fixture: Fixture) -> str:
     return fixture.body_for(fixture.entity_ids[0]) if config.features else fixture.plain_body
+
+
+def sample_scores(config: ServerConfig, fixture: Fixture, base_url: str) -> list[float | None]:
+    """The scores the server answers for the first SAMPLE_CARDS cards (one fixed body without
+    features); None where it did not answer 200 with a score."""
+    bodies = (
+        [fixture.body_for(e) for e in fixture.entity_ids[:SAMPLE_CARDS]]
+        if config.features
+        else [fixture.plain_body]
+    )
+    out: list[float | None] = []
+    for body in bodies:
+        status, answer = post(base_url + config.url_path, body, timeout=5)
+        ok = status == 200 and isinstance(answer, dict) and "score" in answer
+        out.append(float(answer["score"]) if ok else None)
+    return out
 
 
 def wait_for_quiet(log: Callable[[str], None]) -> float:
@@ -222,6 +241,7 @@ def measure(
             out["ready_after_handover_s"] = round(ready_s - server.marker_at, 3)
         if config.is_rtml and config.features and answer.get("degraded"):
             raise ServerError(f"{config.key} answered from defaults (degraded): {answer}")
+        out["sample_scores"] = sample_scores(config, fixture, base_url)
         if config.traffic is not None:
             out["plan"] = wait_for_plan(config, base_url)
         run_wrk(base_url, script, 4, WARMUP_S)

@@ -79,13 +79,24 @@ def fold(raw: str) -> dict[str, Any]:
     }
 
 
+# Profiled beside rtml when they were measured in the run: the same app under uvicorn, and the
+# floor it is compared with (issue 13).
+BESIDE = {"rtml-redis": ("rtml-redis-uvicorn", "floor-redis"), "rtml": ("rtml-uvicorn", "bare")}
+
+
 def profile_rtml(
-    fixture: Fixture, missed: list[dict[str, Any]], log_dir: Path, log: Callable[[str], None]
+    fixture: Fixture,
+    missed: list[dict[str, Any]],
+    log_dir: Path,
+    log: Callable[[str], None],
+    measured: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Profile rtml with the Redis read (and without features when that target was missed)."""
+    """Profile rtml with the Redis read (and without features when that target was missed),
+    and beside each, those of BESIDE that the run MEASURED."""
     keys = ["rtml-redis"]
     if not missed or any("no features" in t["name"] for t in missed):
         keys.append("rtml")
+    keys = [k for key in keys for k in (key, *BESIDE[key]) if k == key or k in (measured or [])]
     return {key: _profile(key, fixture, log_dir, log) for key in keys}
 
 

@@ -14,6 +14,12 @@ from benchlib.summary import ratios, rtml_peer
 EXPERIMENTS_HEADING = "## Experiments: traffic split and shadow"
 SCALE_HEADING = "## Scale: Models reconciled from empty (API-only cluster)"
 RANKING_HEADING = "## Ranking: one call for N candidates against N single calls"  # ranking.py
+ASSESSMENT_HEADING = "## Fraud assessment"  # assessment.py
+# `--suite floors` writes this section (benchlib/floor_report.py); the next one is written by
+# hand from its numbers. Every other writer keeps both, near the top of the file.
+FLOORS_HEADING = "## Floors for the feature path"
+HOST_HEADING = "## The BentoML host: what it gives, what it costs"
+TOP_SECTIONS = (FLOORS_HEADING, HOST_HEADING)
 ISSUE_ORT_US = 8.5  # issue 3's floor: ONNX Runtime, one row, on the machine of its anchors
 COLUMNS = [
     ("c1_p50_ms", "c=1 p50 ms", "{:.3f}"),
@@ -50,15 +56,19 @@ def _cell(row: dict[str, float], key: str, fmt: str) -> str:
 
 
 def _table(
-    result: dict[str, Any], features: bool, configs: list[ServerConfig] = CONFIGS
+    result: dict[str, Any],
+    features: bool | None,
+    configs: list[ServerConfig] = CONFIGS,
+    columns: list[tuple[str, str, str]] = COLUMNS,
 ) -> list[str]:
+    """One row per server of CONFIGS in the result (only those with FEATURES unless None)."""
     summary = result["summary"]
     lines = [
-        "| server | " + " | ".join(h for _, h, _ in COLUMNS) + " | disturbed steps |",
-        "| --- |" + " ---: |" * (len(COLUMNS) + 1),
+        "| server | " + " | ".join(h for _, h, _ in columns) + " | disturbed steps |",
+        "| --- |" + " ---: |" * (len(columns) + 1),
     ]
     for config in configs:
-        if config.features != features or config.key not in summary:
+        if (features is not None and config.features != features) or config.key not in summary:
             continue
         label = f"**{config.label}**" if config.is_rtml else config.label
         runs = result["runs"][config.key]
@@ -66,7 +76,7 @@ def _table(
         steps = [r[f"c{c}"] for r in runs for c in (1, 16, 64) if f"c{c}" in r]
         flagged = f"{sum(1 for st in steps if st.get('disturbed'))}/{len(steps)}"
         row = summary[config.key]
-        cells = [_cell(row, k, f) for k, _, f in COLUMNS]
+        cells = [_cell(row, k, f) for k, _, f in columns]
         lines.append(
             f"| {label}{' (FAILED run)' if failed else ''} | "
             + " | ".join(cells)
@@ -332,7 +342,7 @@ def write_results_md(result: dict[str, Any], path: Path, json_path: Path) -> Pat
         "",
         *_ratio_table(result),
         "",
-        "### Issue 3's targets",
+        "### Targets (issue 3; issue 13's floors)",
         "",
         "| target | measured | limit | met |",
         "| --- | ---: | ---: | :---: |",
@@ -368,8 +378,11 @@ def write_results_md(result: dict[str, Any], path: Path, json_path: Path) -> Pat
     ]
     old = path.read_text() if path.exists() else ""
     out = "\n".join(text)
-    for heading in (EXPERIMENTS_HEADING, RANKING_HEADING, SCALE_HEADING):  # others' sections stay
+    kept = (EXPERIMENTS_HEADING, RANKING_HEADING, ASSESSMENT_HEADING, SCALE_HEADING)
+    for heading in kept:  # others' sections stay
         out = _with_section(out, _section(old, heading))
+    for heading in TOP_SECTIONS:
+        out = _with_section(out, _section(old, heading), before="## Machine")
     path.write_text(out)
     return path
 
@@ -383,15 +396,16 @@ def _section(text: str, heading: str) -> str:
     return text[start : end + 1 if end >= 0 else len(text)].rstrip("\n") + "\n"
 
 
-def _with_section(text: str, section: str) -> str:
-    """TEXT with SECTION in place of its old copy, else before "## Floors", else at the end."""
+def _with_section(text: str, section: str, before: str = "## Floors") -> str:
+    """TEXT with SECTION in place of its old copy, else before the heading BEFORE, else at the
+    end."""
     if not section:
         return text
     heading = section.split("\n", 1)[0]
     old = _section(text, heading)
     if old:
         return text.replace(old, section)
-    at = text.find("\n## Floors\n")
+    at = text.find(f"\n{before}\n")
     if at < 0:
         return text.rstrip("\n") + "\n\n" + section
     return text[: at + 1] + section + "\n" + text[at + 1 :]

@@ -19,6 +19,7 @@ from rtml_runtime.features import (
     FeastSqliteReader,
     FeatureReader,
 )
+from rtml_runtime.metrics import use_in_process_values
 from rtml_runtime.stall import StallWatch
 from rtml_runtime.trafficfile import TrafficFile
 
@@ -65,6 +66,9 @@ def make_reader(config: RuntimeConfig, register: bool = False) -> FeatureReader 
 def build_app(config: RuntimeConfig, register: bool = False) -> RuntimeApp:
     """An ASGI app whose start-up loads the model and connects the feature store, in parallel,
     and then follows the traffic plan file (`--traffic`, RTML_TRAFFIC) if there is one."""
+    # Before the runtime's metrics exist: under BentoML (and after `import feast`, whose metrics
+    # module sets it too) PROMETHEUS_MULTIPROC_DIR would put each of them in an mmap'd file.
+    use_in_process_values()
     runtime = Runtime(config)
     runtime.metrics.slo_p99_latency.labels(config.name).set(
         config.model.spec.slo.p99_latency_ms / 1000
