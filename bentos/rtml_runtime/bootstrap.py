@@ -19,7 +19,7 @@ from rtml_runtime.features import (
     FeastSqliteReader,
     FeatureReader,
 )
-from rtml_runtime.metrics import use_in_process_values
+from rtml_runtime.prometheus_compat import use_in_process_values
 from rtml_runtime.stall import StallWatch
 from rtml_runtime.trafficfile import TrafficFile
 

@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rtml.api.model import Model
 from rtml_runtime.bootstrap import build_app
 from rtml_runtime.config import RuntimeConfig
-from rtml_runtime.metrics import RuntimeMetrics, use_in_process_values
+from rtml_runtime.metrics import RuntimeMetrics
+from rtml_runtime.prometheus_compat import use_in_process_values
 from tests.unit.runtime.onnx_fixtures import write_sum_model
 
 pytestmark = pytest.mark.unit
