@@ -54,18 +54,22 @@ def parse_time(text: str, field: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        try:
-            stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise EventError(
-                f"{field} must be epoch seconds or an ISO 8601 time, not {text[:64]!r}", field
-            ) from None
-        if stamp.tzinfo is None:
-            raise EventError(f"{field} {text[:64]!r} has no time zone (add Z or +00:00)", field)
-        return stamp.astimezone(UTC).timestamp()
+        return _iso_seconds(text, field)
     if not math.isfinite(value):
         raise EventError(f"{field} must be a finite number of seconds", field)
     return value
+
+
+def _iso_seconds(text: str, field: str) -> float:
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise EventError(
+            f"{field} must be epoch seconds or an ISO 8601 time, not {text[:64]!r}", field
+        ) from None
+    if stamp.tzinfo is None:
+        raise EventError(f"{field} {text[:64]!r} has no time zone (add Z or +00:00)", field)
+    return stamp.astimezone(UTC).timestamp()
 
 
 def parse_event(
