@@ -126,9 +126,34 @@ class WindowStore:
         return str(value), key
 
     async def apply(self, event: StreamEvent) -> Status:
-        entity, feast_key = self.entity_key(event.entity)
-        keys = self.plan.keys(entity, feast_key)
-        status, _ = await self.script(keys=keys, args=self.plan.args(event, self.codec))
-        text = status.decode() if isinstance(status, bytes) else str(status)
-        assert text in ("ok", "duplicate", "late"), text
-        return text  # type: ignore[return-value]
+        (status,) = await self.apply_all([event])
+        if isinstance(status, EventError):
+            raise status
+        return status
+
+    async def apply_all(self, events: list[StreamEvent]) -> list[Status | EventError]:
+        """Each event's status, in order, from one pipelined round trip (each script is atomic
+        on its own; an event whose fields cannot be used gets its EventError instead)."""
+        pipe = self.redis.pipeline(transaction=False)
+        out: list[Status | EventError | None] = []
+        for event in events:
+            try:
+                entity, feast_key = self.entity_key(event.entity)
+                args = self.plan.args(event, self.codec)
+            except EventError as e:
+                out.append(e)
+                continue
+            await self.script(keys=self.plan.keys(entity, feast_key), args=args, client=pipe)
+            out.append(None)
+        replies = iter(await pipe.execute() if len(pipe) else [])
+        statuses: list[Status | EventError] = []
+        for item in out:
+            if item is not None:
+                statuses.append(item)
+                continue
+            raw = next(replies)[0]
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if text not in ("ok", "duplicate", "late"):
+                raise RuntimeError(f"the window script answered {text!r}")
+            statuses.append(text)  # type: ignore[arg-type]
+        return statuses
