@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 MAX_FIELD_BYTES = 4096  # a field of an event, not a payload
+RawFields = Mapping[bytes, bytes] | Mapping[str, str]  # as Redis returns them, or decoded
 
 
 class EventError(ValueError):
@@ -44,7 +45,7 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def decode_fields(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+def decode_fields(raw: RawFields) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in raw.items()}
 
 
@@ -73,7 +74,7 @@ def _iso_seconds(text: str, field: str) -> float:
 
 
 def parse_event(
-    entry_id: str, raw: Mapping[bytes | str, bytes | str], names: EventFields
+    entry_id: str, raw: RawFields, names: EventFields
 ) -> StreamEvent:
     """The event in one stream entry. Without an event id field the entry's own id is the
     event id (it is the same on every redelivery, though not when a producer adds it twice)."""
