@@ -93,7 +93,7 @@ class StreamProcess:
     def __init__(self, manifest: Path, url: str, consumer: str, *extra: str) -> None:
         self.metrics_port = free_port()
         LOGS.mkdir(exist_ok=True)
-        self.log = LOGS / f"stream-{consumer}.log"
+        self.log = LOGS / f"stream-{consumer}-{self.metrics_port}.log"
         argv = [sys.executable, "-m", "rtml.cli", "stream", str(manifest), "--redis-url", url,
                 "--consumer", consumer, "--metrics-port", str(self.metrics_port),
                 *extra]  # fmt: skip
@@ -178,8 +178,19 @@ async def online_values(view: FeatureView, url: str, cards: list[str]) -> dict[s
         await reader.close()
 
 
+@pytest.mark.parametrize(
+    ("restarted_as", "claim"),
+    [
+        # Another consumer: only XAUTOCLAIM (entries idle 300 ms) can take a's entries over.
+        ("b", ("--claim-min-idle-ms", "300", "--claim-every", "0.2")),
+        # The same name (a pod restarted): it re-reads its own pending entries on start; the
+        # claim is put out of reach, so that path alone must recover them.
+        ("a", ("--claim-min-idle-ms", "3600000", "--claim-every", "3600")),
+    ],
+    ids=["another-consumer-reclaims", "same-consumer-rereads"],
+)
 def test_killed_mid_batch_every_event_is_answered_once_and_windows_are_exact(
-    manifest: Path, redis_db: RedisServer
+    manifest: Path, redis_db: RedisServer, restarted_as: str, claim: tuple[str, ...]
 ) -> None:
     client = redis.Redis.from_url(redis_db.url)
     events = produce(client)
@@ -201,14 +212,7 @@ def test_killed_mid_batch_every_event_is_answered_once_and_windows_are_exact(
     assert 0 < published < EVENTS, f"the kill did not land mid-stream ({published} results)"
     assert pending > 0, "the kill left nothing pending: it was not mid-batch"
 
-    # Another consumer takes over what "a" left pending (XAUTOCLAIM) and reads the rest.
-    second = StreamProcess(
-        manifest,
-        redis_db.url,
-        "b",
-        "--claim-min-idle-ms", "300",
-        "--claim-every", "0.2",
-    )  # fmt: skip
+    second = StreamProcess(manifest, redis_db.url, restarted_as, *claim)
     try:
         done = lambda: {r["event_id"] for r in results(client)} >= ids  # noqa: E731
         wait_for("an answer for every event", done)
