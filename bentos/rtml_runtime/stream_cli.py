@@ -13,7 +13,7 @@ import click
 
 from rtml.contract import ENV_FEAST_REDIS_URL
 from rtml.logs import configure_logging
-from rtml_runtime.cli import _settings
+from rtml_runtime.cli import process_settings
 
 
 @click.command()
@@ -134,7 +134,7 @@ def stream(
     from rtml_runtime.stream.run import StreamSetupError, StreamTarget, run_stream
 
     configure_logging(logging.INFO)
-    settings, feast = _settings(config, model_name, "redis", None, redis_url)
+    settings, feast = process_settings(config, model_name, "redis", None, redis_url)
     # Every event reads what its own window update just wrote: no L1 cache in front of it.
     settings = settings.model_copy(update={"cache_ttl_seconds": 0.0})
     try:

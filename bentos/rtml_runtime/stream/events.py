@@ -73,9 +73,7 @@ def _iso_seconds(text: str, field: str) -> float:
     return stamp.astimezone(UTC).timestamp()
 
 
-def parse_event(
-    entry_id: str, raw: RawFields, names: EventFields
-) -> StreamEvent:
+def parse_event(entry_id: str, raw: RawFields, names: EventFields) -> StreamEvent:
     """The event in one stream entry. Without an event id field the entry's own id is the
     event id (it is the same on every redelivery, though not when a producer adds it twice)."""
     fields = decode_fields(raw)
