@@ -103,7 +103,8 @@ class StreamConsumer:
                             self.options.claim_min_idle_ms, count
                         )
                         self._start(claimed, reclaimed=True)
-                        if claimed:
+                        if claimed:  # more may be waiting: claim on at once, not in claim_every_s
+                            next_claim = 0.0
                             continue
                     self._start(await self.source.read_new(count, self.options.block_ms))
                 except Exception as e:  # the stream's Redis: retry, the group keeps our place
@@ -124,12 +125,12 @@ class StreamConsumer:
             if room <= 0:
                 await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            entries = await self.source.read_own_pending(min(room, self.options.batch_size), after)
-            fresh = [e for e in entries if e[0] not in self.inflight]
-            if not entries:
+            count = min(room, self.options.batch_size)
+            entries, last = await self.source.read_own_pending(count, after)
+            if last is None:
                 return
-            after = entries[-1][0]
-            self._start(fresh, reclaimed=True)
+            after = last
+            self._start(entries, reclaimed=True)
 
     def _start(self, entries: list[Entry], reclaimed: bool = False) -> None:
         """One task for the entries of one read: its window updates go in one pipeline, its

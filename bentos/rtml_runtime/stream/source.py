@@ -26,7 +26,10 @@ class GroupState:
 class EventSource(Protocol):
     async def ensure_group(self) -> None: ...
     async def read_new(self, count: int, block_ms: int) -> list[Entry]: ...
-    async def read_own_pending(self, count: int, after: str) -> list[Entry]: ...
+    async def read_own_pending(self, count: int, after: str) -> tuple[list[Entry], str | None]:
+        """(entries, the id to read on after; None when none are left)."""
+        ...
+
     async def claim_idle(self, min_idle_ms: int, count: int) -> list[Entry]: ...
     async def ack(self, entry_ids: list[str]) -> None: ...
     async def state(self) -> GroupState: ...
@@ -72,13 +75,18 @@ class RedisStreamSource:
         )
         return _entries(reply[0][1]) if reply else []
 
-    async def read_own_pending(self, count: int, after: str) -> list[Entry]:
+    async def read_own_pending(self, count: int, after: str) -> tuple[list[Entry], str | None]:
         """This consumer's delivered-but-unacknowledged entries after `after` (a restart under
         the same name picks up where the crashed process stopped, without waiting for idle)."""
         reply = await self.redis.xreadgroup(
             self.group, self.consumer, {self.stream: after}, count=count
         )
-        return _entries(reply[0][1]) if reply else []
+        raw = reply[0][1] if reply else []
+        # An entry trimmed from the stream while pending comes back without fields: there is
+        # nothing to answer, and left unacknowledged it would stay pending for ever.
+        gone = [_text(i) for i, f in raw if f is None]
+        await self.ack(gone)
+        return _entries(raw), _text(raw[-1][0]) if raw else None
 
     async def claim_idle(self, min_idle_ms: int, count: int) -> list[Entry]:
         """Entries pending for any consumer longer than `min_idle_ms`, now this one's; one
