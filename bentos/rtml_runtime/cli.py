@@ -29,7 +29,7 @@ from rtml.contract import (
 )
 
 
-def _settings(
+def process_settings(
     config: Path,
     model_name: str | None,
     profile: str | None,
@@ -37,7 +37,8 @@ def _settings(
     redis_url: str | None,
     traffic: Path | None = None,
 ) -> tuple[RuntimeSettings, FeastProfile]:
-    """The process's settings: the environment, with the given options on top.
+    """The process's settings (`rtml serve`, `rtml stream`): the environment, with the given
+    options on top.
 
     A manifest keeps its Feast files and downloaded artifacts in `.rtml/` beside it unless the
     environment says otherwise; the resolved config of a pod uses the contract's defaults.
@@ -132,7 +133,7 @@ def serve(
     from rtml_runtime.bootstrap import register_features
     from rtml_runtime.config import ConfigError, load_config
 
-    settings, feast = _settings(config, model_name, profile, store_path, redis_url, traffic)
+    settings, feast = process_settings(config, model_name, profile, store_path, redis_url, traffic)
     try:
         resolved = load_config(settings, feast)
     except ConfigError as e:

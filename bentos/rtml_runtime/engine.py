@@ -141,7 +141,7 @@ class Runtime:
             config.settings.rank_cache_entries, config.settings.rank_cache_ttl_seconds, clock=clock
         )
         self.filterable = frozenset(
-            [*(f.name for f in self.view.spec.features), *self.request_features]
+            [*(f.name for f in self.view.spec.served_features), *self.request_features]
             if self.view is not None
             else self.request_features
         )

@@ -59,6 +59,16 @@ class FeastCodec:
         object.__setattr__(self, "_double_tag", fields["double_val"].number << 3 | 1)
         object.__setattr__(self, "_int64_tag", fields["int64_val"].number << 3 | 0)
 
+    @property
+    def float_tag(self) -> int:
+        """The first byte of a serialised Value holding a float (what a writer prefixes)."""
+        return self._float_tag
+
+    @property
+    def int64_tag(self) -> int:
+        """The first byte of a serialised Value holding an int64."""
+        return self._int64_tag
+
     def parse_value(self, blob: bytes) -> Any:
         """A Feast `Value` as a Python value (None for an unset or null value).
 

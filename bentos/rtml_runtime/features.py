@@ -49,8 +49,8 @@ class FeastSdkReader:
         self.store = store
         self.view = view
         name = feast_view_name(view)
-        self.refs = [f"{name}:{f.name}" for f in view.spec.features]
-        self.names = [f.name for f in view.spec.features]
+        self.refs = [f"{name}:{f.name}" for f in view.spec.served_features]
+        self.names = [f.name for f in view.spec.served_features]
         self.join_key = view.spec.entity.join_key
         self.int_key = view.spec.entity.value_type == "INT64"
 
@@ -103,7 +103,7 @@ class FeastRedisReader(_FeastLayout):
 
         super().__init__(view, project, key_version)
         name = feast_view_name(view)
-        self.names = [f.name for f in view.spec.features]
+        self.names = [f.name for f in view.spec.served_features]
         self.fields = [field_name(name, n) for n in self.names] + [f"_ts:{name}".encode()]
         self.client = RespClient(redis_url, connect_timeout_s=1.0)
         # HMGET <key> <fields...>: everything but the key is the same on every read.
@@ -140,7 +140,7 @@ class FeastSqliteReader(_FeastLayout):
         self, view: FeatureView, db_path: Path, project: str, key_version: int = 3
     ) -> None:
         super().__init__(view, project, key_version)
-        self.names = {f.name for f in view.spec.features}
+        self.names = {f.name for f in view.spec.served_features}
         table = f"{project}_{feast_view_name(view)}".replace('"', '""')
         # The table name is Feast's (project + view name, validated identifiers), quoted.
         self.sql = f'SELECT feature_name, value, event_ts FROM "{table}" WHERE entity_key = ?'  # noqa: S608
@@ -186,7 +186,7 @@ def merge_features(
     merged: dict[str, Any] = {}
     used_default = False
     if view is not None:
-        for f in view.spec.features:
+        for f in view.spec.served_features:
             value = stored.get(f.name) if stored else None
             if value is None:
                 value = f.default

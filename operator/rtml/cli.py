@@ -16,6 +16,7 @@ from rtml.experiment_cli import experiment
 from rtml.features.cli import add_feature_commands
 from rtml.optimize_cli import optimize
 from rtml_runtime.cli import serve
+from rtml_runtime.stream_cli import stream
 
 if TYPE_CHECKING:
     from rtml.api import FeatureView, Model
@@ -329,6 +330,7 @@ _add_dev()
 add_feature_commands(main)
 main.add_command(experiment)
 main.add_command(serve)
+main.add_command(stream)
 main.add_command(bench)
 main.add_command(optimize)
 

@@ -144,6 +144,28 @@ INVALID = [
         "spec.features[0].dtype",
     ),
     ("bad ttl", feature_view(ttl="1 day"), "spec.ttl"),
+    (
+        "count with a field",
+        feature_view(
+            aggregations=[{"name": "n", "function": "count", "field": "amount", "window": "1h"}]
+        ),
+        "spec.aggregations[0].field",
+    ),
+    (
+        "sum without a field",
+        feature_view(aggregations=[{"name": "s", "function": "sum", "window": "1h"}]),
+        "spec.aggregations[0].field",
+    ),
+    (
+        "aggregation named as a feature",
+        feature_view(aggregations=[{"name": "amount", "function": "count", "window": "1h"}]),
+        "spec.aggregations",
+    ),
+    (
+        "bad window",
+        feature_view(aggregations=[{"name": "n", "function": "count", "window": "1 day"}]),
+        "spec.aggregations[0].window",
+    ),
     ("static fallback without value", model(fallback={"mode": "static"}), "spec.fallback.value"),
     ("unknown autoscaling metric", model(autoscaling={"metric": "gpu"}), "spec.autoscaling.metric"),
     ("file source without path", feature_view(source={"type": "file"}), "spec.source.path"),

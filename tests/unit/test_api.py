@@ -141,7 +141,7 @@ def test_a_status_record_without_a_digest_still_reads() -> None:
 @pytest.mark.parametrize(
     ("features", "words"),
     [
-        ([], "at least 1"),
+        ([], "at least one feature or aggregation"),
         ([{"name": "a", "dtype": "FLOAT"}, {"name": "a", "dtype": "INT64"}], "duplicate"),
         ([{"name": "a", "dtype": "DECIMAL"}], "dtype"),
         ([{"name": "a", "dtype": "INT64", "default": "zero"}], "dtype INT64"),

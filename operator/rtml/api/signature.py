@@ -162,7 +162,7 @@ def check_signature(
     metadata must agree). `outputs` (when given) are the graph's outputs, judged against
     `output`, the Model's spec.output (name, column): see `choose_output`.
     """
-    view_dtypes = {f.name: f.dtype for f in view.spec.features} if view is not None else {}
+    view_dtypes = {f.name: f.dtype for f in view.spec.served_features} if view is not None else {}
     source = f"FeatureView {view.metadata.name!r}" if view is not None else "no FeatureView"
     wide = len(inputs) == 1 and inputs[0].width > 1
     names, named_by, mismatches = _named_columns(inputs, declared_features, columns)

@@ -103,7 +103,7 @@ def _typed_default(feature: Feature) -> DefaultValue:
 
 def feature_defaults(view: FeatureView) -> dict[str, DefaultValue]:
     """Every feature's default (None where none is set), in the view's order."""
-    return {f.name: _typed_default(f) for f in view.spec.features}
+    return {f.name: _typed_default(f) for f in view.spec.served_features}
 
 
 def source_path(view: FeatureView, repo_dir: Path | None = None) -> str | None:
@@ -167,7 +167,7 @@ def to_feast(view: FeatureView, *, repo_dir: Path | None = None) -> FeastObjects
         entities=[entity],
         schema=[
             key_field,
-            *(Field(name=f.name, dtype=feast_dtype(f.dtype)) for f in spec.features),
+            *(Field(name=f.name, dtype=feast_dtype(f.dtype)) for f in spec.served_features),
         ],
         source=source,
         ttl=timedelta(seconds=parse_duration(spec.ttl)),
