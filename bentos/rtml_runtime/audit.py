@@ -34,7 +34,7 @@ from rtml_runtime.resp import RespClient
 
 log = logging.getLogger("rtml.runtime")
 BATCH = 256  # records per pipelined write
-LINGER_S = 0.002  # records that arrive within this share one write (docs/decisions.md)
+LINGER_S = 0.005  # records that arrive within this share one write (docs/decisions.md, "Audit")
 TIMEOUT_S = 1.0  # a stalled Redis holds a batch at most this long, then it counts as failed
 # Encoders built once: json.dumps builds a new encoder on every call with sort_keys.
 _dumps = json.JSONEncoder().encode
