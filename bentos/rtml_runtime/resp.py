@@ -133,7 +133,7 @@ class RespClient:
 
     async def pipeline(self, commands: Sequence[bytes]) -> list[Any]:
         """Send RESP-encoded commands in one write; their replies, in order. An error reply
-        raises (after every reply has come), as does a lost connection."""
+        raises (Redis ran the commands after it all the same), as does a lost connection."""
         protocol, now = await self._live()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in commands]
