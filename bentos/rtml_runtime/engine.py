@@ -393,7 +393,7 @@ class Runtime:
         if self.assessor is not None:
             self.assessor.close()
         if self.audit is not None:
-            await asyncio.to_thread(self.audit.close)
+            await self.audit.close()
         if self.reader is not None:
             await self.reader.close()
 

@@ -26,6 +26,7 @@ import ssl
 import time
 import urllib.parse
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
@@ -123,6 +124,26 @@ class RespClient:
 
     async def send(self, command: bytes) -> Any:
         """Send one RESP-encoded command (callers on a hot path pre-encode what they can)."""
+        protocol, now = await self._live()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        protocol.waiting.append((future, now))
+        assert protocol.transport is not None
+        protocol.transport.write(command)
+        return await future
+
+    async def pipeline(self, commands: Sequence[bytes]) -> list[Any]:
+        """Send RESP-encoded commands in one write; their replies, in order. An error reply
+        raises (Redis ran the commands after it all the same), as does a lost connection."""
+        protocol, now = await self._live()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in commands]
+        protocol.waiting.extend((f, now) for f in futures)
+        assert protocol.transport is not None
+        protocol.transport.write(b"".join(commands))
+        return list(await asyncio.gather(*futures))
+
+    async def _live(self) -> tuple[_Protocol, float]:
+        """The connection to write on (dialled afresh when closed or stale), and now."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
@@ -130,11 +151,7 @@ class RespClient:
         if protocol.waiting and now - protocol.waiting[0][1] > self.stale_after_s:
             protocol.abort(RedisConnectionError("Redis has not answered for too long"))
             protocol = await self._connect()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        protocol.waiting.append((future, now))
-        assert protocol.transport is not None
-        protocol.transport.write(command)
-        return await future
+        return protocol, now
 
     async def _connect(self) -> _Protocol:
         if self._connecting is None:

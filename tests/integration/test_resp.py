@@ -11,7 +11,7 @@ import pytest
 import redis
 import uvloop
 
-from rtml_runtime.resp import RedisConnectionError, RedisError, RespClient
+from rtml_runtime.resp import RedisConnectionError, RedisError, RespClient, encode
 from tests.runtime_proc import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -66,6 +66,28 @@ def test_an_error_reply_fails_only_its_own_call(server: RedisServer, run: Run) -
             with pytest.raises(RedisError, match="wrong number of arguments"):
                 await client.call(b"HMGET", b"only-a-key")
             assert await client.call(b"PING") == b"PONG"
+        finally:
+            await client.close()
+
+    run(main())
+
+
+def test_a_pipeline_is_one_write_whose_replies_come_back_in_order(
+    server: RedisServer, run: Run
+) -> None:
+    async def main() -> None:
+        client = RespClient(server.url)
+        try:
+            commands = [encode(b"XADD", b"s", b"*", b"n", str(i).encode()) for i in range(50)]
+            ids = await client.pipeline(commands)
+            assert len(ids) == 50
+            assert ids == sorted(ids, key=lambda x: tuple(map(int, x.split(b"-"))))
+            entries = await client.call(b"XRANGE", b"s", b"-", b"+")
+            assert [e[1] for e in entries] == [[b"n", str(i).encode()] for i in range(50)]
+            # An error reply raises, after the commands around it ran.
+            with pytest.raises(RedisError, match="wrong number of arguments"):
+                await client.pipeline([encode(b"PING"), encode(b"XLEN"), encode(b"INCR", b"c")])
+            assert await client.call(b"GET", b"c") == b"1"
         finally:
             await client.close()
 

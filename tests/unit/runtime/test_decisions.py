@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import numpy as np
 import onnx
 import pytest
@@ -16,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rtml.api.model import Decision
 from rtml_runtime import decision
-from rtml_runtime.audit import audit_record, inputs_digest
+from rtml_runtime.audit import audit_record, encode_fields, inputs_digest, xadd_prefix
 from rtml_runtime.ensemble import enough_scored, weighted_score
 from rtml_runtime.errors import RequestError
 from rtml_runtime.rules import RuleHit, RuleSet
@@ -225,6 +226,18 @@ def test_an_audit_record_carries_the_inputs_digest_not_the_inputs() -> None:
     assert record["inputsSha256"] != inputs_digest({**inputs, "card_id": "c2"})
     with_inputs = audit_record(ANSWER, inputs, "r1", 0.0, include_inputs=True)
     assert json.loads(with_inputs["inputs"]) == inputs
+
+
+def test_an_audit_record_is_encoded_as_the_xadd_redis_would_parse() -> None:
+    record = audit_record(ANSWER, {"card_id": "c1", "features": {}}, "r1", 0.0, False)
+    command = b"*%d\r\n" % (6 + 2 * len(record))
+    command += xadd_prefix("fraud:audit", 1000) + encode_fields(record)
+    reader = hiredis.Reader(encoding="utf-8")
+    reader.feed(command)  # RESP for a command is an array of bulk strings, as a reply would be
+    args = reader.gets()
+    assert args[:6] == ["XADD", "fraud:audit", "MAXLEN", "~", "1000", "*"]
+    assert dict(zip(args[6::2], args[7::2], strict=True)) == record
+    assert reader.gets() is False  # nothing left over
 
 
 def test_audit_with_the_sqlite_profile_and_no_redis_is_refused_in_words(tmp_path: Path) -> None:
