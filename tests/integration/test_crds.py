@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiException
 
+from rtml.api.model import Model
 from tests.kube import Kube
 
 pytestmark = pytest.mark.apiserver
@@ -206,6 +207,11 @@ def test_valid_resources_get_defaults_from_the_api_server(
     assert spec["autoscaling"]["metric"] == "concurrency"
     assert spec["fallback"]["mode"] == "reject"
     assert spec["rollout"]["steps"] == [5, 25, 50, 100]
+    # Optional behaviour stays off when not written: a defaulted spec.decision or spec.audit
+    # would make every Model answer with decisions and audit them (CI caught it on the node).
+    for absent in ("decision", "audit", "ensemble", "rules", "features", "output", "rateLimit"):
+        assert absent not in spec, (absent, spec)
+    assert not Model.model_validate(created).spec.decides
     fv = feature_view()
     fv["metadata"] = {"name": "ok", "namespace": namespace}
     assert kube.create(fv)["spec"]["materialization"] == {

@@ -229,6 +229,18 @@ def test_crd_schema_is_structural_and_carries_rules() -> None:
         walk(render_crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"], kind.__name__)
 
 
+def test_an_optional_object_that_defaults_to_none_gets_no_default_in_the_crd() -> None:
+    """spec.decision and spec.audit turn behaviour on by being there: defaulted by the API
+    server, every Model would answer with decisions (and the node's canary test saw its
+    erroring candidate answer the conservative decision instead of 503)."""
+    spec = _schema(Model, "spec")["properties"]
+    for name in ("decision", "audit", "ensemble", "features", "output", "rateLimit"):
+        assert "default" not in spec[name], name
+    assert spec["slo"]["default"]["timeoutMs"] == 100  # an always-present object still is
+    conservative = spec["decision"]["properties"]["conservative"]
+    assert conservative["default"]["action"] == "review"  # inside one that is written
+
+
 def _schema(kind: type, *path: str) -> dict:
     node = render_crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for name in path:

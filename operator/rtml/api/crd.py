@@ -2,8 +2,8 @@
 
 Pydantic's JSON Schema is close to what the API server wants; this module turns it into a
 *structural* OpenAPI v3 schema: references inlined, optionals unwrapped, every node typed,
-whole sub-objects defaulted to ``{}`` so their own defaults apply, and the CEL rules and list
-semantics that the models carry in ``json_schema_extra`` kept.
+whole sub-objects defaulted so their own defaults apply (not one whose field defaults to None),
+and the CEL rules and list semantics that the models carry in ``json_schema_extra`` kept.
 """
 
 from __future__ import annotations
@@ -123,6 +123,9 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                     and "default" not in child
                     and name not in node.get("required", [])
                     and _all_optional(sub, defs)
+                    # `X | None = None`: absent means absent (spec.decision, spec.audit switch
+                    # behaviour on by being there; a {} default would switch it on for all).
+                    and not ("default" in sub and sub["default"] is None)
                 )
                 if always_present:
                     # The full default, not {}: the API server checks CEL rules against it.
