@@ -12,6 +12,12 @@ Measured (benchmarks/ensemble_cost.py, fraud model + one member, one row): in li
 joined from a thread 178 µs, awaited through asyncio 287 µs. In line cannot cut a stalled
 member off; awaiting costs a further ~110 µs of loop wake-ups for no gain, since the loop
 has nothing else to do for this request while the member scores.
+
+So a member that has proved fast is scored in line, after the primary: once its last
+`INLINE_AFTER` calls in a row each took at most `FAST_SHARE` of the timeout. A slow or failed
+call in line sends it back to its thread at once. What that gives up: the first stalled call
+after a fast streak holds the loop for its own time (as the primary's in-line call always
+could), not at most the timeout; every later one is cut off again.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ from rtml_runtime.variants import feature_row
 log = logging.getLogger("rtml.runtime")
 # How a model fared in one assessment (rtml_model_calls_total's `outcome`).
 CALL_OUTCOMES = ("ok", "error", "open", "late")
+# A member whose last INLINE_AFTER calls in a row each took at most FAST_SHARE of the timeout
+# is scored in line (the module's docstring says why and what it gives up).
+INLINE_AFTER = 20
+FAST_SHARE = 0.1
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -93,19 +103,28 @@ class EnsembleScorer:
     def __init__(self, members: Sequence[Member], timeout_s: float) -> None:
         self.members = tuple(members)
         self.timeout_s = timeout_s
+        self.fast_s = timeout_s * FAST_SHARE
+        # Fast calls in a row per member (only the event loop's thread reads or writes it).
+        self.streak = {m.name: 0 for m in self.members}
         # One worker per member: a stalled member holds only its own thread.
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, len(self.members)), thread_name_prefix="rtml-ensemble"
         )
+
+    def inline(self, m: Member) -> bool:
+        """Whether `m` is scored in line on this request (it has proved fast)."""
+        return self.streak[m.name] >= INLINE_AFTER
 
     def score(
         self, values: Mapping[str, object], primary: Callable[[], float | None]
     ) -> tuple[float | None, dict[str, float | None]]:
         """(the primary's score, each member's score); None for a model that was open, failed
         or was late. `primary` is called on this thread while the members run in theirs; then
-        each member is joined for what is left of `timeout_s`."""
+        each member is joined for what is left of `timeout_s`. A member that has proved fast
+        is scored after the primary, on this thread."""
         started = time.perf_counter()
         running: list[tuple[Member, Future[tuple[float, float]]]] = []
+        in_line: list[tuple[Member, list[float]]] = []
         scores: dict[str, float | None] = {}
         for m in self.members:
             if not m.breaker.allow():
@@ -113,26 +132,52 @@ class EnsembleScorer:
                 scores[m.name] = None
                 continue
             row = feature_row(values, m.columns)
-            running.append((m, self.pool.submit(_timed, m.model, row)))
+            if self.inline(m):
+                in_line.append((m, row))
+            else:
+                running.append((m, self.pool.submit(_timed, m.model, row)))
         first = primary()
+        for m, row in in_line:
+            scores[m.name] = self._in_line(m, row)
         for m, f in running:
             left = max(0.0, self.timeout_s - (time.perf_counter() - started))
             scores[m.name] = self._settle(m, f, left)
         return first, scores
+
+    def _in_line(self, m: Member, row: list[float]) -> float | None:
+        try:
+            score, elapsed = _timed(m.model, row)
+        except Exception as e:
+            self.streak[m.name] = 0
+            m.breaker.record(self.timeout_s, ok=False)
+            m.calls["error"].inc()
+            log.error("ensemble model failed: %s", e, extra={"member": m.name})
+            return None
+        self.streak[m.name] = self.streak[m.name] + 1 if elapsed <= self.fast_s else 0
+        if elapsed > self.timeout_s:  # answered, but later than a thread would have waited
+            m.breaker.record(elapsed, ok=False)
+            m.calls["late"].inc()
+            return None
+        m.breaker.record(elapsed, ok=True)
+        m.calls["ok"].inc()
+        return score
 
     def _settle(self, m: Member, f: Future[tuple[float, float]], left_s: float) -> float | None:
         try:
             score, elapsed = f.result(timeout=left_s)
         except TimeoutError:
             f.cancel()  # drops it if its thread had not started it
+            self.streak[m.name] = 0
             m.breaker.record(self.timeout_s, ok=False)
             m.calls["late"].inc()
             return None
         except Exception as e:
+            self.streak[m.name] = 0
             m.breaker.record(self.timeout_s, ok=False)
             m.calls["error"].inc()
             log.error("ensemble model failed: %s", e, extra={"member": m.name})
             return None
+        self.streak[m.name] = self.streak[m.name] + 1 if elapsed <= self.fast_s else 0
         m.breaker.record(elapsed, ok=True)
         m.calls["ok"].inc()
         return score

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rtml.api.model import Decision
 from rtml_runtime import decision
 from rtml_runtime.audit import audit_record, encode_fields, inputs_digest, xadd_prefix
-from rtml_runtime.ensemble import enough_scored, weighted_score
+from rtml_runtime.ensemble import INLINE_AFTER, enough_scored, weighted_score
 from rtml_runtime.errors import RequestError
 from rtml_runtime.rules import RuleHit, RuleSet
 from rtml_runtime.v2codec import from_json
@@ -167,6 +167,32 @@ def test_an_ensemble_answers_the_weighted_mean(tmp_path: Path) -> None:
     )
     assert batch["predictions"][0]["score"] == pytest.approx(mean, rel=1e-6)
     assert batch["predictions"][0]["decision"] == "review"
+    asyncio.run(rt.close())
+
+
+def test_a_member_that_proves_fast_is_scored_in_line_until_a_slow_call(tmp_path: Path) -> None:
+    other = write_sum_model(tmp_path / "other.onnx", ["a", "b", "amount"], bias=-3.5)
+    member = {"name": "other", "artifact": {"uri": f"file://{other}", "sha256": digest(other)}}
+    rt, _ = make_runtime(tmp_path, ensemble={"models": [member], "timeoutMs": 5000})
+    assert rt.assessor is not None
+    assert rt.assessor.ensemble is not None
+    scorer = rt.assessor.ensemble
+    (m,) = scorer.members
+    request = {"card_id": "c1", "features": {"amount": 0.5}}
+    seen = []
+    for _ in range(INLINE_AFTER + 1):
+        seen.append(scorer.inline(m))
+        out = asyncio.run(rt.predict(request))
+        assert out["modelScores"]["other"] == pytest.approx(0.5, rel=1e-6)
+    # In its thread until INLINE_AFTER fast calls in a row (5 s timeout: each far under 10%).
+    assert seen == [False] * INLINE_AFTER + [True]
+    assert scorer.inline(m)
+    ok_before = calls(rt, "other", "ok")
+    scorer.fast_s = 0.0  # from now on every call counts as slow
+    out = asyncio.run(rt.predict(request))
+    assert out["modelScores"]["other"] == pytest.approx(0.5, rel=1e-6)  # in line, answered
+    assert calls(rt, "other", "ok") == ok_before + 1
+    assert not scorer.inline(m)  # one slow call: back to its thread
     asyncio.run(rt.close())
 
 
