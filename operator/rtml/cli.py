@@ -20,6 +20,7 @@ from rtml_runtime.stream_cli import stream
 
 if TYPE_CHECKING:
     from rtml.api import FeatureView, Model
+    from rtml.api.common import ArtifactRef
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -176,34 +177,50 @@ def _unverified(resource: Any) -> list[tuple[str, str]]:
 
 
 def _check_local_signature(model: Model, views: dict[str, FeatureView], base_dir: Path) -> int:
-    """The operator's signature check for a Model whose artifact is a local file: 1 if it fails.
+    """The runtime's signature check for each of a Model's artifacts that is a local file
+    (spec.artifact, then each spec.ensemble member): how many fail.
 
-    Models whose artifact is remote or not on this machine, or whose FeatureView is not in the
-    manifest, are skipped (the operator and the runtime check those).
+    Artifacts remote or not on this machine, or a FeatureView not in the manifest, are
+    skipped (the operator and the runtime check those).
     """
+    binding = model.spec.features
+    ref = binding.feature_view_ref if binding is not None else None
+    if ref is not None and ref not in views:
+        return 0
+    ensemble = model.spec.ensemble
+    artifacts = [("spec.artifact", model.spec.artifact)] + [
+        (f"spec.ensemble.models[{i}].artifact", m.artifact)
+        for i, m in enumerate(ensemble.models if ensemble is not None else [])
+    ]
+    view = views[ref] if ref is not None else None
+    return sum(_check_artifact(model, field, art, view, base_dir) for field, art in artifacts)
+
+
+def _check_artifact(
+    model: Model, field: str, art: ArtifactRef, view: FeatureView | None, base_dir: Path
+) -> int:
     from rtml.api.signature import check_signature
     from rtml.artifacts import ArtifactError, fetch_artifact, local_path
     from rtml.onnx_inputs import OnnxSignatureError, onnx_graph
 
     name = model.metadata.name
-    binding = model.spec.features
-    ref = binding.feature_view_ref if binding is not None else None
-    art = model.spec.artifact
     local = local_path(art.uri, base_dir) if art.uri.startswith("file://") else None
-    if local is None or (ref is not None and ref not in views):
+    if local is None:
         return 0
+    # The primary is named as before; a member by its field, as the runtime names it.
+    who = f"Model {name}" if field == "spec.artifact" else f"Model {name} {field}"
     if not local.is_file():
         # A path in a runtime image or volume, not on this machine: the runtime checks it.
-        click.echo(f"Model {name}: signature not checked, {local} is not on this machine")
+        click.echo(f"{who}: signature not checked, {local} is not on this machine")
         return 0
     try:
         path = fetch_artifact(art.uri, art.sha256, base_dir, base_dir)  # local: nothing cached
         graph = onnx_graph(path)
     except (ArtifactError, OnnxSignatureError) as e:
-        click.echo(f"Model {name}: {e}", err=True)
+        click.echo(f"{who}: {e}", err=True)
         return 1
+    binding = model.spec.features
     requested = list(binding.request_features) if binding is not None else []
-    view = views[ref] if ref is not None else None
     mismatches = check_signature(
         graph.inputs,
         view,
@@ -214,10 +231,10 @@ def _check_local_signature(model: Model, views: dict[str, FeatureView], base_dir
         output=model.spec.output_choice,
     )
     for m in mismatches:
-        click.echo(f"Model {name}: {m.message} ({m.reason})", err=True)
+        click.echo(f"{who}: {m.message} ({m.reason})", err=True)
     if not mismatches:
-        against = f"FeatureView {ref!r}" if ref else "its request features"
-        click.echo(f"Model {name}: the ONNX inputs of {path.name} fit {against}")
+        against = f"FeatureView {view.metadata.name!r}" if view else "its request features"
+        click.echo(f"{who}: the ONNX inputs of {path.name} fit {against}")
     return 1 if mismatches else 0
 
 

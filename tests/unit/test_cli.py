@@ -145,6 +145,27 @@ def test_validate_prints_each_signature_mismatch(tmp_path: Path) -> None:
     assert "(UnknownRequestFeature)" in out.output
 
 
+def test_validate_checks_each_ensemble_member_naming_its_field(tmp_path: Path) -> None:
+    manifest = signature_manifest(tmp_path, "INT64", ["amount"])
+    fits_path = write_sum_model(tmp_path / "fits.onnx", ["a", "b", "amount"])
+    fits = hashlib.sha256(fits_path.read_bytes())
+    wrong = hashlib.sha256(write_sum_model(tmp_path / "wrong.onnx", ["a", "zz"]).read_bytes())
+    docs = list(yaml.safe_load_all(manifest.read_text()))
+    docs[1]["spec"]["ensemble"] = {"models": [
+        {"name": "fits", "artifact": {"uri": "file://fits.onnx", "sha256": fits.hexdigest()}},
+        {"name": "wrong", "artifact": {"uri": "file://wrong.onnx", "sha256": wrong.hexdigest()}},
+    ]}  # fmt: skip
+    manifest.write_text(yaml.safe_dump_all(docs))
+    out = CliRunner().invoke(main, ["validate", str(manifest)])
+    assert out.exit_code == 1, out.output
+    assert "Model fraud: the ONNX inputs of m.onnx fit FeatureView 'cards'" in out.output
+    assert (
+        "Model fraud spec.ensemble.models[0].artifact: the ONNX inputs of fits.onnx fit"
+        in out.output
+    )
+    assert "Model fraud spec.ensemble.models[1].artifact: ONNX input 'zz'" in out.output
+
+
 def test_validate_skips_artifacts_that_are_not_on_this_machine(tmp_path: Path) -> None:
     manifest = signature_manifest(tmp_path, "STRING", ["amount"])
     (tmp_path / "m.onnx").unlink()
