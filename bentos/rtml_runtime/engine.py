@@ -383,7 +383,7 @@ class Runtime:
             except Exception as e:
                 log.warning(
                     "the feature store did not answer the warm-up read: %s",
-                    e or type(e).__name__,
+                    str(e) or type(e).__name__,  # a TimeoutError has no message
                     extra={"model": self.config.name},
                 )
                 return
