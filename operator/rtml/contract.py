@@ -98,6 +98,38 @@ def runtime_args(
     ]
 
 
+# `rtml stream` in a spec.stream pod: its Prometheus /metrics (stream lag, the runtime's).
+STREAM_METRICS_PORT: Final = 9400
+
+
+def stream_args(
+    input_stream: str,
+    group: str,
+    output: str,
+    config_path: str = CONFIG_PATH,
+    metrics_host: str = "0.0.0.0",  # noqa: S104 - inside a pod Prometheus scrapes the pod IP
+    metrics_port: int = STREAM_METRICS_PORT,
+) -> list[str]:
+    """What follows RUNTIME_ENTRYPOINT in a spec.stream pod: consume `input_stream` in
+    `group` with the operator's resolved config, publishing to `output`. The consumer's name
+    is the pod's (its host name): a replaced pod's pending entries are reclaimed by the
+    others once idle (XAUTOCLAIM, docs/streaming.md)."""
+    return [
+        "stream",
+        config_path,
+        "--input",
+        input_stream,
+        "--group",
+        group,
+        "--output",
+        output,
+        "--metrics-host",
+        metrics_host,
+        "--metrics-port",
+        str(metrics_port),
+    ]
+
+
 def materialize_command(view_name: str, namespace: str) -> list[str]:
     """The materialization CronJob's command (the runtime image, its `rtml` entry point)."""
     return [*RUNTIME_ENTRYPOINT, "materialize", view_name, "--namespace", namespace]

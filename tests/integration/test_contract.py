@@ -14,6 +14,7 @@ variable named.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from rtml.api.featureview import FeatureView
@@ -45,6 +47,7 @@ from rtml.features.store import apply_views, make_store
 from rtml.operator.render import RenderContext, render_model_children
 from rtml.operator.render.cronjob import render_materialization_cronjob
 from rtml.operator.render.meta import config_map_name
+from rtml.operator.render.stream import stream_deployment_name
 from tests.images import podman_logs, podman_rm, podman_run
 from tests.kube import resolve_env as kube_resolve_env
 from tests.runtime_proc import LOGS, REPO, RedisServer, rtml_env, write_manifest
@@ -54,12 +57,14 @@ NAMESPACE = "contract"
 PASSWORD = "contract-redis-s3cret-7f3a"
 SECRET = FeastSecretRef(name="feast-credentials")
 REQUEST = json.loads((REPO / "examples/fraud/request.json").read_text())
+STREAM_OUTPUT = "contract:results"  # spec.stream.output; input and group keep their defaults
 
 
 @dataclass(frozen=True)
 class Rendered:
     config_json: str  # the ConfigMap's model.json
     runtime: dict[str, Any]  # the Deployment's container
+    stream: dict[str, Any]  # spec.stream's Deployment's container
     cronjob: dict[str, Any]  # the CronJob's container
     secret: dict[str, str]  # the Secret the chart names (feast.existingSecret)
 
@@ -82,6 +87,7 @@ def render(build: Path, redis: RedisServer, registry: str, feast_path: Path) -> 
     view_doc["metadata"] = {**view_doc["metadata"], "namespace": NAMESPACE, "uid": "v-1"}
     model_doc = {**docs["Model"]}
     model_doc["metadata"] = {**model_doc["metadata"], "namespace": NAMESPACE, "uid": "m-1"}
+    model_doc["spec"] = {**model_doc["spec"], "stream": {"output": STREAM_OUTPUT}}
     profile = FeastProfile(
         kind="redis",
         path=feast_path,
@@ -92,9 +98,11 @@ def render(build: Path, redis: RedisServer, registry: str, feast_path: Path) -> 
     ctx = RenderContext(feast=profile, feast_secret=SECRET)
     model = Model.model_validate(model_doc)
     children = render_model_children(model, ctx, view_doc)
-    by_kind = {c["kind"]: c for c in children}
-    (config_map,) = [c for c in children if c["metadata"]["name"] == config_map_name(model)]
-    (runtime,) = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"]
+    by_name = {(c["kind"], c["metadata"]["name"]): c for c in children}
+    config_map = by_name["ConfigMap", config_map_name(model)]
+    (runtime,) = by_name["Deployment", "fraud"]["spec"]["template"]["spec"]["containers"]
+    stream = by_name["Deployment", stream_deployment_name(model)]
+    (consumer,) = stream["spec"]["template"]["spec"]["containers"]
     view = FeatureView.model_validate(view_doc)
     cronjob = render_materialization_cronjob(view, ctx)
     (job,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
@@ -103,6 +111,7 @@ def render(build: Path, redis: RedisServer, registry: str, feast_path: Path) -> 
     return Rendered(
         config_json=config_map["data"][CONFIG_KEY],
         runtime=runtime,
+        stream=consumer,
         cronjob=job,
         secret={SECRET.redis_password_key: PASSWORD, SECRET.registry_key: registry},
     )
@@ -195,24 +204,32 @@ def _port_is_free() -> None:
             pytest.fail(f"port {HTTP_PORT} (the contract's) is taken; the test needs it")
 
 
-def _mounts(rendered: Rendered, config_dir: Path, artifacts: Path) -> dict[str, Path]:
-    """Host folders standing in for the rendered volumes (the ConfigMap and the artifacts
-    emptyDir; /tmp stays the host's), keyed by the rendered mountPath."""
+def _mounts(
+    rendered: Rendered, config_dir: Path, artifacts: Path, container: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """Host folders standing in for the rendered volumes of `container` (default: the
+    predictor's) (the ConfigMap and the artifacts emptyDir; /tmp stays the host's), keyed by
+    the rendered mountPath."""
     config_dir.mkdir(exist_ok=True)
     artifacts.mkdir(exist_ok=True)
     (config_dir / CONFIG_KEY).write_text(rendered.config_json)
-    by_name = {m["name"]: m["mountPath"] for m in rendered.runtime["volumeMounts"]}
+    mounts = (container or rendered.runtime)["volumeMounts"]
+    by_name = {m["name"]: m["mountPath"] for m in mounts}
     assert by_name["artifacts"] == ARTIFACT_DIR
     return {by_name["config"]: config_dir, by_name["artifacts"]: artifacts}
 
 
-def test_the_rendered_runtime_serves_on_the_host(materialized: Rendered, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _on_host(
+    rendered: Rendered, container: dict[str, Any], tmp_path: Path, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`container` run on this host as the kubelet would: the image's entrypoint command
+    with the rendered args and env, in a mount namespace where the rendered volumes sit at
+    their mountPaths. Stopped (its process group) on the way out."""
     if os.geteuid() != 0:
         pytest.fail("the host contract test bind-mounts the ConfigMap in a mount namespace: root")
-    _port_is_free()
-    container = materialized.runtime
     assert "command" not in container  # the image's ENTRYPOINT runs the rendered args
-    binds = _mounts(materialized, tmp_path / "config", tmp_path / "artifacts")
+    binds = _mounts(rendered, tmp_path / "config", tmp_path / "artifacts", container)
     created = [Path(p) for p in binds if not Path(p).exists()]
     for path in created:
         path.mkdir(parents=True)
@@ -225,16 +242,12 @@ def test_the_rendered_runtime_serves_on_the_host(materialized: Rendered, tmp_pat
     pairs = [str(x) for at, host_path in binds.items() for x in (host_path, at)]
     argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
             *pairs, entrypoint, *container["args"]]  # fmt: skip
-    log = LOGS / "contract-host.log"
     LOGS.mkdir(exist_ok=True)
-    env = {**_host_env(), **resolve_env(container, materialized.secret)}
+    env = {**_host_env(), **resolve_env(container, rendered.secret)}
     proc = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     try:
-        _wait_ready(lambda: proc.poll() is None, lambda: log.read_text()[-3000:])
-        body = _predict()
-        assert body["model"] == "fraud"
-        assert body["degraded"] is False  # the card's features came from the protected Redis
+        yield proc
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -245,6 +258,50 @@ def test_the_rendered_runtime_serves_on_the_host(materialized: Rendered, tmp_pat
                 proc.wait(5)
         for path in created:
             path.rmdir()
+
+
+def test_the_rendered_runtime_serves_on_the_host(materialized: Rendered, tmp_path: Path) -> None:
+    _port_is_free()
+    log = LOGS / "contract-host.log"
+    with _on_host(materialized, materialized.runtime, tmp_path, log) as proc:
+        _wait_ready(lambda: proc.poll() is None, lambda: log.read_text()[-3000:])
+        body = _predict()
+        assert body["model"] == "fraud"
+        assert body["degraded"] is False  # the card's features came from the protected Redis
+
+
+def test_the_rendered_stream_consumer_scores_on_the_host(
+    materialized: Rendered, protected_redis: RedisServer, tmp_path: Path
+) -> None:
+    """spec.stream's container, as rendered: it joins its group on the default input stream,
+    reads the card's features from the protected Redis and publishes to spec.stream.output."""
+    container = materialized.stream
+    args = container["args"]
+    assert args[0] == "stream"
+    port = int(args[args.index("--metrics-port") + 1])
+    assert container["livenessProbe"]["httpGet"]["port"] == port
+    client = redis.Redis(port=protected_redis.port, password=PASSWORD)
+    event = {"event_id": "contract-1", "card_id": REQUEST["entity_id"],
+             "event_time": f"{time.time():.3f}", **REQUEST["features"]}  # fmt: skip
+    client.xadd("rtml:fraud:events", event)  # type: ignore[arg-type]
+    log = LOGS / "contract-stream.log"
+    with _on_host(materialized, container, tmp_path, log) as proc:
+        deadline = time.monotonic() + 180
+        published: list[Any] = []
+        while not published and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            published = client.xrange(STREAM_OUTPUT, "-", "+")
+            time.sleep(0.5)
+        assert published, f"no result in {STREAM_OUTPUT} within 180 s:\n{log.read_text()[-3000:]}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            assert b"rtml_stream" in r.read()  # the probe's endpoint answers
+    (_, fields), *_ = published
+    result = {k.decode(): v.decode() for k, v in fields.items()}
+    assert result["event_id"] == "contract-1", result
+    assert "error" not in result, result
+    assert 0.0 <= float(result["score"]) <= 1.0, result
+    assert result["degraded"] == "false", result  # the card's row came from the protected Redis
+    assert client.xpending("rtml:fraud:events", "rtml-fraud")["pending"] == 0  # acknowledged
 
 
 @pytest.mark.images

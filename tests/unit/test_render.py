@@ -356,3 +356,36 @@ def test_feature_view_travels_in_the_config_and_rolls_pods_when_it_changes() -> 
         "annotations"
     ][CHECKSUM_ANNOTATION]
     assert before != after
+
+
+def test_spec_stream_adds_consumers_the_predictor_selectors_never_pick() -> None:
+    m = model(stream={"input": "cards:events", "replicas": 3})
+    children = render_model_children(m, CTX)
+    assert kinds(children)[-1] == "Deployment"
+    stream = children[-1]
+    assert stream["metadata"]["name"] == "fraud-stream"
+    assert stream["spec"]["replicas"] == 3
+    selector = stream["spec"]["selector"]["matchLabels"]
+    assert selector == {"rtml.dev/model": "fraud", "app.kubernetes.io/component": "stream"}
+    pod = stream["spec"]["template"]
+    assert pod["metadata"]["labels"]["rtml.dev/model"] == "fraud"  # pruned with the Model
+    # Neither the Service, the PodDisruptionBudget nor the NetworkPolicy selects a consumer.
+    checked: set[str] = set()
+    for obj in children[:-1]:
+        spec = obj.get("spec") or {}
+        selector = spec.get("selector") or spec.get("podSelector") or {}
+        picks = selector if obj["kind"] == "Service" else selector.get("matchLabels")
+        if picks:
+            checked.add(obj["kind"])
+            assert not picks.items() <= pod["metadata"]["labels"].items(), obj["kind"]
+    assert checked == {"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"}
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == "registry.local/rtml:test"
+    assert container["args"] == [
+        "stream", "/etc/rtml/model.json", "--input", "cards:events", "--group", "rtml-fraud",
+        "--output", "rtml:fraud:results", "--metrics-host", "0.0.0.0", "--metrics-port", "9400",  # noqa: S104
+    ]  # fmt: skip
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {e["name"] for e in container["env"]} >= {"RTML_FEAST_STORE", "RTML_FEAST_REDIS_URL"}
+    assert kinds(render_model_children(model(backend="kserve", stream={}), CTX))[-1] == "Deployment"
+    assert "Deployment" not in kinds(render_model_children(model(backend="kserve"), CTX))

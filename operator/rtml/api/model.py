@@ -68,6 +68,8 @@ VersionLabel = Annotated[
     str,
     StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$", max_length=63),
 ]
+GroupName = Annotated[str, StringConstraints(pattern=r"^[!#-%'-;=?-\[\]-~]+$", max_length=63)]
+MAX_STREAM_REPLICAS = 16
 
 
 class Artifact(ArtifactRef):
@@ -510,6 +512,23 @@ class Audit(ApiModel):
     )
 
 
+class StreamConsumer(ApiModel):
+    """spec.stream: pods that run `rtml stream` on this Model (docs/streaming.md)."""
+
+    input: StreamName | None = Field(
+        default=None, description="the Redis Stream of events; default rtml:MODEL:events"
+    )
+    group: GroupName | None = Field(
+        default=None, description="the consumer group; default rtml-MODEL"
+    )
+    output: StreamName | None = Field(
+        default=None, description="where results are published; default rtml:MODEL:results"
+    )
+    replicas: int = Field(
+        default=1, ge=1, le=MAX_STREAM_REPLICAS, description="consumers in the group (pods)"
+    )
+
+
 class ModelSpec(ApiModel):
     version: Annotated[
         str,
@@ -538,6 +557,7 @@ class ModelSpec(ApiModel):
     ensemble: Ensemble | None = None
     decision: Decision | None = None
     audit: Audit | None = None
+    stream: StreamConsumer | None = None
 
     @field_validator("rules")
     @classmethod

@@ -17,6 +17,7 @@ from rtml.operator.render.inferenceservice import (
 )
 from rtml.operator.render.networkpolicy import render_network_policy
 from rtml.operator.render.service import render_pdb, render_service
+from rtml.operator.render.stream import render_stream_deployment
 
 # Every kind a Model may own: what the operator prunes from when the desired set shrinks
 # (an HPA replaced by a ScaledObject, a backend switched from bentoml to kserve).
@@ -53,7 +54,7 @@ def render_model_children(
             cm["metadata"]["name"] = candidate_config_map_name(model)
             children.append(cm)
         children.append(render_inference_service(model, ctx, feature_view, plan))
-        return children
+        return _with_stream(children, model, ctx, feature_view)
     children += [
         render_deployment(model, ctx, feature_view),
         render_service(model),
@@ -65,4 +66,16 @@ def render_model_children(
     policy = render_network_policy(model, ctx, feature_view, plan)
     if policy is not None:
         children.append(policy)
-    return children
+    return _with_stream(children, model, ctx, feature_view)
+
+
+def _with_stream(
+    children: list[dict[str, Any]],
+    model: Model,
+    ctx: RenderContext,
+    feature_view: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """spec.stream's consumers, after what serves: whatever the backend, they run `rtml stream`
+    on the runtime image."""
+    stream = render_stream_deployment(model, ctx, feature_view)
+    return children if stream is None else [*children, stream]

@@ -1,0 +1,143 @@
+"""spec.stream's Deployment: pods that run `rtml stream` on the Model (docs/streaming.md).
+
+They are the runtime image with the contract's `stream_args`, the same resolved config, Feast
+profile and `spec.runtime` as the predictor pods, and labels of their own (component
+`stream`), so the predictor's Service, PodDisruptionBudget and autoscaler never count them.
+They score with the champion only: an Experiment's traffic split is the HTTP path's.
+tests/integration/test_stream.py starts exactly what this renders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rtml.api.model import Model
+from rtml.contract import (
+    ARTIFACT_DIR,
+    CONFIG_MOUNT,
+    STREAM_METRICS_PORT,
+    TMP_DIR,
+    feast_env,
+    stream_args,
+)
+from rtml.operator.render.configmap import config_checksum
+from rtml.operator.render.container import (
+    CONTAINER_SECURITY_CONTEXT,
+    POD_SECURITY_CONTEXT,
+    resources,
+)
+from rtml.operator.render.context import RenderContext
+from rtml.operator.render.deployment import CHECKSUM_ANNOTATION
+from rtml.operator.render.meta import MODEL_LABEL, config_map_name, labels, object_meta
+
+COMPONENT = "stream"
+
+
+def stream_deployment_name(model: Model) -> str:
+    return f"{model.metadata.name}-stream"
+
+
+def stream_selector_labels(model: Model) -> dict[str, str]:
+    return {MODEL_LABEL: model.metadata.name, "app.kubernetes.io/component": COMPONENT}
+
+
+def stream_names(model: Model) -> tuple[str, str, str]:
+    """(input stream, consumer group, output stream), the Model's defaults filled in."""
+    s = model.spec.stream
+    name = model.metadata.name
+    return (
+        (s.input if s else None) or f"rtml:{name}:events",
+        (s.group if s else None) or f"rtml-{name}",
+        (s.output if s else None) or f"rtml:{name}:results",
+    )
+
+
+def stream_args_of(model: Model) -> list[str]:
+    return stream_args(*stream_names(model))
+
+
+def stream_env(model: Model, ctx: RenderContext) -> list[dict[str, Any]]:
+    """The Feast profile always (the windows and the streams live in its Redis), never the
+    SQL registry, then the Model's own `spec.runtime.env`."""
+    env = feast_env(ctx.feast, ctx.feast_secret, registry=False)
+    return env + [{"name": e.name, "value": e.value} for e in model.spec.runtime.env]
+
+
+def render_stream_container(model: Model, ctx: RenderContext) -> dict[str, Any]:
+    metrics = {"httpGet": {"path": "/metrics", "port": STREAM_METRICS_PORT}}
+    return {
+        "name": COMPONENT,
+        "image": model.spec.runtime.image or ctx.runtime_image,
+        "args": stream_args_of(model),
+        "ports": [{"name": "metrics", "containerPort": STREAM_METRICS_PORT, "protocol": "TCP"}],
+        "env": stream_env(model, ctx),
+        "resources": resources(model),
+        # The metrics endpoint answers once the model is loaded and the group joined; a
+        # consumer that stops answering it is restarted (its pending entries are reclaimed).
+        "startupProbe": {
+            **metrics,
+            "periodSeconds": 2,
+            "failureThreshold": 60,
+            "timeoutSeconds": 2,
+        },
+        "livenessProbe": {
+            **metrics,
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+            "timeoutSeconds": 5,
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": "artifacts", "mountPath": ARTIFACT_DIR},
+            {"name": "tmp", "mountPath": TMP_DIR},
+        ],
+    }
+
+
+def render_stream_deployment(
+    model: Model, ctx: RenderContext, feature_view: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The consumers' Deployment, or None without spec.stream."""
+    stream = model.spec.stream
+    if stream is None:
+        return None
+    pod_labels = {**labels(model), **stream_selector_labels(model)}
+    template_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": dict(POD_SECURITY_CONTEXT),
+        "terminationGracePeriodSeconds": 30,
+        "containers": [render_stream_container(model, ctx)],
+        "volumes": [
+            {"name": "config", "configMap": {"name": config_map_name(model)}},
+            {"name": "artifacts", "emptyDir": {"sizeLimit": "2Gi"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+        ],
+    }
+    if model.spec.runtime.service_account_name:
+        template_spec["serviceAccountName"] = model.spec.runtime.service_account_name
+    meta = object_meta(model, name=stream_deployment_name(model))
+    meta["labels"] = pod_labels
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": stream.replicas,
+            "selector": {"matchLabels": stream_selector_labels(model)},
+            "revisionHistoryLimit": 5,
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        CHECKSUM_ANNOTATION: config_checksum(model, feature_view),
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(STREAM_METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": template_spec,
+            },
+        },
+    }
