@@ -35,6 +35,7 @@ from typing import Any
 import kubernetes
 import pandas as pd
 import pytest
+import redis
 import yaml
 
 from rtml.dev.addons import start_prometheus_adapter
@@ -506,6 +507,49 @@ class Load:
         self._thread.join()
         self._pool.shutdown(wait=True)
         self.seconds = time.monotonic() - self.started
+
+
+def test_spec_stream_runs_consumer_pods_that_score_events_into_the_output_stream(
+    chain: Chain,
+) -> None:
+    """spec.stream: the operator's MODEL-stream Deployment runs `rtml stream` as a pod, which
+    joins its group on the in-cluster Redis (password by secretKeyRef), reads the card's
+    features and publishes each event's result; removing spec.stream prunes it."""
+    view, model = fraud_docs("model.onnx", sha256(chain.offline / "model.onnx"), name="streamed")
+    model["spec"]["stream"] = {"output": "streamed:results"}
+    model["spec"]["runtime"] = {"resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                              "limits": {"memory": "1Gi"}}}  # fmt: skip
+    apply(chain.plane, view, model)
+    wait_ready(chain, "streamed")
+    redis_ip = chain.get("pod", "redis")["status"]["podIP"]
+    client = redis.Redis(host=redis_ip, port=6379, password=REDIS_PASSWORD, socket_timeout=5)
+    event = {"event_id": "node-1", "card_id": REQUEST["entity_id"],
+             "event_time": f"{time.time():.3f}", **REQUEST["features"]}  # fmt: skip
+    client.xadd("rtml:streamed:events", event)  # type: ignore[arg-type]
+
+    def published() -> list[Any] | None:
+        return client.xrange("streamed:results", "-", "+") or None
+
+    try:
+        entries = chain.wait("a result in streamed:results", published, 240, every=2)
+    except pytest.fail.Exception as e:
+        logs = kubectl(chain.plane, "-n", TENANT, "logs", "deploy/streamed-stream", "--tail=40")
+        pytest.fail(f"{e}\n--- stream pod log ---\n{logs}")
+    (pod,) = [p for p in chain.model_pods("streamed")
+              if p["metadata"]["labels"]["app.kubernetes.io/component"] == "stream"]  # fmt: skip
+    assert pod["status"]["phase"] == "Running"
+    ((_, fields),) = entries
+    result = {k.decode(): v.decode() for k, v in fields.items()}
+    assert (result["event_id"], result["model"]) == ("node-1", "streamed"), result
+    assert result["degraded"] == "false", result  # the card's row came from the cluster's Redis
+    assert 0.0 <= float(result["score"]) <= 1.0
+    pending = client.xpending("rtml:streamed:events", "rtml-streamed")
+    assert pending["pending"] == 0  # acknowledged after publishing
+    del model["spec"]["stream"]
+    apply(chain.plane, model)
+    gone = lambda: not _exists(chain, "deploy", "streamed-stream")  # noqa: E731
+    chain.wait("streamed-stream to be pruned", gone, 120)
+    retire(chain, "streamed")
 
 
 def test_a_new_artifact_rolls_out_under_load_without_a_failed_request(chain: Chain) -> None:
