@@ -361,8 +361,8 @@ def test_feature_view_travels_in_the_config_and_rolls_pods_when_it_changes() -> 
 def test_spec_stream_adds_consumers_the_predictor_selectors_never_pick() -> None:
     m = model(stream={"input": "cards:events", "replicas": 3})
     children = render_model_children(m, CTX)
-    assert kinds(children)[-1] == "Deployment"
-    stream = children[-1]
+    assert kinds(children)[-2:] == ["Deployment", "NetworkPolicy"]
+    stream, policy = children[-2:]
     assert stream["metadata"]["name"] == "fraud-stream"
     assert stream["spec"]["replicas"] == 3
     selector = stream["spec"]["selector"]["matchLabels"]
@@ -371,10 +371,10 @@ def test_spec_stream_adds_consumers_the_predictor_selectors_never_pick() -> None
     assert pod["metadata"]["labels"]["rtml.dev/model"] == "fraud"  # pruned with the Model
     # Neither the Service, the PodDisruptionBudget nor the NetworkPolicy selects a consumer.
     checked: set[str] = set()
-    for obj in children[:-1]:
+    for obj in children[:-2]:
         spec = obj.get("spec") or {}
-        selector = spec.get("selector") or spec.get("podSelector") or {}
-        picks = selector if obj["kind"] == "Service" else selector.get("matchLabels")
+        chooses = spec.get("selector") or spec.get("podSelector") or {}
+        picks = chooses if obj["kind"] == "Service" else chooses.get("matchLabels")
         if picks:
             checked.add(obj["kind"])
             assert not picks.items() <= pod["metadata"]["labels"].items(), obj["kind"]
@@ -387,5 +387,13 @@ def test_spec_stream_adds_consumers_the_predictor_selectors_never_pick() -> None
     ]  # fmt: skip
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert {e["name"] for e in container["env"]} >= {"RTML_FEAST_STORE", "RTML_FEAST_REDIS_URL"}
-    assert kinds(render_model_children(model(backend="kserve", stream={}), CTX))[-1] == "Deployment"
+    # Only the metrics port in; out, DNS, the online store's Redis and the artifact's port.
+    assert policy["spec"]["podSelector"]["matchLabels"] == selector
+    assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 9400}]
+    assert policy["spec"]["egress"][1]["ports"] == [
+        {"protocol": "TCP", "port": 443},  # s3://
+        {"protocol": "TCP", "port": 6379},
+    ]
+    kserve = kinds(render_model_children(model(backend="kserve", stream={}), CTX))
+    assert kserve[-2:] == ["Deployment", "NetworkPolicy"]
     assert "Deployment" not in kinds(render_model_children(model(backend="kserve"), CTX))

@@ -15,9 +15,9 @@ from rtml.operator.render.inferenceservice import (
     candidate_config_map_name,
     render_inference_service,
 )
-from rtml.operator.render.networkpolicy import render_network_policy
+from rtml.operator.render.networkpolicy import render_network_policy, render_stream_network_policy
 from rtml.operator.render.service import render_pdb, render_service
-from rtml.operator.render.stream import render_stream_deployment
+from rtml.operator.render.stream import render_stream_deployment, stream_selector_labels
 
 # Every kind a Model may own: what the operator prunes from when the desired set shrinks
 # (an HPA replaced by a ScaledObject, a backend switched from bentoml to kserve).
@@ -78,4 +78,7 @@ def _with_stream(
     """spec.stream's consumers, after what serves: whatever the backend, they run `rtml stream`
     on the runtime image."""
     stream = render_stream_deployment(model, ctx, feature_view)
-    return children if stream is None else [*children, stream]
+    if stream is None:
+        return children
+    policy = render_stream_network_policy(model, ctx, stream_selector_labels(model))
+    return [*children, stream, *([policy] if policy is not None else [])]

@@ -12,7 +12,7 @@ from typing import Any
 
 from rtml.api.model import Model
 from rtml.api.traffic import CHAMPION_ONLY, TrafficPlan
-from rtml.contract import HTTP_PORT, parse_redis_url
+from rtml.contract import HTTP_PORT, STREAM_METRICS_PORT, parse_redis_url
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.meta import object_meta, selector_labels
 
@@ -84,6 +84,35 @@ def render_network_policy(
     """The Model's NetworkPolicy, or None when the operator renders none (`network_policy`)."""
     if not ctx.network_policy:
         return None
+    # The feature store, registry and artifact store are addressed by host names that resolve
+    # to a Service's cluster IP or outside the cluster; a NetworkPolicy matches pods by label
+    # or addresses by CIDR after the Service's translation, neither of which the operator knows
+    # of them. So their ports are allowed to any address: still no other port leaves the pod.
+    ports = sorted({*store_ports(ctx, feature_view), *artifact_ports(model, plan)})
+    return _policy(model, ctx, network_policy_name(model), selector_labels(model), HTTP_PORT, ports)
+
+
+def render_stream_network_policy(
+    model: Model, ctx: RenderContext, pod_labels: dict[str, str]
+) -> dict[str, Any] | None:
+    """spec.stream's consumers' NetworkPolicy: only their metrics port in; out, DNS, the
+    online store's Redis (where the streams and windows are) and the champion's artifact."""
+    if not ctx.network_policy:
+        return None
+    redis = parse_redis_url(ctx.feast.redis_url).port or 6379
+    ports = sorted({redis, *artifact_ports(model)})
+    name = f"{network_policy_name(model)}-stream"
+    return _policy(model, ctx, name, pod_labels, STREAM_METRICS_PORT, ports)
+
+
+def _policy(
+    model: Model,
+    ctx: RenderContext,
+    name: str,
+    pods: dict[str, str],
+    port: int,
+    egress_ports: list[int],
+) -> dict[str, Any]:
     sources: list[dict[str, Any]] = [{"podSelector": {}}]  # every pod of the Model's namespace
     for namespace in (ctx.monitoring_namespace, ctx.operator_namespace):
         if namespace and namespace != model.metadata.namespace:
@@ -93,21 +122,16 @@ def render_network_policy(
     egress: list[dict[str, Any]] = [
         {"ports": [{"protocol": "UDP", "port": 53}, _tcp(53)]},
     ]
-    # The feature store, registry and artifact store are addressed by host names that resolve
-    # to a Service's cluster IP or outside the cluster; a NetworkPolicy matches pods by label
-    # or addresses by CIDR after the Service's translation, neither of which the operator knows
-    # of them. So their ports are allowed to any address: still no other port leaves the pod.
-    ports = sorted({*store_ports(ctx, feature_view), *artifact_ports(model, plan)})
-    if ports:
-        egress.append({"ports": [_tcp(p) for p in ports]})
+    if egress_ports:
+        egress.append({"ports": [_tcp(p) for p in egress_ports]})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": object_meta(model, network_policy_name(model)),
+        "metadata": object_meta(model, name),
         "spec": {
-            "podSelector": {"matchLabels": selector_labels(model)},
+            "podSelector": {"matchLabels": pods},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"from": sources, "ports": [_tcp(HTTP_PORT)]}],
+            "ingress": [{"from": sources, "ports": [_tcp(port)]}],
             "egress": egress,
         },
     }
