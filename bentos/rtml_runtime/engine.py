@@ -263,8 +263,8 @@ class Runtime:
         else:
             raise ModelError(
                 "spec.audit needs a Redis for its stream, and the online store is "
-                f"{self.config.store.kind}: set RTML_AUDIT_REDIS_URL (spec.runtime.env) or "
-                "serve with the redis profile"
+                f"{self.config.store.kind}: set RTML_AUDIT_REDIS_URL (in a cluster, the "
+                "chart's runtime.auditRedis.existingSecret) or serve with the redis profile"
             )
         name = self.config.name
         records = self.metrics.audit_records

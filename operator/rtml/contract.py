@@ -72,6 +72,8 @@ ENV_FEAST_REDIS_PASSWORD: Final = "RTML_FEAST_REDIS_PASSWORD"  # noqa: S105 - a 
 ENV_FEAST_REGISTRY: Final = "RTML_FEAST_REGISTRY"
 # The bearer token POST /push/{view} requires (a secretKeyRef in a pod; unset: /push is off).
 ENV_PUSH_TOKEN: Final = "RTML_PUSH_TOKEN"  # noqa: S105 - a variable's name
+# Where spec.audit's streams go (a secretKeyRef in a pod; unset: the online store's Redis).
+ENV_AUDIT_REDIS_URL: Final = "RTML_AUDIT_REDIS_URL"
 
 
 def runtime_args(

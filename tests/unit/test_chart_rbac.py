@@ -178,6 +178,7 @@ def test_the_chart_allows_its_own_runtime_repository_and_what_is_added(
     assert env["RTML_MONITORING_NAMESPACE"] == "monitoring"
     assert env["RTML_OPERATOR_NAMESPACE"] == "rtml-system"
     assert "RTML_PUSH_TOKEN_SECRET" not in env
+    assert "RTML_AUDIT_SECRET" not in env
 
 
 def test_the_push_token_secret_reaches_the_operator(helm: Path) -> None:
@@ -187,3 +188,8 @@ def test_the_push_token_secret_reaches_the_operator(helm: Path) -> None:
         "push-token",
     )
     assert env["RTML_NETWORK_POLICY"] == "false"
+
+
+def test_the_audit_secret_reaches_the_operator(helm: Path) -> None:
+    env = operator_env(helm, "runtime.auditRedis.existingSecret=audit")
+    assert (env["RTML_AUDIT_SECRET"], env["RTML_AUDIT_SECRET_KEY"]) == ("audit", "audit-redis-url")

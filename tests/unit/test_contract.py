@@ -218,3 +218,30 @@ def test_a_push_views_predictor_reads_the_push_token_from_the_secret(
     refs = [e.get("valueFrom") for o in objects for e in _envs(o) if e["name"] == "RTML_PUSH_TOKEN"]
     assert refs == ([expected] if expected else [])
     assert RuntimeSettings.model_fields["push_token"].default is None
+
+
+@pytest.mark.parametrize("backend", ["bentoml", "kserve"])
+def test_an_audited_models_pods_read_the_audit_redis_url_from_the_operators_secret(
+    backend: str,
+) -> None:
+    ref = {"secretKeyRef": {"name": "audit", "key": "url"}}
+    ctx = RenderContext(audit_secret="audit", audit_secret_key="url")
+
+    def with_spec(**extra: Any) -> Model:
+        body = model(backend).model_dump(by_alias=True, exclude_none=True)
+        body["spec"].update(extra)
+        return Model.model_validate(body)
+
+    def refs(m: Model, c: RenderContext) -> list[Any]:
+        envs = [e for o in render_model_children(m, c, view()) for e in _envs(o)]
+        return [e.get("valueFrom") for e in envs if e["name"] == "RTML_AUDIT_REDIS_URL"]
+
+    audited = with_spec(audit={}, stream={})
+    # The predictor (or KServe's predictor) and the stream consumer, each by reference.
+    assert refs(audited, ctx) == [ref, ref]
+    assert refs(with_spec(stream={}), ctx) == []  # not audited: nothing to write
+    assert refs(audited, RenderContext()) == []  # no Secret named: the online store's Redis
+    own = with_spec(audit={}, stream={}, runtime={"env": [
+        {"name": "RTML_AUDIT_REDIS_URL", "value": "redis://audit:6379"}]})  # fmt: skip
+    assert refs(own, ctx) == [None, None]  # the Model's own setting, not a second one
+    assert RuntimeSettings.model_fields["audit_redis_url"].default is None

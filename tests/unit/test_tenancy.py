@@ -91,11 +91,13 @@ def test_the_settings_read_the_chart_variables(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("RTML_ALLOW_SERVICE_ACCOUNT_NAME", "true")
     monkeypatch.setenv("RTML_NETWORK_POLICY", "false")
     monkeypatch.setenv("RTML_PUSH_TOKEN_SECRET", "push")
+    monkeypatch.setenv("RTML_AUDIT_SECRET", "audit")
     ctx = OperatorSettings.load().render_context()
     assert ctx.allowed_runtime_images == ("localhost/rtml-runtime:*",)
     assert ctx.allow_service_account_name is True
     assert ctx.network_policy is False
     assert (ctx.push_token_secret, ctx.push_token_secret_key) == ("push", "push-token")
+    assert (ctx.audit_secret, ctx.audit_secret_key) == ("audit", "audit-redis-url")
 
 
 def running_deployment() -> dict[str, Any]:

@@ -89,6 +89,10 @@ class OperatorSettings(BaseSettings):
     # with push views; unset: POST /push/{view} is off (403).
     push_token_secret: str | None = None
     push_token_secret_key: str = "push-token"  # noqa: S105 - a key's name
+    # The Secret and key holding the Redis URL (password included) that spec.audit writes to,
+    # in each namespace with audited Models; unset: the online store's Redis.
+    audit_secret: str | None = None
+    audit_secret_key: str = "audit-redis-url"  # noqa: S105 - a key's name
     # The signature check's downloads (docs/signature-check.md). fnmatch patterns (JSON list) of
     # the hosts the operator may fetch http(s):// artifacts from; empty: it fetches none, and
     # the runtime checks those Models at start-up. A loopback, link-local or metadata address
@@ -154,6 +158,8 @@ class OperatorSettings(BaseSettings):
             operator_namespace=self.operator_namespace,
             push_token_secret=self.push_token_secret,
             push_token_secret_key=self.push_token_secret_key,
+            audit_secret=self.audit_secret,
+            audit_secret_key=self.audit_secret_key,
         )
 
 

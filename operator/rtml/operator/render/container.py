@@ -12,6 +12,7 @@ from rtml.api.model import Model
 from rtml.contract import (
     ARTIFACT_DIR,
     CONFIG_MOUNT,
+    ENV_AUDIT_REDIS_URL,
     ENV_PUSH_TOKEN,
     HTTP_PORT,
     LIVE_PATH,
@@ -71,8 +72,8 @@ def runtime_env(
 ) -> list[dict[str, Any]]:
     """The Feast profile when the Model reads a view (credentials as secretKeyRefs; the SQL
     registry only for a push view, whose rows the runtime writes through Feast), the push
-    token for a push view when the operator names its Secret, then the Model's own
-    `spec.runtime.env`."""
+    token for a push view when the operator names its Secret, the audit Redis's URL for an
+    audited Model when it names that one's, then the Model's own `spec.runtime.env`."""
     env: list[dict[str, Any]] = []
     if feature_view is not None:
         source = (feature_view.get("spec") or {}).get("source") or {}
@@ -82,8 +83,22 @@ def runtime_env(
             env.append(
                 secret_key_env(ENV_PUSH_TOKEN, ctx.push_token_secret, ctx.push_token_secret_key)
             )
-    env += [{"name": e.name, "value": e.value} for e in model.spec.runtime.env]
-    return env
+    return env + audit_env(model, ctx) + own_env(model)
+
+
+def audit_env(model: Model, ctx: RenderContext) -> list[dict[str, Any]]:
+    """RTML_AUDIT_REDIS_URL from the operator's audit Secret, for a Model with spec.audit
+    (unless its own spec.runtime.env sets the variable)."""
+    if model.spec.audit is None or not ctx.audit_secret:
+        return []
+    if any(e.name == ENV_AUDIT_REDIS_URL for e in model.spec.runtime.env):
+        return []
+    return [secret_key_env(ENV_AUDIT_REDIS_URL, ctx.audit_secret, ctx.audit_secret_key)]
+
+
+def own_env(model: Model) -> list[dict[str, Any]]:
+    """The Model's own spec.runtime.env, last."""
+    return [{"name": e.name, "value": e.value} for e in model.spec.runtime.env]
 
 
 PRESTOP_SLEEP_SECONDS = 5

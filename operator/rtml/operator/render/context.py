@@ -42,3 +42,6 @@ class RenderContext:
     # The Secret (and its key) a push view's predictor pods read RTML_PUSH_TOKEN from.
     push_token_secret: str | None = None
     push_token_secret_key: str = "push-token"  # noqa: S105 - a key's name
+    # The Secret (and its key) holding the Redis URL spec.audit writes to (RTML_AUDIT_REDIS_URL).
+    audit_secret: str | None = None
+    audit_secret_key: str = "audit-redis-url"  # noqa: S105 - a key's name

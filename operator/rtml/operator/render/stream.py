@@ -24,6 +24,8 @@ from rtml.operator.render.configmap import config_checksum
 from rtml.operator.render.container import (
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
+    audit_env,
+    own_env,
     resources,
 )
 from rtml.operator.render.context import RenderContext
@@ -58,9 +60,10 @@ def stream_args_of(model: Model) -> list[str]:
 
 def stream_env(model: Model, ctx: RenderContext) -> list[dict[str, Any]]:
     """The Feast profile always (the windows and the streams live in its Redis), never the
-    SQL registry, then the Model's own `spec.runtime.env`."""
+    SQL registry, the audit Redis's URL as the predictor gets it, then the Model's own
+    `spec.runtime.env`."""
     env = feast_env(ctx.feast, ctx.feast_secret, registry=False)
-    return env + [{"name": e.name, "value": e.value} for e in model.spec.runtime.env]
+    return env + audit_env(model, ctx) + own_env(model)
 
 
 def render_stream_container(model: Model, ctx: RenderContext) -> dict[str, Any]:
