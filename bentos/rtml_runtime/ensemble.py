@@ -148,39 +148,38 @@ class EnsembleScorer:
         try:
             score, elapsed = _timed(m.model, row)
         except Exception as e:
-            self.streak[m.name] = 0
-            m.breaker.record(self.timeout_s, ok=False)
-            m.calls["error"].inc()
-            log.error("ensemble model failed: %s", e, extra={"member": m.name})
+            self._failed(m, "error", e)
             return None
-        self.streak[m.name] = self.streak[m.name] + 1 if elapsed <= self.fast_s else 0
         if elapsed > self.timeout_s:  # answered, but later than a thread would have waited
-            m.breaker.record(elapsed, ok=False)
-            m.calls["late"].inc()
+            self._failed(m, "late")
             return None
-        m.breaker.record(elapsed, ok=True)
-        m.calls["ok"].inc()
-        return score
+        return self._scored(m, score, elapsed)
 
     def _settle(self, m: Member, f: Future[tuple[float, float]], left_s: float) -> float | None:
         try:
             score, elapsed = f.result(timeout=left_s)
         except TimeoutError:
             f.cancel()  # drops it if its thread had not started it
-            self.streak[m.name] = 0
-            m.breaker.record(self.timeout_s, ok=False)
-            m.calls["late"].inc()
+            self._failed(m, "late")
             return None
         except Exception as e:
-            self.streak[m.name] = 0
-            m.breaker.record(self.timeout_s, ok=False)
-            m.calls["error"].inc()
-            log.error("ensemble model failed: %s", e, extra={"member": m.name})
+            self._failed(m, "error", e)
             return None
+        return self._scored(m, score, elapsed)
+
+    def _scored(self, m: Member, score: float, elapsed: float) -> float:
         self.streak[m.name] = self.streak[m.name] + 1 if elapsed <= self.fast_s else 0
         m.breaker.record(elapsed, ok=True)
         m.calls["ok"].inc()
         return score
+
+    def _failed(self, m: Member, outcome: str, error: Exception | None = None) -> None:
+        """A failed or late call: counted against the member's breaker, back to its thread."""
+        self.streak[m.name] = 0
+        m.breaker.record(self.timeout_s, ok=False)
+        m.calls[outcome].inc()
+        if error is not None:
+            log.error("ensemble model failed: %s", error, extra={"member": m.name})
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
