@@ -161,11 +161,17 @@ def render_runtime_container(
     }
 
 
-def runtime_volumes(config_map: str, traffic_config_map: str) -> list[dict[str, Any]]:
-    return [
-        {"name": "config", "configMap": {"name": config_map}},
+def runtime_volumes(config_map: str, traffic_config_map: str | None) -> list[dict[str, Any]]:
+    """The config, the traffic plan (None: a pod that follows none, a stream consumer), the
+    artifacts and /tmp."""
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": config_map}}]
+    if traffic_config_map is not None:
         # Optional: a missing plan means champion only, and never holds a pod in ContainerCreating.
-        {"name": "traffic", "configMap": {"name": traffic_config_map, "optional": True}},
+        volumes.append(
+            {"name": "traffic", "configMap": {"name": traffic_config_map, "optional": True}}
+        )
+    return [
+        *volumes,
         {"name": "artifacts", "emptyDir": {"sizeLimit": "2Gi"}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
     ]

@@ -4,14 +4,15 @@ They are the runtime image with the contract's `stream_args`, the same resolved 
 profile and `spec.runtime` as the predictor pods, and labels of their own (component
 `stream`), so the predictor's Service, PodDisruptionBudget and autoscaler never count them.
 They score with the champion only: an Experiment's traffic split is the HTTP path's.
-tests/integration/test_stream.py starts exactly what this renders.
+tests/integration/test_contract.py (on the host) and test_node.py (as a pod) start exactly what
+this renders.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from rtml.api.model import Model
+from rtml.api.model import Model, StreamConsumer
 from rtml.contract import (
     ARTIFACT_DIR,
     CONFIG_MOUNT,
@@ -27,6 +28,7 @@ from rtml.operator.render.container import (
     audit_env,
     own_env,
     resources,
+    runtime_volumes,
 )
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.deployment import CHECKSUM_ANNOTATION
@@ -43,19 +45,14 @@ def stream_selector_labels(model: Model) -> dict[str, str]:
     return {MODEL_LABEL: model.metadata.name, "app.kubernetes.io/component": COMPONENT}
 
 
-def stream_names(model: Model) -> tuple[str, str, str]:
-    """(input stream, consumer group, output stream), the Model's defaults filled in."""
-    s = model.spec.stream
+def stream_args_of(model: Model, s: StreamConsumer) -> list[str]:
+    """The contract's argv, `rtml stream`'s own defaults written out (input, group, output)."""
     name = model.metadata.name
-    return (
-        (s.input if s else None) or f"rtml:{name}:events",
-        (s.group if s else None) or f"rtml-{name}",
-        (s.output if s else None) or f"rtml:{name}:results",
+    return stream_args(
+        s.input or f"rtml:{name}:events",
+        s.group or f"rtml-{name}",
+        s.output or f"rtml:{name}:results",
     )
-
-
-def stream_args_of(model: Model) -> list[str]:
-    return stream_args(*stream_names(model))
 
 
 def stream_env(model: Model, ctx: RenderContext) -> list[dict[str, Any]]:
@@ -66,12 +63,14 @@ def stream_env(model: Model, ctx: RenderContext) -> list[dict[str, Any]]:
     return env + audit_env(model, ctx) + own_env(model)
 
 
-def render_stream_container(model: Model, ctx: RenderContext) -> dict[str, Any]:
+def render_stream_container(
+    model: Model, ctx: RenderContext, stream: StreamConsumer
+) -> dict[str, Any]:
     metrics = {"httpGet": {"path": "/metrics", "port": STREAM_METRICS_PORT}}
     return {
         "name": COMPONENT,
         "image": model.spec.runtime.image or ctx.runtime_image,
-        "args": stream_args_of(model),
+        "args": stream_args_of(model, stream),
         "ports": [{"name": "metrics", "containerPort": STREAM_METRICS_PORT, "protocol": "TCP"}],
         "env": stream_env(model, ctx),
         "resources": resources(model),
@@ -111,12 +110,8 @@ def render_stream_deployment(
         "automountServiceAccountToken": False,
         "securityContext": dict(POD_SECURITY_CONTEXT),
         "terminationGracePeriodSeconds": 30,
-        "containers": [render_stream_container(model, ctx)],
-        "volumes": [
-            {"name": "config", "configMap": {"name": config_map_name(model)}},
-            {"name": "artifacts", "emptyDir": {"sizeLimit": "2Gi"}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
-        ],
+        "containers": [render_stream_container(model, ctx, stream)],
+        "volumes": runtime_volumes(config_map_name(model), None),
     }
     if model.spec.runtime.service_account_name:
         template_spec["serviceAccountName"] = model.spec.runtime.service_account_name
