@@ -811,12 +811,20 @@ def events_of(chain: Chain, name: str) -> list[tuple[str, str]]:
 def server_side_apply(chain: Chain, doc: dict[str, Any], manager: str = "argocd-controller") -> str:
     """As Argo CD applies: server-side, its own field manager; the dry-run diff must be empty."""
     text = yaml.safe_dump(doc)
-    diff = subprocess.run(
-        [str(chain.plane.bin_dir / "kubectl"), f"--kubeconfig={chain.plane.kubeconfig}", "diff",
-         "--server-side", f"--field-manager={manager}", "-f", "-"],
-        input=text, capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    assert diff.returncode in (0, 1), diff.stderr
+    # `kubectl diff` reads the live object, then dry-runs the apply: two reads, not one. A write
+    # between them by anyone (Kopf's diff-base annotation, the Model's status) shows as a
+    # difference the re-apply does not make. Drift that the apply would cause stays in every
+    # try; a write that raced the first read does not.
+    for _ in range(5):
+        diff = subprocess.run(
+            [str(chain.plane.bin_dir / "kubectl"), f"--kubeconfig={chain.plane.kubeconfig}",
+             "diff", "--server-side", f"--field-manager={manager}", "-f", "-"],
+            input=text, capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        assert diff.returncode in (0, 1), diff.stderr
+        if not diff.stdout:
+            break
+        time.sleep(1)
     kubectl(chain.plane, "apply", "--server-side", f"--field-manager={manager}", "-f", "-",
             stdin=text)  # fmt: skip
     return diff.stdout
