@@ -46,7 +46,9 @@ def write_scale_md(result: dict[str, Any], path: Path, json_path: Path) -> Path:
         f"{m['kernel']}; Python {m['python']}; "
         + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
         + f"; {m['kube_apiserver']}; {m['etcd']}. Nothing pinned: etcd, kube-apiserver, "
-        "kube-controller-manager, the operator and the harness share the CPUs. Load average "
+        "kube-controller-manager, the operator and the harness share the CPUs; "
+        f"kube-controller-manager runs with `--kube-api-qps={first.get('controller_qps', 20)}`. "
+        "Load average "
         f"before / after: {first['load_start'][0]:.2f} / {first['load_end'][0]:.2f}.",
         "",
         f"{n:,} feature-less Models (one request feature, a local `file://` artifact the "

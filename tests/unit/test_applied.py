@@ -106,3 +106,17 @@ def test_an_annotation_a_kubernetes_controller_adds_is_not_a_change() -> None:
     annotated["metadata"]["annotations"] = {"team.example.com/owner": "someone"}
     applied.observe(annotated)  # anyone else's annotation is a change
     assert not applied.unchanged(deployment())
+
+
+def test_observe_says_whether_the_event_is_the_operators_own_apply_coming_back() -> None:
+    """What lets a child's event skip reconciling its Model (handlers.child_changed)."""
+    applied = Applied()
+    assert not applied.observe(live(deployment(), 10))  # first sight: unknown, so react
+    applied.record(deployment(), live(deployment(), 11))
+    assert applied.observe(live(deployment(), 11))  # our apply's own event
+    assert applied.observe({**live(deployment(), 12), "status": {"readyReplicas": 1}})
+    assert not applied.observe(live(deployment("evil:1"), 13))  # a hand edit
+    assert not applied.observe(live(deployment(), 14), deleted=True)
+    unwatched = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "ml"}}
+    applied.record(unwatched, live(unwatched, 20))
+    assert not applied.observe(live(unwatched, 20))  # a kind not watched is never "as applied"

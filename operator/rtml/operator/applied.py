@@ -129,21 +129,29 @@ class Applied:
             self._applied[key] = (digest(desired), version.marker)
             self._note(key, version)
 
-    def observe(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
-        """A watch event (or the initial listing) showed `obj`; `deleted`: it is gone."""
+    def observe(self, obj: Mapping[str, Any], deleted: bool = False) -> bool:
+        """A watch event (or the initial listing) showed `obj`; `deleted`: it is gone.
+
+        Returns whether `obj` is exactly as this process last applied it (its own write coming
+        back, or a controller writing the child's status): nothing its owner must react to.
+        False whenever that is not known (a first sight, an apply whose answer is not recorded
+        yet): the caller then reconciles, which is always safe."""
         if "apiVersion" not in obj or "kind" not in obj:
-            return
+            return False
         key = _key(obj)
         if (key[0], key[1]) not in OBSERVED_KINDS:
-            return
+            return False
         with self._lock:
             if deleted:
                 self._seen.pop(key, None)
                 self._applied.pop(key, None)
-                return
+                return False
             version = _version(obj)
-            if version is not None:
-                self._note(key, version)
+            if version is None:
+                return False
+            self._note(key, version)
+            applied = self._applied.get(key)
+            return applied is not None and applied[1] == version.marker
 
     def forget(self, obj: Mapping[str, Any]) -> None:
         """An apply of `obj` failed or its outcome is unknown: apply it next time."""

@@ -33,6 +33,7 @@ from rtml.api.experiment import FINAL_PHASES
 from rtml.features.store import is_unreachable
 from rtml.operator.analysis import PrometheusSource
 from rtml.operator.client import KubeClient
+from rtml.operator.coalesce import Coalescer
 from rtml.operator.errors import backoff_delay
 from rtml.operator.experiment import nudge_pods, promote_into_model, reconcile_experiment
 from rtml.operator.featureview import (
@@ -55,6 +56,7 @@ from rtml.operator.ticker import Ticker, VisitError
 log = logging.getLogger("rtml.operator")
 SETTINGS = OperatorSettings.load()  # once per process; run_operator reports a bad value
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+_queued = Coalescer()  # child events: one queued reconcile per Model (rtml.operator.coalesce)
 _heartbeat = {"executor": time.monotonic()}
 _watch = WatchActivity()
 # A live watch shows life at least every inactivity timeout; re-opening may take this longer.
@@ -338,10 +340,27 @@ def _unreachable(error: BaseException | None) -> bool:
     return isinstance(error, HTTPError | OSError)
 
 
-def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, retry: int) -> dict[str, Any]:
+def _model_key(meta: Mapping[str, Any]) -> str:
+    """A Model's lock: by name, not uid, so a child's event needs no read to find it."""
+    return f"Model/{meta['namespace']}/{meta['name']}"
+
+
+def _reconcile(
+    body: Mapping[str, Any],
+    memo: kopf.Memo,
+    retry: int,
+    reading: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """`reading`: called when the fresh read is about to start (rtml.operator.coalesce)."""
     client: KubeClient = memo["client"]
-    uid = body["metadata"]["uid"]
-    with METRICS.reconciling("Model"), _locks[uid], _retry_on_outage(retry):
+    with METRICS.reconciling("Model"), _locks[_model_key(body["metadata"])]:
+        if reading is not None:
+            reading()
+        return _reconcile_locked(client, body, retry)
+
+
+def _reconcile_locked(client: KubeClient, body: Mapping[str, Any], retry: int) -> dict[str, Any]:
+    with _retry_on_outage(retry):
         # Fresh read: the event that woke us may be stale by the time we hold the lock.
         live = client.get(
             f"{GROUP}/{VERSION}",
@@ -419,23 +438,23 @@ def _on_child(body: Mapping[str, Any], memo: kopf.Memo, event_type: str | None) 
     name = _owner_model(body)
     if name is None:
         return
-    client: KubeClient = memo["client"]
-    ns = body["metadata"]["namespace"]
-    model: dict[str, Any] | None = None
-    # Said in a sentence like any other failure here, not as the HTTP exchange Kopf would log.
-    with (
-        _next_time("child-triggered reconcile failed; the resync will retry", model=name),
-        _retry_on_outage(0),
-    ):
-        model = client.get(f"{GROUP}/{VERSION}", "Model", ns, name)
-    if model is None or model["metadata"].get("deletionTimestamp"):
-        return
+    meta = {"namespace": body["metadata"]["namespace"], "name": name}
+    key = _model_key(meta)
+    if not _queued.claim(key):
+        return  # a reconcile of this Model that has not read it yet sees this change too
     log.debug("child changed", extra={"kind": body.get("kind"), "event": event_type, "model": name})
-    with _next_time("child-triggered reconcile failed; the resync will retry", model=name):
-        _reconcile(model, memo, retry=0)
+    try:
+        # Said in a sentence like any other failure here, not as the HTTP exchange Kopf would.
+        with _next_time("child-triggered reconcile failed; the resync will retry", model=name):
+            _reconcile({"metadata": meta}, memo, retry=0, reading=partial(_queued.started, key))
+    finally:
+        _queued.started(key)  # also when it failed before reading
 
 
 CHILD_LABELS = {MODEL_LABEL: kopf.PRESENT}
+# The children whose status the Model's status is computed from (rtml.operator.status): any
+# event of theirs counts. Of the others, only one that is not as the operator applied it does.
+STATUS_SOURCES = frozenset({"Deployment", "Pod"})
 
 
 @kopf.on.event("apps", "v1", "deployments", id="child-deployment", labels=CHILD_LABELS)
@@ -453,9 +472,11 @@ def child_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) 
     pods changed: reconcile the owner. Every event (the initial listing too) also tells which
     version of the child exists, so a reconcile skips applying what is already there
     (rtml.operator.applied)."""
-    APPLIED.observe(body, deleted=type == "DELETED")
+    as_applied = APPLIED.observe(body, deleted=type == "DELETED")
     if type is None:
         return  # the initial listing: the resume handlers already cover it
+    if as_applied and body.get("kind") not in STATUS_SOURCES:
+        return  # the echo of the operator's own apply, or a controller's status write
     _on_child(body, memo, type)
 
 
