@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -397,19 +400,59 @@ def test_a_pod_wakes_its_model_by_label_since_a_replica_set_owns_it() -> None:
 def test_a_pod_event_reconciles_its_model_like_a_deployment_event(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    woken: list[dict[str, Any]] = []
+
+    def reconcile(body: dict[str, Any], *_: Any, reading: Any = None, **__: Any) -> None:
+        reading()
+        woken.append(body["metadata"])
+
+    monkeypatch.setattr(handlers, "_reconcile", reconcile)
+    with ThreadPoolExecutor(1) as pool:
+        memo = {"client": FakeClient(None, []), "executor": pool}
+
+        async def events() -> None:
+            await handlers.child_changed(body=pod(), memo=memo, type="MODIFIED")
+            pool.submit(lambda: None).result()  # the reconcile it queued has run
+            await handlers.child_changed(body=pod(), memo=memo, type="DELETED")
+            pool.submit(lambda: None).result()
+            await handlers.child_changed(body=pod(), memo=memo, type=None)  # initial listing: no
+
+        asyncio.run(events())
+    assert woken == [{"namespace": "ml", "name": "fraud"}] * 2
+
+
+def test_events_while_a_reconcile_is_queued_are_answered_by_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst of one Model's child events queues one reconcile, not one per event; an event
+    after that reconcile started reading gets one of its own."""
     woken: list[str] = []
-    monkeypatch.setattr(handlers, "_reconcile", lambda body, *_, **__: woken.append(body["kind"]))
+    gate = threading.Event()
 
-    class Client(FakeClient):
-        def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
-            assert (kind, namespace, name) == ("Model", "ml", "fraud")
-            return model_body()
+    def reconcile(body: dict[str, Any], *_: Any, reading: Any = None, **__: Any) -> None:
+        gate.wait(5)
+        reading()
+        woken.append(body["metadata"]["name"])
 
-    memo = {"client": Client(None, [])}
-    handlers.child_changed(body=pod(), memo=memo, type="MODIFIED")
-    handlers.child_changed(body=pod(), memo=memo, type="DELETED")
-    handlers.child_changed(body=pod(), memo=memo, type=None)  # the initial listing: no
-    assert woken == ["Model", "Model"]
+    monkeypatch.setattr(handlers, "_reconcile", reconcile)
+    with ThreadPoolExecutor(1) as pool:
+        memo = {"client": FakeClient(None, []), "executor": pool}
+        pool.submit(gate.wait, 5)  # the pool's one thread is busy: the reconcile stays queued
+
+        async def burst() -> None:
+            for _ in range(5):
+                await handlers.child_changed(body=pod(), memo=memo, type="MODIFIED")
+
+        asyncio.run(burst())
+        gate.set()
+        pool.submit(lambda: None).result()
+        assert woken == ["fraud"]
+        gate.clear()
+        pool.submit(gate.wait, 5)
+        asyncio.run(burst())  # after the first reconcile read: a new one
+        gate.set()
+        pool.submit(lambda: None).result()
+    assert woken == ["fraud", "fraud"]
 
 
 def test_the_reconcile_context_keeps_every_operator_setting() -> None:
