@@ -282,6 +282,18 @@ def operator(
     run_operator(kubeconfig, liveness or None, namespaces, leader_elect, lease_namespace)
 
 
+@main.command(name="feast-sweep", hidden=True)
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None)
+def feast_sweep(kubeconfig: str | None) -> None:
+    """Remove from Feast the views of FeatureViews that no longer exist, once (what the
+    operator runs in a short-lived process while it has no FeatureView: rtml.operator.sweep)."""
+    from rtml.logs import configure_logging
+    from rtml.operator.sweep import sweep_once
+
+    configure_logging()
+    sys.exit(sweep_once(kubeconfig))
+
+
 @main.command()
 @click.option(
     "--checkout",

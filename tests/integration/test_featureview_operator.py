@@ -252,3 +252,36 @@ def test_a_long_view_name_gets_its_cronjob(
     assert len(expected) <= 52 < len(f"{name}-materialize")
     cronjob = wait_for(lambda: kube.get(*CRONJOB, expected, namespace), 30, what="the CronJob")
     assert cronjob["spec"]["schedule"] == "*/15 * * * *"
+
+
+def test_a_view_deleted_while_no_operator_ran_is_swept_by_the_next_one(
+    kube: Kube, operator: OperatorProcess, namespace: str, fraud_build: Path, store: FeatureStore
+) -> None:
+    """The only way to find such a view is the registry. An operator with no FeatureView does
+    not load Feast for it: it sweeps once in a short-lived process (rtml.operator.sweep)."""
+    name = f"gone-{namespace}"
+    kube.create(named(fraud_view(fraud_build), name, namespace))
+    wait_registered(kube, name, namespace)
+
+    def only_this_view() -> bool:  # earlier tests' namespaces may still be going
+        views = kube.res(*FV).get().items
+        return [(v.metadata.namespace, v.metadata.name) for v in views] == [(namespace, name)]
+
+    wait_for(only_this_view, 120, 1, "the other tests' FeatureViews to be gone")
+    operator.stop()
+    try:
+        kube.delete(*FV, name, namespace)
+        wait_for(lambda: kube.get(*FV, name, namespace) is None, 10, what="the view to go")
+        assert registered(store, name) is not None  # nobody removed it: no operator ran
+        logged = operator.log_path.stat().st_size
+    finally:
+        operator.start()
+    wait_for(lambda: registered(store, name) is None, 60, what="the sweep to remove it")
+
+    def child_swept() -> bool:
+        with operator.log_path.open("rb") as f:
+            f.seek(logged)
+            return b'"message": "Feast registry swept"' in f.read()
+
+    # Said only by `rtml feast-sweep`: the sweep ran in a process of its own.
+    wait_for(child_swept, 30, what="the short-lived sweep's log line")

@@ -51,6 +51,7 @@ from rtml.operator.reconcile import APPLIED, KSERVE, SIGNATURES, reconcile_model
 from rtml.operator.render.meta import MODEL_LABEL
 from rtml.operator.settings import OperatorSettings
 from rtml.operator.shutdown import DrainingExecutor
+from rtml.operator.sweep import SweepUnreachableError, feast_loaded, sweep_in_child, sweep_where
 from rtml.operator.ticker import Ticker, VisitError
 
 log = logging.getLogger("rtml.operator")
@@ -236,7 +237,7 @@ def _tickers(
             Ticker(
                 "feast-sweep",
                 resync_every,
-                lambda _registry: sweep_feast_registry(memo),
+                lambda _registry: sweep_feast_registry(memo, featureviews),
                 initial_delay=resync_every,
                 backoff_cap=cap,
             ),
@@ -597,15 +598,28 @@ def resync_feature_view(memo: kopf.Memo, view: Ref) -> None:
         _materialize_requested(live, memo)
 
 
-def sweep_feast_registry(memo: kopf.Memo) -> None:
-    """The "feast-sweep" Ticker: views of FeatureViews deleted without the operator go."""
+_swept = {"since_start": False}
+
+
+def sweep_feast_registry(memo: kopf.Memo, featureviews: kopf.Index[str, Ref]) -> None:
+    """The "feast-sweep" Ticker: views of FeatureViews deleted without the operator go. In this
+    process only when Feast is here anyway (rtml.operator.sweep)."""
+    where = sweep_where(bool(_refs(featureviews)), feast_loaded(), _swept["since_start"])
+    if where == "none":
+        return
     try:
         with METRICS.reconciling("FeastRegistry"):
-            sweep_registry(memo["client"], SETTINGS.feast)
+            if where == "here":
+                sweep_registry(memo["client"], SETTINGS.feast)
+            else:
+                sweep_in_child(memo.get("kubeconfig"))
+    except SweepUnreachableError as e:
+        raise VisitError(str(e)) from e
     except Exception as e:
         if not is_unreachable(e):
             raise
         raise VisitError(f"the Feast registry sweep could not reach the registry: {e}") from e
+    _swept["since_start"] = True
 
 
 @kopf.on.event(*FEATUREVIEWS, id="featureview-dependents")
