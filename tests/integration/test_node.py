@@ -545,10 +545,20 @@ def test_spec_stream_runs_consumer_pods_that_score_events_into_the_output_stream
     assert 0.0 <= float(result["score"]) <= 1.0
     pending = client.xpending("rtml:streamed:events", "rtml-streamed")
     assert pending["pending"] == 0  # acknowledged after publishing
+
+    def stream_ready() -> dict[str, Any] | None:
+        cond = condition(chain.get("rmodel", "streamed"), "StreamReady")
+        return cond if cond.get("status") == "True" else None
+
+    cond = chain.wait("the Model's StreamReady condition", stream_ready, 60)
+    assert (cond["reason"], cond["message"]) == (
+        "ConsumersAvailable", "1 of 1 stream consumers available"), cond  # fmt: skip
     del model["spec"]["stream"]
     apply(chain.plane, model)
     gone = lambda: not _exists(chain, "deploy", "streamed-stream")  # noqa: E731
     chain.wait("streamed-stream to be pruned", gone, 120)
+    no_stream = lambda: not condition(chain.get("rmodel", "streamed"), "StreamReady")  # noqa: E731
+    chain.wait("StreamReady to go with spec.stream", no_stream, 60)
     retire(chain, "streamed")
 
 

@@ -467,3 +467,49 @@ def test_the_artifacts_an_experiment_or_a_kept_champion_load_unverified_are_name
     obs = Observed(deployment=deployment(), artifact=artifact_condition([]))
     s = compute_model_status(spec, obs, None, CTX, NOW)  # what the operator computed wins
     assert cond(s, "ArtifactUnverified")["status"] == "False"
+
+
+STUCK = {
+    "type": "Progressing",
+    "status": "False",
+    "reason": "ProgressDeadlineExceeded",
+    "message": 'ReplicaSet "fraud-stream-5c8" has timed out progressing.',
+}
+
+
+@pytest.mark.parametrize(
+    ("stream_deploy", "expected"),
+    [
+        (None, ("Unknown", "ConsumersNotCreated", "does not exist yet")),
+        (deployment(available=2, updated=2), ("True", "ConsumersAvailable", "2 of 2 stream")),
+        (deployment(gen=2, observed=1), ("False", "ConsumersUnavailable", "2 of 2")),  # stale
+        (
+            deployment(available=1, conditions=[STUCK]),
+            ("False", "ConsumersUnavailable", "1 of 2 stream consumers available: ReplicaSet"),
+        ),
+    ],
+)
+def test_stream_ready_says_whether_every_consumer_runs(
+    stream_deploy: dict | None, expected: tuple[str, str, str]
+) -> None:
+    m = model(stream={"replicas": 2})
+    obs = Observed(deployment=deployment(), stream_deployment=stream_deploy)
+    status = compute_model_status(m, obs, None, CTX, NOW)
+    cond = get_condition(status["conditions"], "StreamReady")
+    assert cond is not None
+    assert (cond["status"], cond["reason"]) == expected[:2]
+    assert expected[2] in cond["message"]
+    # The predictor answers: Ready is its, whatever the consumers do.
+    assert get_condition(status["conditions"], "Ready")["status"] == "True"
+
+
+def test_no_stream_ready_without_spec_stream_and_it_goes_with_it() -> None:
+    with_stream = compute_model_status(
+        model(stream={}), Observed(deployment=deployment(), stream_deployment=deployment()),
+        None, CTX, NOW,
+    )  # fmt: skip
+    assert get_condition(with_stream["conditions"], "StreamReady") is not None
+    without = compute_model_status(
+        model(), Observed(deployment=deployment()), with_stream, CTX, NOW
+    )
+    assert get_condition(without["conditions"], "StreamReady") is None

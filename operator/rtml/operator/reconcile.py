@@ -27,6 +27,7 @@ from rtml.operator.errors import (
 from rtml.operator.render.context import RenderContext
 from rtml.operator.render.meta import selector_labels
 from rtml.operator.render.model import OWNED_KINDS, render_model_children
+from rtml.operator.render.stream import stream_deployment_name
 from rtml.operator.rollout import experiments_of, holder, plan_of, serving
 from rtml.operator.signature import SignatureCache, check_model_signature
 from rtml.operator.status import (
@@ -179,6 +180,9 @@ def reconcile_model(
         experiment=_running(holding),
         canary=serve.canary,
         artifact=artifact_condition(unverified_artifacts(model, serve.model, holding)),
+        stream_deployment=client.get("apps/v1", "Deployment", ns, stream_deployment_name(model))
+        if model.spec.stream is not None
+        else None,
     )
     status = compute_model_status(serve.model, observed, previous, ctx, now)
     _track_champion(status, serve.model, previous, holding)

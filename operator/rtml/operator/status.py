@@ -46,6 +46,8 @@ class Observed:
     # The Experiment holding the Model's traffic while one runs: (name, its last verdict).
     experiment: tuple[str, str] | None = None
     canary: Canary | None = None
+    # The stream consumers' Deployment (spec.stream; None: not there, or no spec.stream).
+    stream_deployment: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -310,6 +312,38 @@ def _work_under_way(obs: Observed, reconciling: bool, stalled: bool, rolling: st
     return Cond("Reconciling", "False", "Settled", "no work under way")
 
 
+def stream_condition(model: Model, deploy: dict[str, Any] | None) -> Cond | None:
+    """StreamReady, only for a Model with spec.stream: whether every `rtml stream` consumer
+    runs (rtml.operator.render.stream). Not rolled into Ready, which says whether the Model
+    answers requests: the consumers are workers beside the predictor, and a Model with
+    broken consumers still serves its callers."""
+    stream = model.spec.stream
+    if stream is None:
+        return None
+    if deploy is None:
+        return Cond("StreamReady", "Unknown", "ConsumersNotCreated",
+                    "the stream consumers' Deployment does not exist yet")  # fmt: skip
+    st = deploy.get("status") or {}
+    available = int(st.get("availableReplicas") or 0)
+    updated = int(st.get("updatedReplicas") or 0)
+    current = int(st.get("observedGeneration") or 0) >= int(
+        (deploy.get("metadata") or {}).get("generation") or 0
+    )
+    counted = f"{available} of {stream.replicas} stream consumers available"
+    if current and available >= stream.replicas and updated >= stream.replicas:
+        return Cond("StreamReady", "True", "ConsumersAvailable", counted)
+    why = next(
+        (
+            c.get("message")
+            for c in st.get("conditions") or []
+            if c.get("status") == "False" and c.get("message")
+        ),
+        None,
+    )
+    return Cond("StreamReady", "False", "ConsumersUnavailable",
+                f"{counted}: {why}" if why else counted)  # fmt: skip
+
+
 def compute_model_status(
     model: Model,
     obs: Observed,
@@ -376,6 +410,9 @@ def compute_model_status(
         blocked = Cond("Stalled", "False", "NotStalled", "nothing blocks progress")
     artifact = obs.artifact or artifact_condition(unverified_artifacts(model))
     conds = [features, r.rolled_out, ready, working, blocked, artifact]
+    stream = stream_condition(model, obs.stream_deployment)
+    if stream is not None:
+        conds.append(stream)
     generation = model.metadata.generation
     active = model.spec.version if r.rolled_out.status == "True" else previous.get("activeVersion")
     status: dict[str, Any] = {
