@@ -112,9 +112,10 @@ class CpuTimes:
     total: float
 
 
-def cpu_times(cpu: int) -> CpuTimes:
+def cpu_times(cpu: int | None) -> CpuTimes:
+    """CPU CPU's times from /proc/stat; None: the whole machine's (every CPU summed)."""
     for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{cpu} "):
+        if line.startswith(f"cpu{'' if cpu is None else cpu} "):
             v = [int(x) / CLK_TCK for x in line.split()[1:]]
             user, nice, system, steal = v[0], v[1], v[2], v[7]
             return CpuTimes(user + nice + system, steal, sum(v[:8]))

@@ -32,7 +32,13 @@ from tests.unit.runtime.onnx_fixtures import write_sum_model
 
 from benchlib.audit import OPERATOR_USER, AuditTail, apiserver_flags, audit_policy, summarise
 from benchlib.configs import PYTHONPATH
-from benchlib.procs import free_port, load_average
+from benchlib.procs import (
+    cpu_times,
+    free_port,
+    harness_cpu_seconds,
+    load_average,
+    tree_cpu_seconds,
+)
 from rtml.dev import certs
 from rtml.dev.cluster import LocalControlPlane
 from rtml.dev.kubeconfig import write_kubeconfig
@@ -438,7 +444,7 @@ def run_scale(
             models.start()
             deployments.start()
             bench = Bench(n, resync_seconds or 60.0, op, audit, kube, models, deployments,
-                          result, log)  # fmt: skip
+                          result, log, plane)  # fmt: skip
             bench.rollout(api, bodies, timeout)
             bench.noop_resync(bench.quiet(), resync_seconds is not None, timeout)
             bench.sigterm()
@@ -466,10 +472,19 @@ class Bench:
     deployments: Informer
     result: dict[str, Any]
     log: Log
+    plane: LocalControlPlane
+
+    def cpu_census(self) -> dict[str, float]:
+        """CPU seconds so far of each process that shares the machine during a run."""
+        spent = {p.name: tree_cpu_seconds(p.pid) for p in self.plane.processes}
+        spent["operator"] = tree_cpu_seconds(self.op.pid)  # with a live `rtml feast-sweep`
+        spent["harness"] = harness_cpu_seconds()
+        return spent
 
     def rollout(self, api: Any, bodies: list[dict[str, Any]], timeout: float) -> None:
         """N Models at once, then wait until every one shows the operator's settled status."""
         n, result = self.n, self.result
+        cpu_before, machine_before = self.cpu_census(), cpu_times(None)
         began = time.time()
         create_models(api, bodies)
         result["create_s"] = round(time.time() - began, 2)
@@ -494,6 +509,17 @@ class Bench:
         result["done_at_end"] = p.settled
         result["ready_reasons"] = dict(p.reasons)
         result["operator_cpu_s_at_done"] = round(self.op.cpu_seconds(), 1)
+        cpu_after, machine_after = self.cpu_census(), cpu_times(None)
+        # Who used the CPUs between the first create and "every Model done" (or the timeout):
+        # the wall time is only the operator's to the extent the CPUs were free for it.
+        result["rollout_cpu_s"] = {
+            name: round(spent - cpu_before.get(name, 0.0), 1) for name, spent in cpu_after.items()
+        }
+        result["rollout_machine_cpu_s"] = {
+            "busy": round(machine_after.busy - machine_before.busy, 1),
+            "steal": round(machine_after.steal - machine_before.steal, 1),
+            "total": round(machine_after.total - machine_before.total, 1),
+        }
         self.audit.poll()
         done = settled_at or time.time()
         rollout = summarise(self.audit.between(self.op.started_at, done))

@@ -100,6 +100,8 @@ def write_scale_md(result: dict[str, Any], path: Path, json_path: Path) -> Path:
             + f", exit code {term.get('exit_code')}.",
             "",
         ]
+        if r.get("rollout_cpu_s"):
+            lines += [_cpu_line(i, r), ""]
     lines += [f"- {note}" for note in result.get("notes", [])]
     section = "\n".join(lines).rstrip("\n") + "\n"
     text = path.read_text() if path.exists() else "# rtml benchmarks\n"
@@ -108,3 +110,20 @@ def write_scale_md(result: dict[str, Any], path: Path, json_path: Path) -> Path:
     else:
         path.write_text(text.rstrip("\n") + "\n\n" + section)
     return path
+
+
+def _cpu_line(i: int, run: dict[str, Any]) -> str:
+    """Who used the CPUs from the first create until every Model was done."""
+    spent = run["rollout_cpu_s"]
+    machine = run.get("rollout_machine_cpu_s") or {}
+    total = machine.get("total") or 0.0
+    share = (lambda v: f" ({100 * v / total:.0f}%)") if total else (lambda _v: "")
+    by_process = ", ".join(
+        f"{name} {value:,.1f} s" for name, value in sorted(spent.items(), key=lambda kv: -kv[1])
+    )
+    return (
+        f"Run {i}: CPU time from the first create until every Model was done, by process: "
+        f"{by_process}; the machine's CPUs together: {total:,.1f} s, of which busy "
+        f"{machine.get('busy', 0.0):,.1f} s{share(machine.get('busy', 0.0))} and stolen by the "
+        f"hypervisor {machine.get('steal', 0.0):,.1f} s{share(machine.get('steal', 0.0))}."
+    )

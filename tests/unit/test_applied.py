@@ -95,6 +95,20 @@ def test_pruning_is_repeated_only_when_the_set_of_children_changes() -> None:
     assert not applied.pruned("m2", [deployment(), hpa])
 
 
+def test_a_deleted_child_forgets_its_models_pruning() -> None:
+    """A child deleted (by hand, or by the garbage collector after its Model was deleted):
+    the Model's next reconcile lists its children again, and a deleted Model leaves no entry."""
+    applied = Applied()
+    applied.mark_pruned("m1", [deployment()])
+    applied.mark_pruned("m2", [deployment()])
+    owned = {"ownerReferences": [{"kind": "Model", "name": "fraud", "uid": "m1"}]}
+    gone = live({**deployment(), "metadata": {**deployment()["metadata"], **owned}}, 9)
+    assert not applied.observe(gone, deleted=True)
+    assert not applied.pruned("m1", [deployment()])
+    assert applied.pruned("m2", [deployment()])  # another Model's children are not touched
+    assert "m1" not in applied._pruned
+
+
 def test_an_annotation_a_kubernetes_controller_adds_is_not_a_change() -> None:
     applied = Applied()
     applied.record(deployment(), live(deployment(), 10))  # the create's answer: no revision yet

@@ -145,6 +145,10 @@ class Applied:
             if deleted:
                 self._seen.pop(key, None)
                 self._applied.pop(key, None)
+                # A child gone (by hand, or by the garbage collector after its Model): its
+                # Model's next reconcile lists what is left, and a deleted Model's entry goes.
+                for owner in (obj.get("metadata") or {}).get("ownerReferences") or ():
+                    self._pruned.pop(str(owner.get("uid", "")), None)
                 return False
             version = _version(obj)
             if version is None:

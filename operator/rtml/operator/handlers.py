@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any, NamedTuple
@@ -44,6 +42,7 @@ from rtml.operator.featureview import (
     sweep_registry,
     unregister_feature_view,
 )
+from rtml.operator.keyedlocks import KeyedLocks
 from rtml.operator.kopf_compat import observe_watch_streams
 from rtml.operator.liveness import WatchActivity, silent_streams, watch_problem
 from rtml.operator.metrics import METRICS
@@ -56,7 +55,7 @@ from rtml.operator.ticker import Ticker, VisitError
 
 log = logging.getLogger("rtml.operator")
 SETTINGS = OperatorSettings.load()  # once per process; run_operator reports a bad value
-_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+_locks = KeyedLocks()  # per object; an entry lives only while in use (rtml.operator.keyedlocks)
 _queued = Coalescer()  # child events: one queued reconcile per Model (rtml.operator.coalesce)
 _heartbeat = {"executor": time.monotonic()}
 _watch = WatchActivity()
