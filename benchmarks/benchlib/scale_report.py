@@ -117,13 +117,16 @@ def _cpu_line(i: int, run: dict[str, Any]) -> str:
     spent = run["rollout_cpu_s"]
     machine = run.get("rollout_machine_cpu_s") or {}
     total = machine.get("total") or 0.0
-    share = (lambda v: f" ({100 * v / total:.0f}%)") if total else (lambda _v: "")
+
+    def seconds(key: str) -> str:
+        value = machine.get(key) or 0.0
+        return f"{value:,.1f} s" + (f" ({100 * value / total:.0f}%)" if total else "")
+
     by_process = ", ".join(
         f"{name} {value:,.1f} s" for name, value in sorted(spent.items(), key=lambda kv: -kv[1])
     )
     return (
         f"Run {i}: CPU time from the first create until every Model was done, by process: "
         f"{by_process}; the machine's CPUs together: {total:,.1f} s, of which busy "
-        f"{machine.get('busy', 0.0):,.1f} s{share(machine.get('busy', 0.0))} and stolen by the "
-        f"hypervisor {machine.get('steal', 0.0):,.1f} s{share(machine.get('steal', 0.0))}."
+        f"{seconds('busy')} and stolen by the hypervisor {seconds('steal')}."
     )
