@@ -37,6 +37,7 @@ import pandas as pd
 import pytest
 import redis
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from rtml.dev.addons import start_prometheus_adapter
 from rtml.dev.cluster import LocalControlPlane
@@ -46,6 +47,7 @@ from rtml.dev.nodeconfig import BRIDGE, BRIDGE_IP, CGROUP_ROOT, POD_CIDR
 from rtml.dev.postgres import PostgresServer
 from rtml.dev.stack import CONTAINER_SECURITY, POD_SECURITY, Stack, helm_install
 from rtml.dev.tools import ensure_node_tools, ensure_tools
+from rtml.operator.render.container import PRESTOP_SLEEP_SECONDS
 from tests.kube import REPO, condition, wait_for
 from tests.prometheus import (
     PodDiscoveryBridge,
@@ -1176,6 +1178,59 @@ def replicas(chain: Chain, name: str) -> int:
     )
 
 
+def endpoint_programming(plane: LocalControlPlane) -> dict[str, Any]:
+    """kube-proxy's own histogram of how long an endpoint change (a pod gone or unready) took to
+    reach the service rules: what the runtime's preStop sleep has to outlast."""
+    assert plane.node is not None
+    assert plane.node.proxy_metrics_url
+    with urllib.request.urlopen(plane.node.proxy_metrics_url, timeout=10) as r:  # noqa: S310 - loopback
+        text = r.read().decode()
+    buckets = {
+        float(s.labels["le"]): int(s.value)
+        for family in text_string_to_metric_families(text)
+        if family.name == "kubeproxy_network_programming_duration_seconds"
+        for s in family.samples
+        if s.name.endswith("_bucket")
+    }
+    changes = buckets.get(float("inf"), 0)
+    slowest = min((le for le, n in buckets.items() if n == changes), default=0.0)
+    return {
+        "changes": changes,
+        "over_prestop_sleep": changes
+        - max((n for le, n in buckets.items() if le <= PRESTOP_SLEEP_SECONDS), default=0),
+        "slowest_within_s": slowest,
+    }
+
+
+def scaling_failure_report(
+    chain: Chain,
+    failures: dict[str, list[tuple[float, int, str]]],
+    started: float,
+    stopped: float,
+    names: dict[str, str],
+) -> str:
+    """Failed light requests placed in the ramp (seconds after the heavy load began and after it
+    stopped) beside what the cluster recorded: restarts, probe failures, kills."""
+    lines = ["light requests failed:"]
+    for m, rows in failures.items():
+        for at, code, what in rows:
+            lines.append(
+                f"  {m}: {what} (status {code}) at {at - started:+.1f} s from the heavy load,"
+                f" {at - stopped:+.1f} s from its end"
+            )
+    for name in names.values():
+        for pod in chain.model_pods(name):
+            for c in pod.get("status", {}).get("containerStatuses", []):
+                lines.append(
+                    f"  pod {pod['metadata']['name']}: restarts {c.get('restartCount')},"
+                    f" last state {json.dumps(c.get('lastState', {}))}"
+                )
+    lines.append(f"  endpoint changes in kube-proxy: {endpoint_programming(chain.plane)}")
+    events = kubectl(chain.plane, "-n", TENANT, "get", "events", "--sort-by=.lastTimestamp")
+    lines += ["events:", *[f"  {e}" for e in events.splitlines() if "scale-" in e]]
+    return "\n".join(lines)
+
+
 @pytest.mark.timeout(1200)
 def test_models_scale_out_under_load_and_back_in_after_it(
     chain: Chain, custom_metrics: LocalControlPlane, tmp_path: Path
@@ -1235,9 +1290,11 @@ def test_models_scale_out_under_load_and_back_in_after_it(
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "autoscaling.json").write_text(json.dumps(
         {"timings": timings, "heavy": heavy,
-         "light": {m: len(load.results) for m, load in light.items()}}, indent=1))  # fmt: skip
-    for m, load in light.items():
-        assert [r for r in load.results if r[1] != 200] == [], m
+         "light": {m: len(load.results) for m, load in light.items()},
+         "endpoint_programming": endpoint_programming(chain.plane)}, indent=1))  # fmt: skip
+    failures = {m: [r for r in load.results if r[1] != 200] for m, load in light.items()}
+    if any(failures.values()):
+        pytest.fail(scaling_failure_report(chain, failures, started, stopped, names))
     for key, summary in heavy.items():
         assert summary["requests"] > 0, key
         failed = {k: n for k, n in summary.items() if k != "requests" and n}

@@ -97,6 +97,7 @@ class LocalNode:
         self.certs = cert_files
         self.server = server  # the API server as the node's processes reach it
         self.pki = workdir / "node" / "pki"
+        self.proxy_metrics_url = ""  # kube-proxy's /metrics on loopback, once it runs
 
     # -- host state -------------------------------------------------------------------------------
     @property
@@ -233,10 +234,11 @@ class LocalNode:
 
         wait("the kubelet to register a Ready node", node_ready, kubelet)
         proxy_config = self.paths.root / "kube-proxy.yaml"
-        healthz = free_port()
+        healthz, metrics = free_port(), free_port()
         proxy_config.write_text(
-            yaml.safe_dump(kube_proxy_config(self.proxy_kubeconfig, healthz, free_port()))
+            yaml.safe_dump(kube_proxy_config(self.proxy_kubeconfig, healthz, metrics))
         )
+        self.proxy_metrics_url = f"http://127.0.0.1:{metrics}/metrics"
         proxy = launch(
             "kube-proxy", [str(self.paths.bin_dir / "kube-proxy"), f"--config={proxy_config}"], None
         )

@@ -101,7 +101,11 @@ def own_env(model: Model) -> list[dict[str, Any]]:
     return [{"name": e.name, "value": e.value} for e in model.spec.runtime.env]
 
 
-PRESTOP_SLEEP_SECONDS = 5
+# How long a terminating runtime keeps serving before SIGTERM: kube-proxy has to have dropped
+# its endpoint by then. On the 2-core CI node kube-proxy took up to 4-5 s for 1 in 30 endpoint
+# changes during the autoscaling test, and a 5 s sleep lost one request in a CI run: 10 s is
+# twice the slowest seen, and leaves 20 s of the pod's 30 s grace for the drain.
+PRESTOP_SLEEP_SECONDS = 10
 
 
 def render_runtime_container(
@@ -145,7 +149,7 @@ def render_runtime_container(
             "terminationGracePeriodSeconds": 10,
         },
         # Endpoints and kube-proxy learn of a terminating pod a moment after the kubelet does:
-        # keep serving for 5 s before SIGTERM so no request is routed to a closed port.
+        # keep serving a while before SIGTERM so no request is routed to a closed port.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         # A runtime that exits on an error (a digest mismatch, a bad config) has the kubelet
         # put its log tail into lastState.terminated.message, where the operator reads why.
