@@ -93,16 +93,18 @@ def tree_rss(root: int) -> tuple[int, list[dict[str, object]]]:
     return sum(int(str(p["rss_kib"])) for p in procs), procs
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds consumed so far by one process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15 of stat)
+
+
 def tree_cpu_seconds(root: int) -> float:
     """User + system CPU seconds consumed so far by ROOT's live process tree."""
-    total = 0
-    for pid in process_tree(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
-    return total / CLK_TCK
+    return sum(cpu_seconds(pid) for pid in process_tree(root))
 
 
 @dataclass(frozen=True)

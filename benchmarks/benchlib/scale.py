@@ -33,6 +33,7 @@ from tests.unit.runtime.onnx_fixtures import write_sum_model
 from benchlib.audit import OPERATOR_USER, AuditTail, apiserver_flags, audit_policy, summarise
 from benchlib.configs import PYTHONPATH
 from benchlib.procs import (
+    cpu_seconds,
     cpu_times,
     free_port,
     harness_cpu_seconds,
@@ -240,11 +241,7 @@ class OperatorRun:
         return 0
 
     def cpu_seconds(self) -> float:
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.pid)
 
     def _sample(self) -> None:
         while not self._stop_sampling.wait(1.0):
