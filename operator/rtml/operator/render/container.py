@@ -103,8 +103,9 @@ def own_env(model: Model) -> list[dict[str, Any]]:
 
 # How long a terminating runtime keeps serving before SIGTERM: kube-proxy has to have dropped
 # its endpoint by then. On the 2-core CI node kube-proxy took up to 4-5 s for 1 in 30 endpoint
-# changes during the autoscaling test, and a 5 s sleep lost one request in a CI run: 10 s is
-# twice the slowest seen, and leaves 20 s of the pod's 30 s grace for the drain.
+# changes during the autoscaling test, and with 5 s a CI run of that test had one request
+# refused (when in the ramp was not recorded then; the test says now). 10 s is twice the slowest
+# seen, and leaves 20 s of the pod's 30 s grace for the drain.
 PRESTOP_SLEEP_SECONDS = 10
 
 
