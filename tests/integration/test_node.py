@@ -1208,6 +1208,7 @@ def scaling_failure_report(
     started: float,
     stopped: float,
     names: dict[str, str],
+    programming: dict[str, Any],
 ) -> str:
     """Failed light requests placed in the ramp (seconds after the heavy load began and after it
     stopped) beside what the cluster recorded: restarts, probe failures, kills."""
@@ -1225,7 +1226,7 @@ def scaling_failure_report(
                     f"  pod {pod['metadata']['name']}: restarts {c.get('restartCount')},"
                     f" last state {json.dumps(c.get('lastState', {}))}"
                 )
-    lines.append(f"  endpoint changes in kube-proxy: {endpoint_programming(chain.plane)}")
+    lines.append(f"  endpoint changes in kube-proxy: {programming}")
     events = kubectl(chain.plane, "-n", TENANT, "get", "events", "--sort-by=.lastTimestamp")
     lines += ["events:", *[f"  {e}" for e in events.splitlines() if "scale-" in e]]
     return "\n".join(lines)
@@ -1287,14 +1288,15 @@ def test_models_scale_out_under_load_and_back_in_after_it(
     finally:
         for load in light.values():
             load.__exit__(None, None, None)
+    programming = endpoint_programming(chain.plane)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "autoscaling.json").write_text(json.dumps(
         {"timings": timings, "heavy": heavy,
          "light": {m: len(load.results) for m, load in light.items()},
-         "endpoint_programming": endpoint_programming(chain.plane)}, indent=1))  # fmt: skip
+         "endpoint_programming": programming}, indent=1))  # fmt: skip
     failures = {m: [r for r in load.results if r[1] != 200] for m, load in light.items()}
     if any(failures.values()):
-        pytest.fail(scaling_failure_report(chain, failures, started, stopped, names))
+        pytest.fail(scaling_failure_report(chain, failures, started, stopped, names, programming))
     for key, summary in heavy.items():
         assert summary["requests"] > 0, key
         failed = {k: n for k, n in summary.items() if k != "requests" and n}

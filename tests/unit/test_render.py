@@ -73,7 +73,7 @@ def test_deployment_is_restricted_and_probes_oip_health() -> None:
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     # Serving goes on while the endpoint is withdrawn, and less than the pod's whole grace.
     assert c["lifecycle"]["preStop"] == {"sleep": {"seconds": 10}}
-    assert pod["terminationGracePeriodSeconds"] > 5
+    assert pod["terminationGracePeriodSeconds"] > c["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert c["livenessProbe"]["terminationGracePeriodSeconds"] == 10
     # A contended node answers slowly: probes wait longer than the 1 s default before failing.
     assert (c["readinessProbe"]["timeoutSeconds"], c["livenessProbe"]["timeoutSeconds"]) == (3, 5)
