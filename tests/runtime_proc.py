@@ -223,16 +223,14 @@ class RuntimeProcess:
         raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         return self.request("POST", path, raw)
 
-    def metric(self, name: str, **labels: str) -> float | None:
+    def scrape(self) -> str:
+        """One answer of /metrics: values read from it agree with each other."""
         req = urllib.request.Request(self.base + "/metrics")
         with urllib.request.urlopen(req, timeout=10) as r:
-            text = r.read().decode()
-        for line in text.splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-        return None
+            return r.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return sample(self.scrape(), name, **labels)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -242,6 +240,16 @@ class RuntimeProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the first sample `name` with `labels` in a /metrics answer; None without."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 def _json(raw: bytes) -> dict[str, Any]:
