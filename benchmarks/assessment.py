@@ -37,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,19 +57,27 @@ from benchlib.fixture import (  # noqa: E402
     register_features,
     start_redis,
 )
+from benchlib.interleave import (  # noqa: E402
+    interleave,
+    round_pairs,
+    round_values,
+    saturation_by_round,
+    spread,
+)
 from benchlib.machine import machine_facts  # noqa: E402
 from benchlib.measure import (  # noqa: E402
-    SATURATION,
+    Measured,
     ServerError,
+    failed,
+    finish,
     first_body,
-    loaded_run,
+    prepare,
     rtml_counters,
-    wait_for_quiet,
-    wait_ready,
-    wrk_script,
+    start,
+    stop,
 )
-from benchlib.procs import LOAD_CPU, Server, free_port, load_average  # noqa: E402
-from benchlib.wrk import LoadError, run_wrk  # noqa: E402
+from benchlib.procs import LOAD_CPU, Server  # noqa: E402
+from benchlib.wrk import LoadError  # noqa: E402
 
 RESULTS = HERE / "results"
 SECTION = "## Fraud assessment"
@@ -162,55 +171,68 @@ def audit_check(base_url: str, audit_url: str) -> dict[str, Any]:
     return out
 
 
-def measure_server(
-    config: ServerConfig,
-    fixture: Fixture,
-    duration_s: float,
+def measure_run(
+    servers: list[tuple[str, ServerConfig, Fixture]],
+    args: argparse.Namespace,
     work_dir: Path,
-    audit: tuple[str, int] | None,
-    stall_requests: int,
-) -> dict[str, Any]:
-    """benchlib.measure.measure's steps for one server, plus the detector's audit check and,
-    when `stall_requests`, the stalled-audit phases (before the server stops)."""
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    script = wrk_script(config, fixture, work_dir)
-    server = config.server(fixture, port, work_dir, Path(sys.executable))
-    out: dict[str, Any] = {"waited_for_quiet_s": wait_for_quiet(log)}
-    out["load_before"] = load_average()
-    if audit is not None:
-        delete_stream(audit[0], AUDIT_STREAM)
+    audit: tuple[str, int],
+    stall: bool,
+) -> dict[str, dict[str, Any]]:
+    """One run: every server started, then each step of `--duration` per server as
+    `--rounds` slices, the servers loaded in turn (benchlib/interleave.py); then the detector's
+    audit check and, with `stall`, the stalled-audit phases (before the servers stop)."""
+    delete_stream(audit[0], AUDIT_STREAM)
+    measured = [
+        prepare(config, fx, work_dir, Path(sys.executable), log, quiet=i == 0)
+        for i, (_, config, fx) in enumerate(servers)
+    ]
+    keys = [key for key, _, _ in servers]
+    started: list[Measured] = []
     try:
-        server.start()
-        ready_s, answer = wait_ready(
-            server, base_url + config.url_path, first_body(config, fixture)
-        )
-        out["ready_s"] = round(ready_s, 3)
-        if answer.get("degraded"):
-            raise ServerError(f"{config.key} answered from defaults (degraded): {answer}")
-        run_wrk(base_url, script, 4, 2.0)
-        time.sleep(2)
-        before = rtml_counters(base_url)
-        for c in CONCURRENCY:
-            out[f"c{c}"] = loaded_run(
-                server, base_url, script, c, duration_s, fixture.redis_pid, log
+        for m, (_, _, fx) in zip(measured, servers, strict=True):
+            try:
+                start(m, fx)
+                started.append(m)
+            except (ServerError, LoadError, OSError) as e:
+                failed(m, e, log)
+        try:
+            interleave(
+                started,
+                CONCURRENCY,
+                args.rounds,
+                args.duration / args.rounds,
+                servers[0][2].redis_pid,
+                log,
             )
-            time.sleep(1)
-        after = rtml_counters(base_url)
-        out["counters"] = {k: v - before.get(k, 0.0) for k, v in after.items()}
-        out["saturation_rps"] = max(out[f"c{c}"]["rps"] for c in SATURATION)
-        if audit is not None:
-            out["audit"] = audit_check(base_url, audit[0])
-            if stall_requests:
-                body = json.loads(first_body(config, fixture))
-                out["stall"] = measure_stall(base_url, audit[1], body, stall_requests)
-    except (ServerError, LoadError, OSError) as e:
-        out["error"] = str(e)
-        log(f"  !! {config.key} FAILED: {e}\n  log: {server.log_path}\n{server.log_tail(15)}")
+            for m in started:
+                finish(m)
+            detector = measured[keys.index("detector")]
+            if detector in started:
+                detector.out["audit"] = audit_check(detector.base_url, audit[0])
+                if stall:
+                    body = json.loads(first_body(detector.config, servers[0][2]))
+                    detector.out["stall"] = measure_stall(
+                        detector.base_url, audit[1], body, args.stall_requests
+                    )
+        except (ServerError, LoadError, OSError) as e:
+            for m in started:
+                failed(m, e, log)
     finally:
-        server.stop()
-        out["load_after"] = load_average()
-    return out
+        for m in measured:
+            stop(m)
+    return {key: m.out for key, m in zip(keys, measured, strict=True)}
+
+
+def by_round(
+    runs: dict[str, list[dict[str, Any]]],
+    key: str,
+    values: Callable[[dict[str, Any]], dict[int, float]],
+    how: Callable[[float, float], float],
+) -> dict[str, float] | None:
+    """how(single's, KEY's) per round of every run (interleaved: the same few seconds), as a
+    median and quartiles."""
+    pairs = round_pairs(runs["single"], runs[key], values)
+    return spread([how(b, o) for b, o in pairs]) if pairs else None
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -230,18 +252,34 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             ),
         }
     s, d = med["single"], med["detector"]
-    extra_p50 = d["c1_p50_ms"] - s["c1_p50_ms"]
-    extra_p99 = d["c1_p99_ms"] - s["c1_p99_ms"]
-    sat = d["saturation_rps"] / s["saturation_rps"]
+
+    def at(step: str, metric: str) -> Callable[[dict[str, Any]], dict[int, float]]:
+        return lambda run: round_values(run, step, metric)
+
+    def judged(q: dict[str, float] | None, over_runs: float) -> float:
+        return q["median"] if q else over_runs  # results taken before interleaving: the latter
+
+    rounds = {
+        "c1_p50_extra_ms": by_round(runs, "detector", at("c1", "p50_ms"), lambda b, o: o - b),
+        "c1_p99_extra_ms": by_round(runs, "detector", at("c1", "p99_ms"), lambda b, o: o - b),
+        "saturation_ratio": by_round(runs, "detector", saturation_by_round, lambda b, o: o / b),
+    }
+    # Judged by the medians over rounds (each round: the two servers a few seconds apart);
+    # the medians over runs are in the table beside them.
+    extra_p50 = judged(rounds["c1_p50_extra_ms"], d["c1_p50_ms"] - s["c1_p50_ms"])
+    extra_p99 = judged(rounds["c1_p99_extra_ms"], d["c1_p99_ms"] - s["c1_p99_ms"])
+    sat = judged(rounds["saturation_ratio"], d["saturation_rps"] / s["saturation_rps"])
     audited = [r["audit"] for r in runs["detector"] if "audit" in r]
     return {
         "medians": med,
         "ratios": {
             "c1_p50": d["c1_p50_ms"] / s["c1_p50_ms"],
             "c1_p99": d["c1_p99_ms"] / s["c1_p99_ms"],
-            "saturation": sat,
+            "saturation": d["saturation_rps"] / s["saturation_rps"],
+            "saturation_by_round": sat,
         },
         "extra_ms": {"c1_p50": extra_p50, "c1_p99": extra_p99},
+        "by_round": rounds,
         "budget": {
             "c1_p50_extra_ms_max": BUDGET_P50_MS,
             "c1_p99_extra_ms_max": BUDGET_P99_MS,
@@ -258,6 +296,16 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def section(report: dict[str, Any]) -> str:
     """The markdown of RESULTS.md's "Fraud assessment" section."""
     summary, med = report["summary"], report["summary"]["medians"]
+    duration = report["args"]["duration"]
+    rounds = report["args"].get("rounds", 1)
+    spread = summary.get("by_round", {})
+
+    def quartiles(key: str, fmt: str) -> str:
+        q = spread.get(key)
+        if not q:
+            return ""
+        return f" (quartiles {fmt.format(q['q1'])} to {fmt.format(q['q3'])} over {q['n']} rounds)"
+
     b, r, x = summary["budget"], summary["ratios"], summary["extra_ms"]
 
     def met(ok: bool) -> str:
@@ -269,12 +317,13 @@ def section(report: dict[str, Any]) -> str:
         "The fraud detector (examples/fraud/detector.yaml: 3 CEL rules, the trees and the",
         "logistic regression as a weighted ensemble, thresholds to a decision, an audit record",
         "per answer in a second Redis) beside the single-model path (examples/fraud/model.yaml",
-        "as `rtml-redis`: same FeatureView, a Redis read per request, L1 cache off), started in",
-        "turn in one run,",
-        "each pinned to CPU 0 (wrk, both Redis and the harness on CPU 1). Medians of",
-        f"{med['single']['runs']} runs ({report['args']['duration']:g} s a step; disturbed steps",
-        f"retried as run.py does: {med['single']['disturbed_steps']} single,",
-        f"{med['detector']['disturbed_steps']} detector still flagged). Taken {report['stamp']}",
+        "as `rtml-redis`: same FeatureView, a Redis read per request, L1 cache off), both",
+        "running in each run, each pinned to CPU 0 (wrk, both Redis and the harness on CPU 1).",
+        f"Each step is {rounds} rounds of {duration / rounds:g} s slices per server, the two",
+        "loaded in turn (benchlib/interleave.py, docs/benchmark-noise.md); the budget is judged",
+        "on the median over every round of every run of the round's difference or ratio",
+        "(the servers a few seconds apart). The table gives medians over",
+        f"{med['single']['runs']} runs of each server's pooled steps. Taken {report['stamp']}",
         f"with `{report['command']}`.",
         "",
         "| server | c=1 p50 ms | c=1 p99 ms | c=16 req/s | c=64 req/s | saturation req/s |",
@@ -295,12 +344,13 @@ def section(report: dict[str, Any]) -> str:
         "Budget for the extra work, stated before measuring (benchmarks/assessment.py,",
         'docs/decisions.md "Cost"):',
         "",
-        f"- c=1 p50 at most +{b['c1_p50_extra_ms_max']} ms: {x['c1_p50']:+.3f} ms, "
-        f"{met(b['c1_p50_met'])};",
-        f"- c=1 p99 at most +{b['c1_p99_extra_ms_max']} ms: {x['c1_p99']:+.3f} ms, "
-        f"{met(b['c1_p99_met'])};",
+        f"- c=1 p50 at most +{b['c1_p50_extra_ms_max']} ms: {x['c1_p50']:+.3f} ms"
+        f"{quartiles('c1_p50_extra_ms', '{:+.3f}')}, {met(b['c1_p50_met'])};",
+        f"- c=1 p99 at most +{b['c1_p99_extra_ms_max']} ms: {x['c1_p99']:+.3f} ms"
+        f"{quartiles('c1_p99_extra_ms', '{:+.3f}')}, {met(b['c1_p99_met'])};",
         f"- saturation at least {b['saturation_ratio_min']}x the single-model path: "
-        f"{r['saturation']:.2f}x, {met(b['saturation_met'])};",
+        f"{r.get('saturation_by_round', r['saturation']):.2f}x"
+        f"{quartiles('saturation_ratio', '{:.2f}x')}, {met(b['saturation_met'])};",
         "- every detector answer has its audit record (stream length = "
         '`rtml_audit_records_total{outcome="written"}` = `rtml_decisions_total`, none dropped '
         f"or failed): {met(b['every_answer_audited'])}.",
@@ -349,6 +399,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs per server; medians are reported")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load per step")
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="each step is this many slices of --duration/ROUNDS s per server, the servers "
+        "loaded in turn (benchlib/interleave.py)",
+    )
+    p.add_argument(
         "--stall-requests", type=int, default=2000, help="c=1 requests per stall phase (0: none)"
     )
     p.add_argument("--no-write", action="store_true", help="leave RESULTS.md as it is")
@@ -394,16 +451,11 @@ def main(argv: list[str] | None = None) -> int:
                     servers.append((key, single, fx))
                     runs[key] = []
             for i in range(args.runs):
-                for key, config, fx in servers:
-                    last = key == "detector" and i == args.runs - 1
-                    result = measure_server(
-                        config,
-                        fx,
-                        args.duration,
-                        root,
-                        (audit_url, audit_redis.pid) if key == "detector" else None,
-                        args.stall_requests if last else 0,
-                    )
+                log(f"run {i + 1}/{args.runs}")
+                last = i == args.runs - 1 and args.stall_requests > 0
+                results = measure_run(servers, args, root, (audit_url, audit_redis.pid), last)
+                for key, result in results.items():
+                    result["run"] = i + 1
                     runs[key].append(result)
                     if "error" not in result:
                         log(

@@ -39,8 +39,19 @@ from benchlib.fixture import (  # noqa: E402
     start_redis,
 )
 from benchlib.floor_report import write_floors_md  # noqa: E402
+from benchlib.interleave import interleave  # noqa: E402
 from benchlib.machine import KSERVE, NOT_USED, control_plane_facts, machine_facts  # noqa: E402
-from benchlib.measure import measure  # noqa: E402
+from benchlib.measure import (  # noqa: E402
+    CONCURRENCY,
+    LoadError,
+    ServerError,
+    failed,
+    finish,
+    measure,
+    prepare,
+    start,
+    stop,
+)
 from benchlib.procs import LOAD_CPU, SERVER_CPU, load_average, pinned  # noqa: E402
 from benchlib.profile import profile_rtml  # noqa: E402
 from benchlib.report import format_row, write_experiments_md, write_results_md  # noqa: E402
@@ -67,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load per step")
     p.add_argument("--quick", action="store_true", help="1 run of 3 s per step: a smoke test")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="experiments: each step is this many slices of --duration/ROUNDS s per server, "
+        "the servers loaded in turn (benchlib/interleave.py)",
+    )
     p.add_argument(
         "--suite",
         choices=sorted([*SUITES, "scale"]),
@@ -221,6 +239,47 @@ def merge(result: dict[str, Any], base: dict[str, Any], args: argparse.Namespace
         packages[KSERVE] = base["machine"]["packages"].get(KSERVE, NOT_USED)
 
 
+def measure_interleaved(
+    args: argparse.Namespace,
+    selected: list[ServerConfig],
+    fixture: Fixture,
+    log_dir: Path,
+    kserve_python: Path,
+) -> dict[str, dict[str, Any]]:
+    """One run of the experiments suite: every server started, then each step of
+    --duration per server as --rounds slices, the servers loaded in turn; their results."""
+    started = []
+    measured = [
+        prepare(c, fixture, log_dir, kserve_python, log, quiet=i == 0)
+        for i, c in enumerate(selected)
+    ]
+    try:
+        for m in measured:
+            try:
+                start(m, fixture)
+                started.append(m)
+            except (ServerError, LoadError) as e:
+                failed(m, e, log)
+        try:
+            interleave(
+                started,
+                CONCURRENCY,
+                args.rounds,
+                args.duration / args.rounds,
+                fixture.redis_pid,
+                log,
+            )
+            for m in started:
+                finish(m)
+        except (ServerError, LoadError) as e:
+            for m in started:
+                failed(m, e, log)
+    finally:
+        for m in measured:
+            stop(m)
+    return {m.config.key: m.out for m in measured}
+
+
 def measure_all(
     args: argparse.Namespace,
     result: dict[str, Any],
@@ -242,6 +301,14 @@ def measure_all(
                 result["floors"] = run_floors(fixture, log_dir)
             for run in range(1, args.runs + 1):
                 log(f"run {run}/{args.runs}")
+                if experiments:
+                    for key, r in measure_interleaved(
+                        args, selected, fixture, log_dir, kserve_python
+                    ).items():
+                        r["run"] = run
+                        result["runs"][key].append(r)
+                        log(format_row(BY_KEY[key], r))
+                    continue
                 for config in selected:
                     r = measure(config, fixture, args.duration, log_dir, kserve_python, log)
                     r["run"] = run
@@ -337,7 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     os.sched_setaffinity(0, {LOAD_CPU})  # the harness itself stays off the server's CPU
     started = time.monotonic()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    command = "python benchmarks/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    # --no-markdown says where the result goes, not how it was measured: a section later written
+    # from the JSON by --report-only shows the command that measures the same again.
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--no-markdown"]
+    command = "python benchmarks/run.py " + shlex.join(given)
     selected: list[ServerConfig] = [BY_KEY[k] for k in args.servers.split(",")]
     RESULTS.mkdir(exist_ok=True)
     log_dir = RESULTS / "logs" / stamp

@@ -6,7 +6,7 @@ import re
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +172,35 @@ def _cpu_snapshot(server_pid: int, redis_pid: int | None) -> dict[str, float]:
     }
 
 
+def timed_wrk(
+    server: Server,
+    base_url: str,
+    script: Path,
+    concurrency: int,
+    duration_s: float,
+    redis_pid: int | None,
+) -> tuple[dict[str, Any], float]:
+    """One wrk run with who else used the CPUs meanwhile: its record, and the disturbance
+    (the largest of other processes' share of either CPU and the hypervisor's steal)."""
+    before = _cpu_snapshot(server.pid, redis_pid)
+    result: WrkResult = run_wrk(base_url, script, concurrency, duration_s)
+    after = _cpu_snapshot(server.pid, redis_pid)
+    d = {k: after[k] - before[k] for k in before}
+    wall = d["cpu0_total"] or duration_s
+    foreign0 = max(0.0, d["cpu0_busy"] - d["server"]) / wall
+    foreign1 = max(0.0, d["cpu1_busy"] - d["harness"] - d["redis"]) / wall
+    steal = max(d["cpu0_steal"], d["cpu1_steal"]) / wall
+    record = {
+        **asdict(result),
+        "server_cpu_share": round(d["server"] / wall, 3),
+        "load_cpu_share": round((d["harness"] + d["redis"]) / wall, 3),
+        "foreign_cpu_share": round(foreign0, 3),
+        "foreign_load_cpu_share": round(foreign1, 3),
+        "steal_share": round(steal, 3),
+    }
+    return record, max(foreign0, foreign1, steal)
+
+
 def loaded_run(
     server: Server,
     base_url: str,
@@ -184,29 +213,17 @@ def loaded_run(
     """wrk at CONCURRENCY, repeated (up to ATTEMPTS) while other processes disturb either CPU."""
     least_disturbed: dict[str, Any] = {}
     for attempt in range(1, ATTEMPTS + 1):
-        before = _cpu_snapshot(server.pid, redis_pid)
-        result: WrkResult = run_wrk(base_url, script, concurrency, duration_s)
-        after = _cpu_snapshot(server.pid, redis_pid)
-        d = {k: after[k] - before[k] for k in before}
-        wall = d["cpu0_total"] or duration_s
-        foreign0 = max(0.0, d["cpu0_busy"] - d["server"]) / wall
-        foreign1 = max(0.0, d["cpu1_busy"] - d["harness"] - d["redis"]) / wall
-        steal = max(d["cpu0_steal"], d["cpu1_steal"]) / wall
-        record = {
-            **asdict(result),
-            "server_cpu_share": round(d["server"] / wall, 3),
-            "load_cpu_share": round((d["harness"] + d["redis"]) / wall, 3),
-            "foreign_cpu_share": round(foreign0, 3),
-            "foreign_load_cpu_share": round(foreign1, 3),
-            "steal_share": round(steal, 3),
-            "attempt": attempt,
-        }
-        disturbance = max(foreign0, foreign1, steal)
+        record, disturbance = timed_wrk(
+            server, base_url, script, concurrency, duration_s, redis_pid
+        )
+        record["attempt"] = attempt
         if disturbance <= DISTURBED_SHARE:
             return record
         log(
-            f"    c={concurrency}: disturbed (other processes: {foreign0:.0%} of CPU {SERVER_CPU}, "
-            f"{foreign1:.0%} of CPU {LOAD_CPU}; steal {steal:.0%}); "
+            f"    c={concurrency}: disturbed (other processes: "
+            f"{record['foreign_cpu_share']:.0%} of CPU {SERVER_CPU}, "
+            f"{record['foreign_load_cpu_share']:.0%} of CPU {LOAD_CPU}; "
+            f"steal {record['steal_share']:.0%}); "
             f"{'retrying' if attempt < ATTEMPTS else 'keeping the least disturbed, flagged'}"
         )
         if not least_disturbed or disturbance < least_disturbed["disturbance"]:
@@ -214,6 +231,82 @@ def loaded_run(
         if attempt < ATTEMPTS:
             time.sleep(5 * attempt)
     return least_disturbed | {"disturbed": True, "attempt": ATTEMPTS}
+
+
+@dataclass
+class Measured:
+    """One server being measured: what measure() fills in as it goes."""
+
+    config: ServerConfig
+    server: Server
+    base_url: str
+    script: Path
+    out: dict[str, Any]
+    before: dict[str, float] = field(default_factory=dict)
+
+
+def prepare(
+    config: ServerConfig,
+    fixture: Fixture,
+    work_dir: Path,
+    kserve_python: Path,
+    log: Callable[[str], None],
+    quiet: bool = True,
+) -> Measured:
+    """A server made, not started; with `quiet`, once other processes have quieted down."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    script = wrk_script(config, fixture, work_dir)
+    server = config.server(fixture, port, work_dir, kserve_python)
+    out: dict[str, Any] = {"waited_for_quiet_s": wait_for_quiet(log) if quiet else 0.0}
+    out["load_before"] = load_average()
+    return Measured(config, server, base_url, script, out)
+
+
+def start(m: Measured, fixture: Fixture) -> None:
+    """Start it, time it to its first answer, check its answers and plan, warm it up, weigh it
+    idle and read its counters; raises ServerError or LoadError."""
+    config, server, base_url, out = m.config, m.server, m.base_url, m.out
+    server.start()
+    ready_s, answer = wait_ready(server, base_url + config.url_path, first_body(config, fixture))
+    out["ready_s"] = round(ready_s, 3)
+    if server.marker_at is not None:
+        out["ready_after_handover_s"] = round(ready_s - server.marker_at, 3)
+    if config.is_rtml and config.features and answer.get("degraded"):
+        raise ServerError(f"{config.key} answered from defaults (degraded): {answer}")
+    out["sample_scores"] = sample_scores(config, fixture, base_url)
+    if config.traffic is not None:
+        out["plan"] = wait_for_plan(config, base_url)
+    run_wrk(base_url, m.script, 4, WARMUP_S)
+    time.sleep(2)
+    rss_kib, procs = tree_rss(server.pid)
+    out["idle_rss_mib"] = round(rss_kib / 1024, 1)
+    out["processes"] = procs
+    m.before = rtml_counters(base_url) if config.is_rtml else {}
+
+
+def finish(m: Measured) -> None:
+    """After the load: the counters' differences (rtml), saturation, memory after load."""
+    config, out = m.config, m.out
+    if config.is_rtml:
+        after = rtml_counters(m.base_url)
+        out["counters"] = {k: v - m.before.get(k, 0.0) for k, v in after.items()}
+        _check_outcomes(config, out["counters"])
+    sat = [out[f"c{c}"]["rps"] for c in SATURATION if f"c{c}" in out]
+    if sat:
+        out["saturation_rps"] = max(sat)
+    rss_after, _ = tree_rss(m.server.pid)
+    out["rss_after_load_mib"] = round(rss_after / 1024, 1)
+
+
+def failed(m: Measured, e: Exception, log: Callable[[str], None]) -> None:
+    m.out["error"] = str(e)
+    log(f"  !! {m.config.key} FAILED: {e}\n  log: {m.server.log_path}\n{m.server.log_tail(15)}")
+
+
+def stop(m: Measured) -> None:
+    m.server.stop()
+    m.out["load_after"] = load_average()
 
 
 def measure(
@@ -225,52 +318,20 @@ def measure(
     log: Callable[[str], None],
     concurrencies: tuple[int, ...] = CONCURRENCY,
 ) -> dict[str, Any]:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    script = wrk_script(config, fixture, work_dir)
-    server = config.server(fixture, port, work_dir, kserve_python)
-    out: dict[str, Any] = {"waited_for_quiet_s": wait_for_quiet(log)}
-    out["load_before"] = load_average()
+    m = prepare(config, fixture, work_dir, kserve_python, log)
     try:
-        server.start()
-        ready_s, answer = wait_ready(
-            server, base_url + config.url_path, first_body(config, fixture)
-        )
-        out["ready_s"] = round(ready_s, 3)
-        if server.marker_at is not None:
-            out["ready_after_handover_s"] = round(ready_s - server.marker_at, 3)
-        if config.is_rtml and config.features and answer.get("degraded"):
-            raise ServerError(f"{config.key} answered from defaults (degraded): {answer}")
-        out["sample_scores"] = sample_scores(config, fixture, base_url)
-        if config.traffic is not None:
-            out["plan"] = wait_for_plan(config, base_url)
-        run_wrk(base_url, script, 4, WARMUP_S)
-        time.sleep(2)
-        rss_kib, procs = tree_rss(server.pid)
-        out["idle_rss_mib"] = round(rss_kib / 1024, 1)
-        out["processes"] = procs
-        before = rtml_counters(base_url) if config.is_rtml else {}
+        start(m, fixture)
         for c in concurrencies:
-            out[f"c{c}"] = loaded_run(
-                server, base_url, script, c, duration_s, fixture.redis_pid, log
+            m.out[f"c{c}"] = loaded_run(
+                m.server, m.base_url, m.script, c, duration_s, fixture.redis_pid, log
             )
             time.sleep(1)
-        if config.is_rtml:
-            after = rtml_counters(base_url)
-            out["counters"] = {k: v - before.get(k, 0.0) for k, v in after.items()}
-            _check_outcomes(config, out["counters"])
-        sat = [out[f"c{c}"]["rps"] for c in SATURATION if f"c{c}" in out]
-        if sat:
-            out["saturation_rps"] = max(sat)
-        rss_after, _ = tree_rss(server.pid)
-        out["rss_after_load_mib"] = round(rss_after / 1024, 1)
+        finish(m)
     except (ServerError, LoadError) as e:
-        out["error"] = str(e)
-        log(f"  !! {config.key} FAILED: {e}\n  log: {server.log_path}\n{server.log_tail(15)}")
+        failed(m, e, log)
     finally:
-        server.stop()
-        out["load_after"] = load_average()
-    return out
+        stop(m)
+    return m.out
 
 
 def _check_outcomes(config: ServerConfig, counters: dict[str, float]) -> None:

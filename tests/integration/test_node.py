@@ -567,8 +567,11 @@ def test_spec_stream_runs_consumer_pods_that_score_events_into_the_output_stream
 def test_a_new_artifact_rolls_out_under_load_without_a_failed_request(chain: Chain) -> None:
     url = chain.service_url("fraud")
     phases: list[tuple[str, str, int | None]] = []
+    seen: list[tuple[float, str, str, int | None]] = []  # the same, with when, for a failure
+    programming_before = endpoint_programming(chain.plane)
     with Load(url, rate=60) as load:
         time.sleep(5)
+        applied = time.monotonic()
         apply(chain.plane, fraud_docs("backup.onnx", sha256(chain.offline / "backup.onnx"),
                                       version="v2")[1])  # fmt: skip
 
@@ -576,6 +579,7 @@ def test_a_new_artifact_rolls_out_under_load_without_a_failed_request(chain: Cha
             st = chain.get("rmodel", "fraud").get("status") or {}
             rolled_out = condition({"status": st}, "RolledOut").get("status", "")
             phases.append((st.get("phase", ""), rolled_out, st.get("readyReplicas")))
+            seen.append((time.monotonic(), *phases[-1]))
             return st.get("phase") == "Ready" and st.get("activeVersion") == "v2"
 
         chain.wait("the rollout of v2", rolled, 300)
@@ -588,7 +592,22 @@ def test_a_new_artifact_rolls_out_under_load_without_a_failed_request(chain: Cha
              "model_phases": phases}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "rollout-under-load.json").write_text(json.dumps(stats))
-    assert failed == [], f"{len(failed)} of {len(load.results)} failed: {failed[:5]}"
+    if failed:  # placed in time beside what the cluster and kube-proxy recorded
+        programming = endpoint_programming(chain.plane)
+        report = [f"{len(failed)} of {len(load.results)} failed:"]
+        report += [f"  {what} (status {code}) at {at - applied:+.2f} s from the apply"
+                   for at, code, what in failed[:10]]  # fmt: skip
+        report += [f"  model {p} RolledOut={r} ready={n} at {at - applied:+.1f} s"
+                   for at, p, r, n in seen]  # fmt: skip
+        report.append(
+            "  endpoint changes in kube-proxy during the test: "
+            f"{programming['changes'] - programming_before['changes']}"
+            f" (over the preStop sleep, ever: {programming['over_prestop_sleep']};"
+            f" slowest ever within {programming['slowest_within_s']} s)"
+        )
+        events = kubectl(chain.plane, "-n", TENANT, "get", "events", "--sort-by=.lastTimestamp")
+        report += ["events:", *[f"  {e}" for e in events.splitlines() if "fraud" in e][-30:]]
+        pytest.fail("\n".join(report))
     assert len(load.results) / load.seconds >= 50, (len(load.results), load.seconds)
     assert (versions[0], versions[-1]) == ("v1", "v2")
     # The Model followed the real Deployment: rolling out, then rolled out with its ready pod.

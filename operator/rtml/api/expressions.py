@@ -13,6 +13,8 @@ FeatureView's features as read, defaults filled in, and the request features).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -68,3 +70,89 @@ def evaluate(compiled: Any, activation: Any) -> bool | None:
 def activation(request: dict[str, Any], features: dict[str, Any]) -> Any:
     """The variables of one evaluation, made once per request for all its rules."""
     return environment().Activation({"request": request, "features": features})
+
+
+# What keys of `request` and `features` some expressions read: a set of key names per
+# variable, or None when an expression uses the map some other way (`size(features)`,
+# `features[k]`, `features.exists(...)`): then the whole map.
+Keys = dict[str, frozenset[str] | None]
+
+_TOKEN = re.compile(
+    r"""(?P<space>\s+|//[^\n]*)
+    |(?P<string>(?P<prefix>[rRbB]{0,2})(?P<quote>\"\"\"|\'\'\'|\"|\'))
+    |(?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+    |(?P<number>\.?[0-9][0-9A-Za-z_.]*)
+    |(?P<punct>.)""",
+    re.VERBOSE | re.DOTALL,
+)
+
+
+def _tokens(source: str) -> list[tuple[str, str | None]]:
+    """(kind, text) of each token: `ident`, `punct`, `number`, and `string` with its value when
+    it is a plain literal (no prefix, no escape), else None. Only for finding which keys of
+    the two maps an expression names: the CEL library has parsed and checked it already."""
+    out: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(source):
+        m = _TOKEN.match(source, i)
+        assert m is not None  # `punct` takes any one character
+        kind = m.lastgroup if m.lastgroup != "quote" else "string"
+        if m["string"] is not None:
+            quote, start = m["quote"], m.end()
+            raw = "r" in m["prefix"].lower()
+            j = start
+            while j < len(source) and not source.startswith(quote, j):
+                j += 2 if source[j] == "\\" and not raw else 1
+            body = source[start:j]
+            plain = not m["prefix"] and "\\" not in body
+            out.append(("string", body if plain else None))
+            i = j + len(quote)
+            continue
+        if kind != "space":
+            out.append((kind or "punct", m.group()))
+        i = m.end()
+    return out
+
+
+def referenced_keys(sources: Iterable[str]) -> Keys:
+    """The keys of `request` and `features` that SOURCES read by name (`features.x`,
+    `features["x"]`, `has(request.y)`); None for a variable one of them uses otherwise. A
+    rule evaluated over only those keys gives what it gives over the whole maps."""
+    keys: dict[str, set[str] | None] = {v: set() for v in VARIABLES}
+    for source in sources:
+        toks = _tokens(source)
+        for n, (kind, text) in enumerate(toks):
+            if kind != "ident" or text not in keys:
+                continue
+            if n > 0 and toks[n - 1] == ("punct", "."):
+                before = toks[n - 2] if n > 1 else ("punct", "")
+                if before[0] in ("ident", "string", "number") or before[1] in (")", "]", "}"):
+                    continue  # a field of something else (`x.features`), not the variable
+                keys[text] = None  # `.features`: the root-qualified name
+                continue
+            after = toks[n + 1 : n + 4]
+            found = keys[text]
+            if len(after) >= 2 and after[0] == ("punct", ".") and after[1][0] == "ident":
+                if len(after) == 3 and after[2] == ("punct", "("):
+                    keys[text] = None  # a macro or method on the map itself
+                elif found is not None:
+                    found.add(str(after[1][1]))
+            elif (
+                len(after) == 3
+                and after[0] == ("punct", "[")
+                and after[1][0] == "string"
+                and after[1][1] is not None
+                and after[2] == ("punct", "]")
+            ):
+                if found is not None:
+                    found.add(after[1][1])
+            else:
+                keys[text] = None
+    return {v: None if k is None else frozenset(k) for v, k in keys.items()}
+
+
+def only(values: Mapping[str, Any], keys: frozenset[str] | None) -> dict[str, Any]:
+    """`values` cut to `keys` (those it has), or all of it for None."""
+    if keys is None:
+        return dict(values)
+    return {k: values[k] for k in keys if k in values}
