@@ -58,7 +58,7 @@ from benchlib.fixture import (  # noqa: E402
     start_redis,
 )
 from benchlib.interleave import (  # noqa: E402
-    interleave,
+    measure_together,
     round_pairs,
     round_values,
     saturation_by_round,
@@ -68,13 +68,9 @@ from benchlib.machine import machine_facts  # noqa: E402
 from benchlib.measure import (  # noqa: E402
     Measured,
     ServerError,
-    failed,
-    finish,
     first_body,
     prepare,
     rtml_counters,
-    start,
-    stop,
 )
 from benchlib.procs import LOAD_CPU, Server  # noqa: E402
 from benchlib.wrk import LoadError  # noqa: E402
@@ -187,39 +183,20 @@ def measure_run(
         for i, (_, config, fx) in enumerate(servers)
     ]
     keys = [key for key, _, _ in servers]
-    started: list[Measured] = []
-    try:
-        for m, (_, _, fx) in zip(measured, servers, strict=True):
-            try:
-                start(m, fx)
-                started.append(m)
-            except (ServerError, LoadError, OSError) as e:
-                failed(m, e, log)
-        try:
-            interleave(
-                started,
-                CONCURRENCY,
-                args.rounds,
-                args.duration / args.rounds,
-                servers[0][2].redis_pid,
-                log,
-            )
-            for m in started:
-                finish(m)
-            detector = measured[keys.index("detector")]
-            if detector in started:
-                detector.out["audit"] = audit_check(detector.base_url, audit[0])
-                if stall:
-                    body = json.loads(first_body(detector.config, servers[0][2]))
-                    detector.out["stall"] = measure_stall(
-                        detector.base_url, audit[1], body, args.stall_requests
-                    )
-        except (ServerError, LoadError, OSError) as e:
-            for m in started:
-                failed(m, e, log)
-    finally:
-        for m in measured:
-            stop(m)
+    fixtures = [fx for _, _, fx in servers]
+
+    def audited(started: list[Measured]) -> None:
+        detector = measured[keys.index("detector")]
+        if detector in started:
+            detector.out["audit"] = audit_check(detector.base_url, audit[0])
+            if stall:
+                body = json.loads(first_body(detector.config, fixtures[0]))
+                detector.out["stall"] = measure_stall(
+                    detector.base_url, audit[1], body, args.stall_requests
+                )
+
+    errors = (ServerError, LoadError, OSError)
+    measure_together(measured, fixtures, args.rounds, args.duration, log, audited, errors)
     return {key: m.out for key, m in zip(keys, measured, strict=True)}
 
 

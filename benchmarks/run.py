@@ -39,18 +39,11 @@ from benchlib.fixture import (  # noqa: E402
     start_redis,
 )
 from benchlib.floor_report import write_floors_md  # noqa: E402
-from benchlib.interleave import interleave  # noqa: E402
+from benchlib.interleave import measure_together  # noqa: E402
 from benchlib.machine import KSERVE, NOT_USED, control_plane_facts, machine_facts  # noqa: E402
 from benchlib.measure import (  # noqa: E402
-    CONCURRENCY,
-    LoadError,
-    ServerError,
-    failed,
-    finish,
     measure,
     prepare,
-    start,
-    stop,
 )
 from benchlib.procs import LOAD_CPU, SERVER_CPU, load_average, pinned  # noqa: E402
 from benchlib.profile import profile_rtml  # noqa: E402
@@ -248,35 +241,11 @@ def measure_interleaved(
 ) -> dict[str, dict[str, Any]]:
     """One run of the experiments suite: every server started, then each step of
     --duration per server as --rounds slices, the servers loaded in turn; their results."""
-    started = []
     measured = [
         prepare(c, fixture, log_dir, kserve_python, log, quiet=i == 0)
         for i, c in enumerate(selected)
     ]
-    try:
-        for m in measured:
-            try:
-                start(m, fixture)
-                started.append(m)
-            except (ServerError, LoadError) as e:
-                failed(m, e, log)
-        try:
-            interleave(
-                started,
-                CONCURRENCY,
-                args.rounds,
-                args.duration / args.rounds,
-                fixture.redis_pid,
-                log,
-            )
-            for m in started:
-                finish(m)
-        except (ServerError, LoadError) as e:
-            for m in started:
-                failed(m, e, log)
-    finally:
-        for m in measured:
-            stop(m)
+    measure_together(measured, [fixture] * len(measured), args.rounds, args.duration, log)
     return {m.config.key: m.out for m in measured}
 
 

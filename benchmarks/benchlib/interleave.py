@@ -20,7 +20,19 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from benchlib.measure import SATURATION, Measured, timed_wrk
+from benchlib.fixture import Fixture
+from benchlib.measure import (
+    CONCURRENCY,
+    SATURATION,
+    Measured,
+    ServerError,
+    failed,
+    finish,
+    start,
+    stop,
+    timed_wrk,
+)
+from benchlib.wrk import LoadError
 
 SLICE_KEYS = ("requests", "rps", "p50_ms", "p99_ms", "steal_share", "server_cpu_share")
 
@@ -91,6 +103,41 @@ def interleave(
                 for m in servers
             )
         )
+
+
+def measure_together(
+    measured: Sequence[Measured],
+    fixtures: Sequence[Fixture],
+    rounds: int,
+    duration_s: float,
+    log: Callable[[str], None],
+    then: Callable[[list[Measured]], None] | None = None,
+    errors: tuple[type[Exception], ...] = (ServerError, LoadError),
+) -> None:
+    """One run: start every server (one that fails is marked and left out), load the started
+    ones in turn, `duration_s` per server and step as `rounds` slices, finish them, `then`
+    whatever the caller measures while they still run; every server stopped at the end."""
+    started: list[Measured] = []
+    try:
+        for m, fixture in zip(measured, fixtures, strict=True):
+            try:
+                start(m, fixture)
+                started.append(m)
+            except errors as e:
+                failed(m, e, log)
+        try:
+            redis_pid = fixtures[0].redis_pid if fixtures else None
+            interleave(started, CONCURRENCY, rounds, duration_s / rounds, redis_pid, log)
+            for m in started:
+                finish(m)
+            if then is not None:
+                then(started)
+        except errors as e:
+            for m in started:
+                failed(m, e, log)
+    finally:
+        for m in measured:
+            stop(m)
 
 
 def round_values(run: dict[str, Any], step: str, metric: str) -> dict[int, float]:
