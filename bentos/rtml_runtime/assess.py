@@ -8,7 +8,7 @@ the declared conservative decision (one model of one failing is "more than half"
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,9 @@ from rtml_runtime.ensemble import (
     scored_call,
     weighted_score,
 )
+from rtml_runtime.fused import FusedModels
 from rtml_runtime.metrics import RuntimeMetrics
+from rtml_runtime.onnx_model import OnnxModel
 from rtml_runtime.rules import RuleOutcome, RuleSet
 
 
@@ -54,6 +56,7 @@ class Assessor:
         spec: ModelSpec,
         members: Sequence[Member],
         metrics: RuntimeMetrics,
+        fused: FusedModels | None = None,
     ) -> None:
         self.rules = RuleSet(spec.rules)
         self.policy = spec.decision or decision.DEFAULT
@@ -62,7 +65,7 @@ class Assessor:
         self.weights = {PRIMARY: ens.weight if ens is not None else 1.0}
         self.weights.update({m.name: m.weight for m in members})
         timeout_ms = (ens.timeout_ms if ens else None) or spec.slo.p99_latency_ms
-        self.ensemble = EnsembleScorer(members, timeout_ms / 1000) if members else None
+        self.ensemble = EnsembleScorer(members, timeout_ms / 1000, fused) if members else None
         self.primary_calls = {
             o: metrics.model_calls.labels(model_name, PRIMARY, o) for o in CALL_OUTCOMES
         }
@@ -104,19 +107,21 @@ class Assessor:
         self,
         outcome: RuleOutcome,
         values: Mapping[str, Any],
-        primary: Callable[[], float],
+        model: OnnxModel,
+        row: list[float],
         breaker: CircuitBreaker,
         degraded: bool,
     ) -> Assessment:
-        """Score every model (the primary with `primary` behind `breaker`), then decide."""
+        """Score every model (the primary, `model` on `row`, behind `breaker`), then decide."""
 
         def first() -> float | None:
-            return scored_call(breaker, primary, self.primary_calls, PRIMARY)
+            return scored_call(breaker, lambda: model.predict_one(row), self.primary_calls, PRIMARY)
 
         if self.ensemble is None:
             scores: dict[str, float | None] = {PRIMARY: first()}
         else:
-            main, members = self.ensemble.score(values, first)
+            together = self.ensemble.fused_score(model, row, breaker, self.primary_calls)
+            main, members = together or self.ensemble.score(values, first)
             scores = {PRIMARY: main, **members}
         names = tuple(h.name for h in outcome.hits)
         failing = any(s is None for s in scores.values())

@@ -37,6 +37,7 @@ from rtml_runtime.deadline import DeadlineExceeded, within
 from rtml_runtime.ensemble import CALL_OUTCOMES, Member
 from rtml_runtime.errors import RequestError, bad_input, too_many_rows
 from rtml_runtime.features import FeatureReader, merge_features
+from rtml_runtime.fused import fusable, fuse, release_bytes
 from rtml_runtime.metrics import RuntimeMetrics, VariantMetrics
 from rtml_runtime.onnx_model import ModelError, OnnxModel
 from rtml_runtime.plans import PlanSwitch
@@ -184,7 +185,9 @@ class Runtime:
 
     def load(self, reader: FeatureReader | None = None) -> None:
         """Fetch, verify, load, check the signature and warm up. Raises on any failure."""
-        self.model = self._load_checked(self.spec.artifact, "spec.artifact")
+        # With an ensemble the models' bytes are kept until they are fused (fused.py).
+        fusing = self.spec.decides and self.spec.ensemble is not None
+        self.model = self._load_checked(self.spec.artifact, "spec.artifact", keep_bytes=fusing)
         self.columns = self.model.feature_names
         fallback = self.spec.fallback
         if fallback.mode == "model" and fallback.artifact is not None:
@@ -192,9 +195,12 @@ class Runtime:
                 fallback.artifact, "spec.fallback.artifact", min(self.spec.warmup.requests, 10)
             )
         if self.spec.decides:
-            self.assessor = Assessor(
-                self.config.name, self.spec, self._load_members(), self.metrics
-            )
+            members = self._load_members()
+            fused = None
+            if fusable(self.model, [m.model for m in members]):
+                fused = fuse([self.model, *(m.model for m in members)])
+            release_bytes([self.model, *(m.model for m in members)])
+            self.assessor = Assessor(self.config.name, self.spec, members, self.metrics, fused)
         if self.spec.audit is not None and self.assessor is not None:
             self.audit = self._audit_writer()
         self.reader = reader
@@ -224,7 +230,8 @@ class Runtime:
         ensemble = self.spec.ensemble
         members = []
         for i, m in enumerate(ensemble.models if ensemble is not None else []):
-            model = self._load_checked(m.artifact, f"spec.ensemble.models[{i}].artifact")
+            field = f"spec.ensemble.models[{i}].artifact"
+            model = self._load_checked(m.artifact, field, keep_bytes=True)
             gauge = self.metrics.breaker_state.labels(self.config.name, m.name, "ensemble", "model")
             gauge.set(0)
 
@@ -288,11 +295,17 @@ class Runtime:
         )
 
     def _load_checked(
-        self, art: ArtifactRef, field: str, warmup: int | None = None, path: str | None = None
+        self,
+        art: ArtifactRef,
+        field: str,
+        warmup: int | None = None,
+        path: str | None = None,
+        keep_bytes: bool = False,
     ) -> OnnxModel:
         """One artifact: fetched and digest-checked, loaded, its signature checked against the
         Model's features (`field` names it in the error), warmed up. `path` is its field in
-        the manifest (default: `field`), which a missing digest is said against."""
+        the manifest (default: `field`), which a missing digest is said against; `keep_bytes`
+        keeps the model's bytes on it for fusing (fused.py)."""
         require_digest(art, path or field)
         settings = self.config.settings
         file, data = artifact_bytes(
@@ -309,6 +322,7 @@ class Runtime:
             sha256=art.sha256,  # verified against it
             columns=self.spec.feature_columns,
             output=self.spec.output_choice,
+            keep_bytes=keep_bytes,
         )
         del data  # the session holds what it needs
         _ = model.feature_names  # a wide input without names fails here, not on a request
@@ -587,9 +601,7 @@ class Runtime:
             p.assessment = self.assessor.on_score(outcome, p.score, {}, True)
             return p
         model, row = variant.model, feature_row(merged, variant.columns)
-        a = self.assessor.assess(
-            outcome, merged, lambda: model.predict_one(row), variant.breaker, degraded
-        )
+        a = self.assessor.assess(outcome, merged, model, row, variant.breaker, degraded)
         score = math.nan if a.score is None else a.score
         return Prediction(score, a.degraded, "fallback" if a.degraded else "ok", variant, merged, a)
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from rtml_runtime.breaker import CircuitBreaker
+from rtml_runtime.breaker import CircuitBreaker, State
+from rtml_runtime.fused import FusedModels
 from rtml_runtime.onnx_model import OnnxModel
 from rtml_runtime.variants import feature_row
 
@@ -100,8 +101,14 @@ def _timed(model: OnnxModel, row: list[float]) -> tuple[float, float]:
 class EnsembleScorer:
     """Scores the members beside the primary model, each under `timeout_s` from the start."""
 
-    def __init__(self, members: Sequence[Member], timeout_s: float) -> None:
+    def __init__(
+        self, members: Sequence[Member], timeout_s: float, fused: FusedModels | None = None
+    ) -> None:
+        """`fused`: the primary and every member in one session (fused.py), or None."""
         self.members = tuple(members)
+        self.fused = fused
+        if fused is not None:
+            assert [m.model for m in self.members] == list(fused.models[1:])
         self.timeout_s = timeout_s
         self.fast_s = timeout_s * FAST_SHARE
         # Fast calls in a row per member (only the event loop's thread reads or writes it).
@@ -114,6 +121,37 @@ class EnsembleScorer:
     def inline(self, m: Member) -> bool:
         """Whether `m` is scored in line on this request (it has proved fast)."""
         return self.streak[m.name] >= INLINE_AFTER
+
+    def fused_score(
+        self,
+        model: OnnxModel,
+        row: list[float],
+        breaker: CircuitBreaker,
+        primary_calls: Mapping[str, Counter],
+    ) -> tuple[float | None, dict[str, float | None]] | None:
+        """Every model in one call of the fused session, when `model` is the primary it was
+        built with, every breaker is closed and every member has proved fast (so each would
+        have been scored in line, one after the other); else, or when the call raises, None:
+        then `score` calls them one by one and each breaker sees its own outcome."""
+        fused = self.fused
+        if fused is None or fused.models[0] is not model or breaker.state is not State.CLOSED:
+            return None
+        for m in self.members:
+            if m.breaker.state is not State.CLOSED or not self.inline(m):
+                return None
+        start = time.perf_counter()
+        try:
+            first, *rest = fused.predict_one(row)
+        except Exception:
+            log.warning("the fused ensemble call failed: scoring the models one by one")
+            return None
+        elapsed = time.perf_counter() - start
+        breaker.record(elapsed, ok=True)
+        primary_calls["ok"].inc()
+        scores: dict[str, float | None] = {}
+        for m, score in zip(self.members, rest, strict=True):
+            scores[m.name] = self._in_line_result(m, score, elapsed)
+        return first, scores
 
     def score(
         self, values: Mapping[str, object], primary: Callable[[], float | None]
@@ -150,6 +188,9 @@ class EnsembleScorer:
         except Exception as e:
             self._failed(m, "error", e)
             return None
+        return self._in_line_result(m, score, elapsed)
+
+    def _in_line_result(self, m: Member, score: float, elapsed: float) -> float | None:
         if elapsed > self.timeout_s:  # answered, but later than a thread would have waited
             self._failed(m, "late")
             return None

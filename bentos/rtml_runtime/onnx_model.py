@@ -50,6 +50,19 @@ def _load_failure(path: Path, data: bytes, error: Exception) -> str:
     return f"ONNX Runtime cannot load {path}: {error}"
 
 
+def session_options(threads: int) -> Any:
+    """One intra-op thread (or `threads`), one inter-op, sequential, every graph optimisation."""
+    import onnxruntime as ort  # ~0.5 s: loaded with the model, off the import path
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
 class OnnxModel:
     """Scores rows: an [n, k] float matrix whose columns follow `feature_names`."""
 
@@ -61,20 +74,18 @@ class OnnxModel:
         sha256: str | None = None,
         columns: list[str] | None = None,
         output: tuple[str | None, int | None] = (None, None),
+        keep_bytes: bool = False,
     ) -> None:
         """`data`: the model's bytes, already verified (the session is made from them, never
         from `path` again; `path` only names the model). Without it, `path` is read. `sha256`:
         the digest the caller checked `data` against, so the bytes are not hashed twice.
         `columns`: the Model's spec.features.columns (a single wide input's column names);
-        `output`: its spec.output (name, column), the score (rtml.api.signature.choose_output)."""
+        `output`: its spec.output (name, column), the score (rtml.api.signature.choose_output).
+        `keep_bytes`: keep the bytes the session was made from in `model_bytes` (for fusing an
+        ensemble, fused.py, which drops them after)."""
         import onnxruntime as ort  # ~0.5 s: loaded with the model, off the import path
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        opts = session_options(threads)
         # No custom-op library is ever registered: an op outside ONNX Runtime's own kernels
         # fails to load (with its name in the reason) instead of running a shared library.
         self.path = path
@@ -99,8 +110,9 @@ class OnnxModel:
         self.output_name, self.output_column = chosen.name, chosen.column
         if chosen.zipmap:
             # ONNX Runtime cannot bind a sequence of maps: score the probabilities it zips.
-            cut, self.output_name = unzip_output(data, chosen.name)
-            self.session = ort.InferenceSession(cut, opts, providers=["CPUExecutionProvider"])
+            data, self.output_name = unzip_output(data, chosen.name)
+            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        self.model_bytes: bytes | None = data if keep_bytes else None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.declared_features: list[str] | None = (
             json.loads(meta[DECLARED_FEATURES]) if DECLARED_FEATURES in meta else None
@@ -109,7 +121,7 @@ class OnnxModel:
             if spec.dtype not in NUMPY_TYPES:
                 raise ModelError(f"input {spec.name!r} has unsupported type {spec.dtype}")
         # (input name, numpy type) in feed order, resolved once rather than per request.
-        self._feed_types = [(spec.name, NUMPY_TYPES[spec.dtype]) for spec in self.inputs]
+        self.feed_types = [(spec.name, NUMPY_TYPES[spec.dtype]) for spec in self.inputs]
         self._ranks = [len(spec.shape) for spec in self.inputs]
         self._bind_one_row(ort)
 
@@ -125,19 +137,19 @@ class OnnxModel:
         """
         self._binding = self.session.io_binding()
         self._row_views: list[np.ndarray] = []
-        for spec, (name, dtype) in zip(self.inputs, self._feed_types, strict=True):
+        for spec, (name, dtype) in zip(self.inputs, self.feed_types, strict=True):
             shape = (1, spec.width) if len(spec.shape) == 2 else (1,)
             buffer: np.ndarray = np.zeros(shape, dtype=dtype)
             # The OrtValue shares the buffer's memory (CPU) and keeps a reference to it.
             self._binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(buffer))
             self._row_views.append(buffer.reshape(-1))
         self._binding.bind_output(self.output_name)
-        self._wide = len(self.inputs) == 1 and self.inputs[0].width > 1
+        self.wide = len(self.inputs) == 1 and self.inputs[0].width > 1
         self._lock = threading.Lock()
         self._ort = ort
         # predict_rows' bindings by row count, made on first use (all inputs of one type only).
         self._batch_bindings: dict[int, tuple[Any, np.ndarray]] = {}
-        dtypes = {dtype for _, dtype in self._feed_types}
+        dtypes = {dtype for _, dtype in self.feed_types}
         self._batch_dtype: Any = dtypes.pop() if len(dtypes) == 1 else None
 
     @property
@@ -159,19 +171,19 @@ class OnnxModel:
         if rows.shape[0] == 1:
             return np.array([self.predict_one(rows[0].tolist())])
         feed: dict[str, np.ndarray]
-        if len(self._feed_types) == 1:
-            name, dtype = self._feed_types[0]
+        if len(self.feed_types) == 1:
+            name, dtype = self.feed_types[0]
             feed = {name: rows.astype(dtype, copy=False)}
         else:
             # An [N] input takes a column as a vector, an [N, 1] input as a one-column matrix.
             feed = {
                 name: (rows[:, i] if rank == 1 else rows[:, i : i + 1]).astype(dtype, copy=False)
                 for i, ((name, dtype), rank) in enumerate(
-                    zip(self._feed_types, self._ranks, strict=True)
+                    zip(self.feed_types, self._ranks, strict=True)
                 )
             }
         (out,) = self.session.run([self.output_name], feed)
-        return _scores(out, self.output_column)
+        return output_scores(out, self.output_column)
 
     def predict_rows(self, rows: Sequence[Sequence[float]] | np.ndarray) -> list[float]:
         """The scores of a few rows (values in `feature_names` order), in one model call.
@@ -196,19 +208,19 @@ class OnnxModel:
             buffer[:] = rows
             self.session.run_with_iobinding(binding)
             out = binding.get_outputs()[0].numpy()
-        return _scores(out, self.output_column).tolist()  # type: ignore[no-any-return]
+        return output_scores(out, self.output_column).tolist()  # type: ignore[no-any-return]
 
     def _bind_rows(self, n: int) -> tuple[Any, np.ndarray]:
-        width = self.inputs[0].width if self._wide else len(self.inputs)
+        width = self.inputs[0].width if self.wide else len(self.inputs)
         buffer: np.ndarray = np.zeros(
-            (n, width), dtype=self._batch_dtype, order="C" if self._wide else "F"
+            (n, width), dtype=self._batch_dtype, order="C" if self.wide else "F"
         )
         binding = self.session.io_binding()
         from_numpy = self._ort.OrtValue.ortvalue_from_numpy
-        if self._wide:
+        if self.wide:
             binding.bind_ortvalue_input(self.inputs[0].name, from_numpy(buffer))
         else:
-            for i, ((name, _), rank) in enumerate(zip(self._feed_types, self._ranks, strict=True)):
+            for i, ((name, _), rank) in enumerate(zip(self.feed_types, self._ranks, strict=True)):
                 view = buffer[:, i] if rank == 1 else buffer[:, i : i + 1]
                 binding.bind_ortvalue_input(name, from_numpy(view))
         binding.bind_output(self.output_name)
@@ -218,14 +230,14 @@ class OnnxModel:
     def predict_one(self, row: Sequence[float]) -> float:
         """The score of one row, its values in `feature_names` order (NaN for a missing one)."""
         with self._lock:
-            if self._wide:
+            if self.wide:
                 self._row_views[0][:] = row
             else:
                 for view, value in zip(self._row_views, row, strict=True):
                     view[0] = value
             self.session.run_with_iobinding(self._binding)
             out = self._binding.get_outputs()[0].numpy()
-        return float(_scores(out, self.output_column)[0])
+        return float(output_scores(out, self.output_column)[0])
 
     def warmup(self, requests: int, rng_seed: int = 0) -> None:
         """Synthetic predictions so the first real request pays no lazy initialisation."""
@@ -235,7 +247,7 @@ class OnnxModel:
             self.predict_one(rng.random(width, dtype=np.float32).tolist())
 
 
-def _scores(out: Any, column: int | None = None) -> np.ndarray:
+def output_scores(out: Any, column: int | None = None) -> np.ndarray:
     """One float per row: column `column` of a [N, k] output (default: its last), or the
     output itself."""
     scores = np.asarray(out, dtype=np.float64)

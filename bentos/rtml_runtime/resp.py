@@ -48,10 +48,37 @@ def encode(*args: bytes) -> bytes:
     return b"".join(out)
 
 
+class _Replies:
+    """A pipeline's replies gathered into one future: the batch's caller wakes once, not once
+    per command (a future per command and `asyncio.gather` over them cost ~1.5 µs a command on
+    the event loop, which the audit writer pays for every record). Quacks like the future of a
+    single command where _Protocol uses one; the first error reply or a lost connection fails
+    the whole batch at once, as gather did."""
+
+    __slots__ = ("future", "left", "replies")
+
+    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+        self.future = future
+        self.left = count
+        self.replies: list[Any] = []
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, reply: Any) -> None:
+        self.replies.append(reply)
+        self.left -= 1
+        if self.left == 0:
+            self.future.set_result(self.replies)
+
+    def set_exception(self, error: BaseException) -> None:
+        self.future.set_exception(error)
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.parser = hiredis.Reader()
-        self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.waiting: deque[tuple[asyncio.Future[Any] | _Replies, float]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
 
@@ -134,13 +161,15 @@ class RespClient:
     async def pipeline(self, commands: Sequence[bytes]) -> list[Any]:
         """Send RESP-encoded commands in one write; their replies, in order. An error reply
         raises (Redis ran the commands after it all the same), as does a lost connection."""
+        if not commands:
+            return []
         protocol, now = await self._live()
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in commands]
-        protocol.waiting.extend((f, now) for f in futures)
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        replies = _Replies(future, len(commands))
+        protocol.waiting.extend([(replies, now)] * len(commands))
         assert protocol.transport is not None
         protocol.transport.write(b"".join(commands))
-        return list(await asyncio.gather(*futures))
+        return await future
 
     async def _live(self) -> tuple[_Protocol, float]:
         """The connection to write on (dialled afresh when closed or stale), and now."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rtml.api.model import Decision
 from rtml_runtime import decision
-from rtml_runtime.audit import audit_record, encode_fields, inputs_digest, xadd_prefix
+from rtml_runtime import fused as fused_module
+from rtml_runtime.audit import (
+    RecordEncoder,
+    audit_record,
+    encode_fields,
+    inputs_digest,
+    xadd_prefix,
+)
 from rtml_runtime.ensemble import INLINE_AFTER, enough_scored, weighted_score
 from rtml_runtime.errors import RequestError
+from rtml_runtime.fused import fusable
+from rtml_runtime.onnx_model import OnnxModel
 from rtml_runtime.rules import RuleHit, RuleSet
 from rtml_runtime.v2codec import from_json
 from tests.unit.helpers import model
@@ -196,6 +206,106 @@ def test_a_member_that_proves_fast_is_scored_in_line_until_a_slow_call(tmp_path:
     asyncio.run(rt.close())
 
 
+def _member(tmp_path: Path, name: str, opset: int = 17, **kw: Any) -> dict[str, Any]:
+    path = write_sum_model(tmp_path / f"{name}.onnx", ["a", "b", "amount"], opset, **kw)
+    return {"name": name, "artifact": {"uri": f"file://{path}", "sha256": digest(path)}}
+
+
+def _never(row: Any) -> float:
+    raise AssertionError("scored alone: the fused session should have scored it")
+
+
+def test_members_reading_the_primarys_inputs_are_fused_into_one_call(tmp_path: Path) -> None:
+    # The primary is opset 17; this member opset 13: the fused graph converts it up.
+    ensemble = {"models": [_member(tmp_path, "other", 13, bias=-3.5)], "timeoutMs": 5000}
+    rt, _ = make_runtime(tmp_path, ensemble=ensemble)
+    assert rt.assessor is not None
+    assert rt.assessor.ensemble is not None
+    scorer = rt.assessor.ensemble
+    assert scorer.fused is not None
+    assert rt.model.model_bytes is None  # the bytes kept for fusing are dropped
+    (m,) = scorer.members
+    request = {"card_id": "c1", "features": {"amount": 0.5}}
+    for _ in range(INLINE_AFTER):  # in its thread until it has proved fast
+        asyncio.run(rt.predict(request))
+    # From now on neither model is called alone: each would raise, and the answer lose it.
+    rt.model.predict_one = _never  # type: ignore[method-assign]
+    m.model.predict_one = _never  # type: ignore[method-assign]
+    primary_ok, member_ok = calls(rt, "primary"), calls(rt, "other")
+    out = asyncio.run(rt.predict(request))
+    assert out["modelScores"] == {
+        "primary": pytest.approx(sigmoid(3.5), rel=1e-6),
+        "other": pytest.approx(0.5, rel=1e-6),
+    }
+    assert out["degraded"] is False
+    assert (calls(rt, "primary"), calls(rt, "other")) == (primary_ok + 1, member_ok + 1)
+    assert scorer.inline(m)  # the fused call's time counts as the member's
+    asyncio.run(rt.close())
+
+
+def test_a_failing_fused_call_scores_the_models_one_by_one(tmp_path: Path) -> None:
+    ensemble = {"models": [_member(tmp_path, "other", bias=-3.5)], "timeoutMs": 5000}
+    rt, _ = make_runtime(tmp_path, ensemble=ensemble)
+    assert rt.assessor is not None
+    assert rt.assessor.ensemble is not None
+    scorer = rt.assessor.ensemble
+    assert scorer.fused is not None
+    request = {"card_id": "c1", "features": {"amount": 0.5}}
+    for _ in range(INLINE_AFTER):
+        asyncio.run(rt.predict(request))
+    scorer.fused.predict_one = _never  # type: ignore[method-assign]
+    out = asyncio.run(rt.predict(request))
+    assert out["modelScores"] == {
+        "primary": pytest.approx(sigmoid(3.5), rel=1e-6),
+        "other": pytest.approx(0.5, rel=1e-6),
+    }
+    assert calls(rt, "primary", "error") == calls(rt, "other", "error") == 0
+    # A member whose breaker is not closed is called (or not) on its own, never fused.
+    (m,) = scorer.members
+    for _ in range(4):
+        m.breaker.record(1.0, ok=False)
+    out = asyncio.run(rt.predict(request))
+    assert out["modelScores"]["other"] is None
+    assert calls(rt, "other", "open") == 1
+    asyncio.run(rt.close())
+
+
+def _two_outputs(path: Path) -> bytes:
+    """`path`'s model with its score also under the member's fused output name."""
+    model = onnx.load(str(path))
+    model.graph.node.append(helper.make_node("Identity", ["score"], ["rtml_member1/score"]))
+    model.graph.output.append(
+        helper.make_tensor_value_info("rtml_member1/score", TensorProto.FLOAT, [None, 1])
+    )
+    return model.SerializeToString()
+
+
+def test_members_are_fused_only_when_they_read_the_same_inputs_and_score_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def load(name: str, inputs: list[str]) -> OnnxModel:
+        return OnnxModel(write_sum_model(tmp_path / f"{name}.onnx", inputs), keep_bytes=True)
+
+    assert fusable(load("p", ["a", "b"]), [load("q", ["a", "b"]), load("r", ["a", "b"])])
+    assert not fusable(load("p", ["a", "b"]), [load("q", ["a", "b"]), load("r", ["a", "c"])])
+    assert not fusable(load("p", ["a", "b"]), [load("q", ["b", "a"])])
+    assert not fusable(load("p", ["a", "b"]), [OnnxModel(tmp_path / "q.onnx")])  # no bytes
+    monkeypatch.setattr(fused_module, "MAX_FUSED_BYTES", 100)
+    assert not fusable(load("p", ["a", "b"]), [load("q", ["a", "b"])])  # too big to copy
+    monkeypatch.undo()
+    # A merged graph that scores otherwise than the models alone is not used.
+    wrong = write_sum_model(tmp_path / "wrong.onnx", ["a", "b", "amount"], bias=1.0)
+    monkeypatch.setattr(fused_module, "_merged_bytes", lambda models: _two_outputs(wrong))
+    rt, _ = make_runtime(tmp_path, ensemble={"models": [_member(tmp_path, "o")]})
+    assert rt.assessor is not None
+    assert rt.assessor.ensemble is not None
+    assert rt.assessor.ensemble.fused is None
+    for _ in range(INLINE_AFTER + 1):
+        out = asyncio.run(rt.predict({"card_id": "c1", "features": {"amount": 0.5}}))
+        assert out["modelScores"]["o"] == pytest.approx(sigmoid(3.5), rel=1e-6)
+    asyncio.run(rt.close())
+
+
 def test_paths_that_cannot_apply_rules_are_refused(tmp_path: Path) -> None:
     rt, _ = make_runtime(tmp_path, rules=[HIGH_RULE])
     rank = {"card_id": "c1", "instances": [{"features": {"amount": 1.0}}]}
@@ -264,6 +374,59 @@ def test_an_audit_record_is_encoded_as_the_xadd_redis_would_parse() -> None:
     assert args[:6] == ["XADD", "fraud:audit", "MAXLEN", "~", "1000", "*"]
     assert dict(zip(args[6::2], args[7::2], strict=True)) == record
     assert reader.gets() is False  # nothing left over
+
+
+def _random_answer(rng: random.Random) -> dict[str, Any]:
+    def score() -> Any:
+        return rng.choice(
+            [
+                None,
+                rng.random(),
+                rng.uniform(-1e6, 1e6),
+                1e-300,
+                0.0,
+                1.0,
+                math.nan,
+                math.inf,
+                -math.inf,
+                7,
+            ]
+        )
+
+    texts = ["high risk", 'say "why"', "nuit \u00e0 Paris", "\u26a0 burst", "", "a\\b\n"]
+    names = ["primary", "logistic", "trees", "m\u00e9tier", "b", "a"]
+    return {
+        "score": score(),
+        "model": rng.choice(["fraud", "fraud-detector", "d\u00e9tecteur"]),
+        "version": rng.choice(["v1", "2026-12-04", "v\u00e9"]),
+        "variant": rng.choice(["champion", "candidate"]),
+        "degraded": rng.choice([True, False]),
+        "decision": rng.choice(decision.ACTIONS),
+        "riskLevel": rng.choice(decision.RISK_LEVELS),
+        "reasons": rng.sample(texts, rng.randint(0, 3)),
+        "modelScores": {n: score() for n in rng.sample(names, rng.randint(0, 3))},
+        "ruleHits": rng.sample(["burst", "huge-amount", "n\u00e9w"], rng.randint(0, 2)),
+    }
+
+
+def test_the_record_encoder_writes_the_bytes_audit_record_defines() -> None:
+    """The writer's fast encoder against the record's definition: numbers, lists, maps, names
+    outside ASCII, with and without inputs, and timestamps on every rounding edge."""
+    rng = random.Random(13)  # noqa: S311 (test data, not secrets)
+    edges = [0.0, 0.0004999, 0.0005, 0.9994999, 0.9995, 0.9999994, 0.9999995, 0.9999996]
+    times = [1.7e9 + rng.random() * 1e6 for _ in range(300)] + [1764806400 + e for e in edges]
+    times += [-1.5, 253402300799.0]  # before 1970; the last second datetime can write
+    for include in (False, True):
+        encoder = RecordEncoder(include)
+        for at in times:
+            answer = _random_answer(rng)
+            inputs = {
+                "card_id": rng.choice(["c1", "k\u00e4rtchen"]),
+                "features": {"x": rng.random()},
+            }
+            want = encode_fields(audit_record(answer, inputs, "r1", at, include))
+            assert encoder.fields(answer, inputs, "r1", at) == want, (answer, at)
+        assert encoder.count == len(audit_record(ANSWER, {}, "r1", 0.0, include))
 
 
 def test_audit_with_the_sqlite_profile_and_no_redis_is_refused_in_words(tmp_path: Path) -> None:
