@@ -3,12 +3,13 @@ session: one call scores them all (docs/decisions.md, "The ensemble").
 
 Each model's own call costs the same fixed work whatever the model: 30 values written into its
 bound input buffers, ONNX Runtime's run with its per-node dispatch, the output read back. For
-the fraud example's logistic member that fixed work is nearly all of its ~20 µs; in one
-graph with the primary it adds ~4 µs (benchmarks/ensemble_cost.py). Built at load from the
-models' own bytes: the default domain's opset is raised to the highest of them with ONNX's
-version converter, every member's names but the shared inputs get a prefix, and the outputs
-are the score each model's `spec.output` chose. The fused session is checked against the
-models one by one on random rows before it is used; any difference, and it is not.
+the fraud example's logistic member that fixed work is nearly all of its 14.4 µs in line; in
+one graph with the primary it adds 4.4 µs (benchmarks/ensemble_cost.py, docs/decisions.md).
+Built at load from the models' own bytes: the default domain's opset is raised to the highest
+of them with ONNX's version converter, every member's names but the shared inputs get a
+prefix, and the outputs are the score each model's `spec.output` chose. The fused session is
+checked against the models one by one on random rows before it is used; any difference, and
+it is not.
 
 What it does not change: each model keeps its own breaker, call counters and in-line streak
 (ensemble.py uses the fused call only when every breaker is closed and every member has
@@ -24,7 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from rtml_runtime.onnx_model import OnnxModel, output_scores, session_options
+from rtml_runtime.onnx_model import (
+    OnnxModel,
+    bind_one_row,
+    fill_row,
+    output_scores,
+    session_options,
+)
 
 log = logging.getLogger("rtml.runtime")
 CHECK_ROWS = 64  # random rows the fused session must score as the models do, one by one
@@ -60,13 +67,7 @@ class FusedModels:
             proto_bytes, session_options(1), providers=["CPUExecutionProvider"]
         )
         first = self.models[0]
-        self._binding = self.session.io_binding()
-        self._row_views: list[np.ndarray] = []
-        for spec, (name, dtype) in zip(first.inputs, first.feed_types, strict=True):
-            shape = (1, spec.width) if len(spec.shape) == 2 else (1,)
-            buffer: np.ndarray = np.zeros(shape, dtype=dtype)
-            self._binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(buffer))
-            self._row_views.append(buffer.reshape(-1))
+        self._binding, self._row_views = bind_one_row(ort, self.session, first.inputs)
         self.output_names = [
             m.output_name if i == 0 else PREFIX.format(i) + m.output_name
             for i, m in enumerate(self.models)
@@ -80,11 +81,7 @@ class FusedModels:
     def predict_one(self, row: Sequence[float]) -> list[float]:
         """Every model's score of one row, in the models' order."""
         with self._lock:
-            if self._wide:
-                self._row_views[0][:] = row
-            else:
-                for view, value in zip(self._row_views, row, strict=True):
-                    view[0] = value
+            fill_row(self._row_views, self._wide, row)
             self.session.run_with_iobinding(self._binding)
             outs = zip(self._binding.get_outputs(), self._columns, strict=True)
             return [float(output_scores(o.numpy(), c)[0]) for o, c in outs]

@@ -135,14 +135,7 @@ class OnnxModel:
         so one-row scoring holds a lock (uncontended on the event loop; warm-up runs in a
         worker thread while requests may already arrive).
         """
-        self._binding = self.session.io_binding()
-        self._row_views: list[np.ndarray] = []
-        for spec, (name, dtype) in zip(self.inputs, self.feed_types, strict=True):
-            shape = (1, spec.width) if len(spec.shape) == 2 else (1,)
-            buffer: np.ndarray = np.zeros(shape, dtype=dtype)
-            # The OrtValue shares the buffer's memory (CPU) and keeps a reference to it.
-            self._binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(buffer))
-            self._row_views.append(buffer.reshape(-1))
+        self._binding, self._row_views = bind_one_row(ort, self.session, self.inputs)
         self._binding.bind_output(self.output_name)
         self.wide = len(self.inputs) == 1 and self.inputs[0].width > 1
         self._lock = threading.Lock()
@@ -230,11 +223,7 @@ class OnnxModel:
     def predict_one(self, row: Sequence[float]) -> float:
         """The score of one row, its values in `feature_names` order (NaN for a missing one)."""
         with self._lock:
-            if self.wide:
-                self._row_views[0][:] = row
-            else:
-                for view, value in zip(self._row_views, row, strict=True):
-                    view[0] = value
+            fill_row(self._row_views, self.wide, row)
             self.session.run_with_iobinding(self._binding)
             out = self._binding.get_outputs()[0].numpy()
         return float(output_scores(out, self.output_column)[0])
@@ -245,6 +234,29 @@ class OnnxModel:
         width = len(self.feature_names)
         for _ in range(requests):
             self.predict_one(rng.random(width, dtype=np.float32).tolist())
+
+
+def bind_one_row(ort: Any, session: Any, inputs: Sequence[InputSpec]) -> tuple[Any, list[Any]]:
+    """An IOBinding of `session` whose inputs are preallocated one-row buffers, and a flat
+    view of each buffer to write a row into (fill_row). Outputs are the caller's to bind."""
+    binding = session.io_binding()
+    views: list[np.ndarray] = []
+    for spec in inputs:
+        shape = (1, spec.width) if len(spec.shape) == 2 else (1,)
+        buffer: np.ndarray = np.zeros(shape, dtype=NUMPY_TYPES[spec.dtype])
+        # The OrtValue shares the buffer's memory (CPU) and keeps a reference to it.
+        binding.bind_ortvalue_input(spec.name, ort.OrtValue.ortvalue_from_numpy(buffer))
+        views.append(buffer.reshape(-1))
+    return binding, views
+
+
+def fill_row(views: Sequence[np.ndarray], wide: bool, row: Sequence[float]) -> None:
+    """One row's values into the buffers of bind_one_row (the caller holds their lock)."""
+    if wide:
+        views[0][:] = row
+    else:
+        for view, value in zip(views, row, strict=True):
+            view[0] = value
 
 
 def output_scores(out: Any, column: int | None = None) -> np.ndarray:
