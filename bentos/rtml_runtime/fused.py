@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -163,7 +162,7 @@ def fuse(models: Sequence[OnnxModel]) -> FusedModels | None:
     return fused
 
 
-def release_bytes(models: Sequence[Any]) -> None:
+def release_bytes(models: Sequence[OnnxModel]) -> None:
     """Drop the bytes kept for fusing: the sessions hold what they need."""
     for m in models:
         m.model_bytes = None

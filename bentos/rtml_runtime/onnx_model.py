@@ -121,7 +121,7 @@ class OnnxModel:
             if spec.dtype not in NUMPY_TYPES:
                 raise ModelError(f"input {spec.name!r} has unsupported type {spec.dtype}")
         # (input name, numpy type) in feed order, resolved once rather than per request.
-        self.feed_types = [(spec.name, NUMPY_TYPES[spec.dtype]) for spec in self.inputs]
+        self._feed_types = [(spec.name, NUMPY_TYPES[spec.dtype]) for spec in self.inputs]
         self._ranks = [len(spec.shape) for spec in self.inputs]
         self._bind_one_row(ort)
 
@@ -142,7 +142,7 @@ class OnnxModel:
         self._ort = ort
         # predict_rows' bindings by row count, made on first use (all inputs of one type only).
         self._batch_bindings: dict[int, tuple[Any, np.ndarray]] = {}
-        dtypes = {dtype for _, dtype in self.feed_types}
+        dtypes = {dtype for _, dtype in self._feed_types}
         self._batch_dtype: Any = dtypes.pop() if len(dtypes) == 1 else None
 
     @property
@@ -164,15 +164,15 @@ class OnnxModel:
         if rows.shape[0] == 1:
             return np.array([self.predict_one(rows[0].tolist())])
         feed: dict[str, np.ndarray]
-        if len(self.feed_types) == 1:
-            name, dtype = self.feed_types[0]
+        if len(self._feed_types) == 1:
+            name, dtype = self._feed_types[0]
             feed = {name: rows.astype(dtype, copy=False)}
         else:
             # An [N] input takes a column as a vector, an [N, 1] input as a one-column matrix.
             feed = {
                 name: (rows[:, i] if rank == 1 else rows[:, i : i + 1]).astype(dtype, copy=False)
                 for i, ((name, dtype), rank) in enumerate(
-                    zip(self.feed_types, self._ranks, strict=True)
+                    zip(self._feed_types, self._ranks, strict=True)
                 )
             }
         (out,) = self.session.run([self.output_name], feed)
@@ -213,7 +213,7 @@ class OnnxModel:
         if self.wide:
             binding.bind_ortvalue_input(self.inputs[0].name, from_numpy(buffer))
         else:
-            for i, ((name, _), rank) in enumerate(zip(self.feed_types, self._ranks, strict=True)):
+            for i, ((name, _), rank) in enumerate(zip(self._feed_types, self._ranks, strict=True)):
                 view = buffer[:, i] if rank == 1 else buffer[:, i : i + 1]
                 binding.bind_ortvalue_input(name, from_numpy(view))
         binding.bind_output(self.output_name)
